@@ -1,0 +1,32 @@
+# FLAIR Lab — set-up and everyday commands. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help install test test-unit lint bench
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed  ## create .venv with the library and the whole platform stack
+
+# torch/torchvision are pinned in pyproject.toml to the builds this machine kind keeps on disk.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[platform,dev]'
+	touch $@
+
+# pytest exits 5 when it collects nothing (e.g. a -k filter matching no test); that is not a failure.
+test: install  ## run every test: unit and integration (the README's test command; CI runs it)
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+
+test-unit: install  ## fast tests only: no services, no multi-process runs
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+lint: install  ## ruff over the code
+	$(VENV)/bin/ruff check flair_core tests benchmarks
+
+bench: install  ## print the CPU preset's training-step time and parameter count
+	$(PY) benchmarks/train_step.py --model tiny-64

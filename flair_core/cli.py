@@ -1,0 +1,66 @@
+"""`flair`: the one command-line front door that DVC stages, Prefect tasks and cluster jobs all call."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from flair_core.checkpoint import CheckpointError
+from flair_core.config import ConfigError
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    import torch
+
+    from flair_core import builtin_model_names, create_model
+
+    for name in builtin_model_names():
+        with torch.device("meta"):
+            model = create_model(name, method=args.method)
+        cfg = model.config
+        params = sum(p.numel() for p in model.parameters())
+        print(
+            f"{name:16s} {params / 1e6:8.2f} M params  image {cfg.vision_cfg.image_size}px/"
+            f"patch {cfg.vision_cfg.patch_size}  L={cfg.vision_cfg.num_patches}  D={cfg.embed_dim}"
+        )
+
+
+def cmd_check_weights(args: argparse.Namespace) -> None:
+    from flair_core import create_model
+
+    model = create_model(args.model, method=args.method, pretrained=args.checkpoint)
+    tensors = len(model.state_dict())
+    print(
+        f"{args.checkpoint}: loaded {tensors} tensors into {args.model} ({args.method}); "
+        f"logit_scale exp={model.logit_scale.exp().item():.4f}, logit_bias={model.logit_bias.item():.4f}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flair", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list the built-in model configs with their sizes")
+    p.add_argument("--method", default="flair", help="method whose head is counted (default: flair)")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("check-weights", help="load a checkpoint (e.g. flair-cc3m-recap.pt) and report")
+    p.add_argument("checkpoint", help="a .pt/.pth/.bin or .safetensors file")
+    p.add_argument("--model", default="ViT-B-16-FLAIR", help="built-in config name or JSON path")
+    p.add_argument("--method", default="flair")
+    p.set_defaults(func=cmd_check_weights)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, CheckpointError, ValueError) as err:
+        print(f"flair {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: retrieval scoring, metrics and benchmarks."""

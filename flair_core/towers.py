@@ -1,0 +1,93 @@
+"""The shared image and text towers: open_clip's ViT and causal text transformer, returning tokens.
+
+Every method (FLAIR, CLIP, FILIP, DreamLIP) subclasses `DualTowers` and adds its own head on top, so all of
+them train the very same encoder code. Parameter names follow open_clip's CLIP layout (text parts inlined at
+the top level, no `text.` prefix), which is also the layout of the released FLAIR checkpoints.
+"""
+
+from __future__ import annotations
+
+import torch
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg, _build_text_tower, _build_vision_tower
+from open_clip.transformer import text_global_pool
+from torch import nn
+
+from flair_core.config import ModelConfig
+
+
+class DualTowers(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        vision = config.vision_cfg
+        vision_cfg = CLIPVisionCfg(
+            image_size=vision.image_size,
+            patch_size=vision.patch_size,
+            width=vision.width,
+            layers=vision.layers,
+            head_width=vision.head_width,
+            mlp_ratio=vision.mlp_ratio,
+            pool_type="tok",
+            final_ln_after_pool=False,  # ln_post on every token, so local tokens are normalised too
+            output_tokens=True,
+        )
+        self.visual = _build_vision_tower(config.embed_dim, vision_cfg, quick_gelu=config.quick_gelu)
+        # Projections belong to each method's head; the tower returns tower-width features.
+        self.visual.proj = None
+
+        text = config.text_cfg
+        text_cfg = CLIPTextCfg(
+            context_length=text.context_length,
+            vocab_size=text.vocab_size,
+            width=text.width,
+            heads=text.heads,
+            layers=text.layers,
+            mlp_ratio=text.mlp_ratio,
+            proj_type="none",
+            output_tokens=True,
+        )
+        text_tower = _build_text_tower(config.embed_dim, text_cfg, quick_gelu=config.quick_gelu)
+        self.token_embedding = text_tower.token_embedding
+        self.positional_embedding = text_tower.positional_embedding
+        self.transformer = text_tower.transformer
+        self.ln_final = text_tower.ln_final
+        self.register_buffer("attn_mask", text_tower.attn_mask, persistent=False)
+
+    @property
+    def context_length(self) -> int:
+        return self.config.text_cfg.context_length
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.set_grad_checkpointing(enable)
+        self.transformer.grad_checkpointing = enable
+
+    def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, 3, H, W) -> class token (B, Wv), patch tokens (B, L, Wv), both after ln_post."""
+        return self.visual(images)
+
+    def encode_text(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids (..., C) -> EOT state (M, Wt), token states (M, C', Wt), M = prod(leading dims), row-major.
+
+        Columns after the batch's last EOT are dropped before the transformer (C' <= C): under the causal mask
+        they cannot change any earlier state, and short sub-captions in a 77-token context are mostly padding.
+        """
+        ids = ids.reshape(-1, ids.shape[-1])
+        used = int(ids.argmax(dim=-1).max()) + 1
+        ids = ids[:, :used]
+        x = self.token_embedding(ids) + self.positional_embedding[:used]
+        x = self.transformer(x, attn_mask=self.attn_mask[:used, :used])
+        x = self.ln_final(x)  # (M, C', Wt)
+        # The EOT id is the largest in the vocabulary, so argmax finds it; the causal mask keeps padding after
+        # it from leaking in, so no padding mask is needed.
+        return text_global_pool(x, ids, pool_type="argmax"), x
+
+
+class Projection(nn.Module):
+    """A bias-free linear map stored as one (in, out) matrix named `proj`, as open_clip and FLAIR store it."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.proj = nn.Parameter(torch.randn(in_dim, out_dim) * in_dim**-0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.proj

@@ -1,0 +1,37 @@
+"""The `flair` command: success output and one-line errors with a non-zero exit."""
+
+import subprocess
+import sys
+
+import torch
+
+from flair_core import create_model
+
+FLAIR = [sys.executable, "-m", "flair_core.cli"]
+
+
+def run(*args):
+    return subprocess.run([*FLAIR, *args], capture_output=True, text=True)
+
+
+def test_models_lists_presets():
+    result = run("models")
+    assert result.returncode == 0
+    assert "ViT-B-16-FLAIR" in result.stdout and "150.67 M params" in result.stdout
+
+
+def test_check_weights_loads_and_reports(tmp_path):
+    model = create_model("micro-32")
+    with torch.no_grad():
+        model.logit_bias.fill_(-3.5)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "w.pt")
+    result = run("check-weights", str(tmp_path / "w.pt"), "--model", "micro-32")
+    assert result.returncode == 0, result.stderr
+    assert "loaded 73 tensors" in result.stdout and "logit_bias=-3.5000" in result.stdout
+
+
+def test_check_weights_errors_are_one_line(tmp_path):
+    torch.save(create_model("micro-32").state_dict(), tmp_path / "w.pt")
+    result = run("check-weights", str(tmp_path / "w.pt"), "--model", "tiny-64")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "does not match the model" in result.stderr

@@ -1,0 +1,88 @@
+"""Model construction: configs, the real ViT-B-16-FLAIR key layout, presets, library import weight."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from flair_core import ConfigError, builtin_model_names, create_model, load_model_config
+
+
+def test_vit_b16_flair_has_exactly_the_released_keys_and_shapes(shared_dir):
+    expected = json.loads((shared_dir / "reference" / "vit_b16_flair_state_dict_shapes.json").read_text())
+    with torch.device("meta"):  # no memory, no init cost: only names and shapes matter
+        model = create_model("ViT-B-16-FLAIR")
+    actual = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert sorted(set(actual) - set(expected)) == []
+    assert sorted(set(expected) - set(actual)) == []
+    assert {k: v for k, v in actual.items() if v != expected[k]} == {}
+    assert sum(p.numel() for p in model.parameters()) == 150_674_434
+
+
+@pytest.mark.parametrize("name", ["micro-32", "tiny-64"])
+def test_cpu_presets_run_the_same_code_path(name):
+    model = create_model(name)
+    cfg = model.config
+    images = torch.randn(2, 3, cfg.vision_cfg.image_size, cfg.vision_cfg.image_size)
+    texts = torch.randint(1, 1000, (2, 3, cfg.text_cfg.context_length))
+    texts[..., 10] = 49407  # EOT
+    out = model(images, texts)
+    assert out["image_features"].shape == (2, cfg.embed_dim)
+    assert out["image_tokens"].shape == (2, cfg.vision_cfg.num_patches, cfg.embed_dim)
+    assert out["text_features"].shape == (6, cfg.embed_dim)
+    per_image, _ = model.get_logits(images, texts.flatten(0, 1))
+    assert per_image.shape == (2, 6) and torch.isfinite(per_image).all()
+
+
+def test_builtin_configs_listed():
+    assert {"ViT-B-16-FLAIR", "tiny-64", "micro-32"} <= set(builtin_model_names())
+
+
+def test_unknown_config_name_is_one_clear_line():
+    with pytest.raises(ConfigError, match="unknown model config 'ViT-Z'") as err:
+        load_model_config("ViT-Z")
+    assert "\n" not in str(err.value)
+
+
+def test_invalid_config_names_the_key_path(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"embed_dim": 32, "vision_cfg": {"patch_size": -8}, "text_cfg": {"widht": 64}}))
+    with pytest.raises(ConfigError) as err:
+        load_model_config(bad)
+    message = str(err.value)
+    assert "vision_cfg.patch_size" in message and "text_cfg.widht" in message and "\n" not in message
+
+
+def test_pooling_heads_must_divide_embed_dim(tmp_path):
+    cfg = tmp_path / "odd.json"
+    cfg.write_text(json.dumps({"embed_dim": 36, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64,
+                                                                "layers": 1, "head_width": 32},
+                               "text_cfg": {"width": 64, "heads": 2, "layers": 1}}))
+    with pytest.raises(ValueError, match="embed_dim 36 must be divisible by the 8 pooling heads"):
+        create_model(cfg)
+
+
+def test_library_import_pulls_in_no_orchestrator():
+    code = ("import sys, flair_core, flair_core.evaluation.scores; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect','mlflow','dvc','streamlit','optuna'}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_trimming_padding_columns_leaves_text_features_unchanged():
+    torch.manual_seed(0)
+    model = create_model("micro-32").eval()
+    ids = torch.zeros(3, 77, dtype=torch.long)
+    ids[:, 0] = 49406
+    ids[:, 1:6] = torch.randint(1, 1000, (3, 5))
+    ids[0, 6], ids[1, 4], ids[2, 9] = 49407, 49407, 49407  # last EOT at column 9
+    global_trimmed, local_trimmed = model.encode_text(ids)
+    assert local_trimmed.shape == (3, 10, 64)
+    # Reference: the full 77-column computation, written out.
+    x = model.token_embedding(ids) + model.positional_embedding
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+    reference = x[torch.arange(3), ids.argmax(-1)]
+    torch.testing.assert_close(global_trimmed, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(local_trimmed, x[:, :10], rtol=1e-5, atol=1e-5)
