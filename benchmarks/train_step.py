@@ -15,43 +15,47 @@ from flair_core import create_model
 from flair_core.methods.flair import FlairLoss, FlairSettings
 
 
+def measure(model_name: str, batch: int, k: int, steps: int = 8, warmup: int = 2, caption_tokens: int = 20) -> dict:
+    """Median step times on random inputs; texts have `caption_tokens` tokens before EOT."""
+    torch.manual_seed(0)
+    model = create_model(model_name).train()
+    cfg = model.config
+    loss_fn = FlairLoss(FlairSettings())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images = torch.randn(batch, 3, cfg.vision_cfg.image_size, cfg.vision_cfg.image_size)
+    texts = torch.randint(1, 49000, (batch, k, cfg.text_cfg.context_length))
+    texts[..., 0], texts[..., caption_tokens], texts[..., caption_tokens + 1 :] = 49406, 49407, 0
+
+    def step(with_optimizer: bool) -> float:
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = sum(loss_fn(model(images, texts), model.visual_proj, k).values())
+        loss.backward()
+        if with_optimizer:
+            optimizer.step()
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        step(True)
+    fwd_bwd = [step(False) for _ in range(steps)]
+    full = [step(True) for _ in range(steps)]
+    return {"params": sum(p.numel() for p in model.parameters()), "fwd_bwd": statistics.median(fwd_bwd),
+            "step": statistics.median(full), "fwd_bwd_min": min(fwd_bwd), "step_min": min(full)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny-64")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--k", type=int, default=4, help="sub-captions per image")
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
-
-    torch.manual_seed(0)
-    model = create_model(args.model).train()
-    cfg = model.config
-    loss_fn = FlairLoss(FlairSettings())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    images = torch.randn(args.batch, 3, cfg.vision_cfg.image_size, cfg.vision_cfg.image_size)
-    texts = torch.randint(1, 49000, (args.batch, args.k, cfg.text_cfg.context_length))
-    texts[..., 0], texts[..., 20], texts[..., 21:] = 49406, 49407, 0
-
-    def step(with_optimizer: bool) -> float:
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss = sum(loss_fn(model(images, texts), model.visual_proj, args.k).values())
-        loss.backward()
-        if with_optimizer:
-            optimizer.step()
-        return time.perf_counter() - start
-
-    for _ in range(args.warmup):
-        step(True)
-    fwd_bwd = [step(False) for _ in range(args.steps)]
-    full = [step(True) for _ in range(args.steps)]
-    params = sum(p.numel() for p in model.parameters())
-    print(f"model={args.model} params={params:,} ({params / 1e6:.2f} M) batch={args.batch} K={args.k} "
+    r = measure(args.model, args.batch, args.k, args.steps)
+    print(f"model={args.model} params={r['params']:,} ({r['params'] / 1e6:.2f} M) batch={args.batch} K={args.k} "
           f"texts/step={args.batch * args.k} threads={torch.get_num_threads()}")
-    print(f"forward+backward   median {statistics.median(fwd_bwd):.3f} s  min {min(fwd_bwd):.3f} s")
-    print(f"+ AdamW step       median {statistics.median(full):.3f} s  min {min(full):.3f} s  "
-          f"-> {args.batch / statistics.median(full):.1f} images/s")
+    print(f"forward+backward   median {r['fwd_bwd']:.3f} s  min {r['fwd_bwd_min']:.3f} s")
+    print(f"+ AdamW step       median {r['step']:.3f} s  min {r['step_min']:.3f} s  "
+          f"-> {args.batch / r['step']:.1f} images/s")
 
 
 if __name__ == "__main__":

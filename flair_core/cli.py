@@ -36,6 +36,21 @@ def cmd_check_weights(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_prepare(args: argparse.Namespace) -> None:
+    import time
+
+    from flair_core.data.builtin import BuiltinDataConfig, generate
+    from flair_core.params import load_section
+
+    config = load_section(BuiltinDataConfig, "data", args.params, args.set)
+    start = time.perf_counter()
+    meta = generate(config, args.out)
+    seconds = time.perf_counter() - start
+    total = sum(meta["counts"].values())
+    counts = ", ".join(f"{k} {v}" for k, v in meta["counts"].items())
+    print(f"wrote {args.out}: {counts} images in {seconds:.1f} s ({total / seconds:.0f} images/s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flair", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the built-in model configs with their sizes")
     p.add_argument("--method", default="flair", help="method whose head is counted (default: flair)")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("prepare", help="generate the built-in scene data set into webdataset shards")
+    p.add_argument("--out", required=True, help="output folder (replaced atomically when complete)")
+    p.add_argument("--params", help="YAML params file; its `data:` section is used")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a data setting, e.g. --set train_images=1024 (repeatable)")
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("check-weights", help="load a checkpoint (e.g. flair-cc3m-recap.pt) and report")
     p.add_argument("checkpoint", help="a .pt/.pth/.bin or .safetensors file")

@@ -69,12 +69,13 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message is one line naming the key."""
 
 
-def one_line_validation_error(err: ValidationError, source: str) -> str:
+def one_line_validation_error(err: ValidationError, source: str, prefix: str = "") -> str:
     """Render pydantic's errors as `source: key.path: message; ...` on one line."""
     parts = []
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "<root>"
-        parts.append(f"{path}: {e['msg']}")
+        path = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        message = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{path}: {message}" if path else message)
     return f"{source}: " + "; ".join(parts)
 
 

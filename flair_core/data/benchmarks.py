@@ -1,0 +1,328 @@
+"""Real retrieval benchmark loaders (FLAIR_SPEC §7.1), reading each annotation file as the original evaluation does.
+
+Differences from the original, all deliberate (§8 items 4-7):
+
+* Ground truth is carried by ids, never by list positions: every text records the index of the image whose id
+  it carries, so a filtered or reordered record cannot silently shift the ground truth.
+* Missing images are an error before any compute (`check_images=True`), not a silent skip.
+* Flickr30k's 1k "test" split loads (the original crashes); its default stays the 1,014-image "val" split the
+  original reports. The root's parent is taken from an absolute path, so a trailing slash does not matter.
+* IIW is always the fine-grained file (the original's long-caption mode is unreachable anyway).
+* DCI concatenates train+valid+test (7,805 images): that is the long-caption retrieval protocol the original
+  follows, so it is kept, but it is exposed as split "all" rather than disguised as "test".
+
+Images are the unique image ids in first-appearance order over the texts; texts keep file order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flair_core.data.captions import normalise_long_caption
+from flair_core.data.errors import DataError
+
+
+@dataclass(frozen=True)
+class RetrievalSet:
+    """Images and texts of one benchmark; `text_image[t]` is the index of text t's source image (ground truth).
+
+    `text_positives` lists every image satisfying a text where more than the source does (synthetic sets);
+    the real benchmarks leave it None: one positive image per text.
+    """
+
+    name: str
+    image_paths: tuple[Path, ...]
+    image_ids: tuple
+    texts: tuple[str, ...]
+    text_image: tuple[int, ...]
+    text_positives: tuple[tuple[int, ...], ...] | None = None
+
+    def __post_init__(self):
+        if len(self.image_ids) != len(self.image_paths) or len(self.text_image) != len(self.texts):
+            raise DataError(
+                f"{self.name}: inconsistent retrieval set (ids/paths or texts/targets lengths differ)"
+            )
+        if any(not 0 <= k < len(self.image_paths) for k in self.text_image):
+            raise DataError(f"{self.name}: a text points at an image index out of range")
+
+    def image_texts(self) -> list[list[int]]:
+        """Per image: the indices of its texts (the image->text ground truth)."""
+        out: list[list[int]] = [[] for _ in self.image_paths]
+        for t, k in enumerate(self.text_image):
+            out[k].append(t)
+        return out
+
+
+# (where: "<file> record <i>" for error messages, image id, image path, text)
+Record = tuple[str, Any, Path, str]
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise DataError(f"annotation file {path} not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: malformed JSON ({str(exc).splitlines()[0]})") from None
+
+
+def _list(data: Any, path: Path, key: str | None = None) -> list:
+    """The top-level list of records (or data[key]), with a one-line error when the layout is wrong."""
+    if key is not None:
+        if not isinstance(data, dict) or key not in data:
+            raise DataError(f"{path}: expected a JSON object with a '{key}' list")
+        data = data[key]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a list of records{f' under {key!r}' if key else ''}")
+    return data
+
+
+def _get(record: Any, key: str, where: str, kind: type | tuple = object) -> Any:
+    if not isinstance(record, dict):
+        raise DataError(f"{where} is not a JSON object")
+    if key not in record:
+        raise DataError(f"{where} has no '{key}'")
+    value = record[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise DataError(f"{where}: '{key}' has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _image_id(record: Any, key: str, where: str) -> int | str:
+    return _get(record, key, where, (int, str))
+
+
+def _text(value: Any, where: str, key: str = "caption") -> str:
+    """A caption used verbatim; it must be a non-empty string."""
+    if not isinstance(value, str):
+        raise DataError(f"{where}: '{key}' is not a string")
+    if not value.strip():
+        raise DataError(f"{where} has an empty '{key}'")
+    return value
+
+
+def _assemble(name: str, source: Path, records: Iterable[Record]) -> RetrievalSet:
+    """Group texts by image id (first-appearance order); one id must always name the same image file."""
+    index: dict[Any, int] = {}
+    paths: list[Path] = []
+    ids: list = []
+    texts: list[str] = []
+    text_image: list[int] = []
+    for where, image_id, path, text in records:
+        k = index.get(image_id)
+        if k is None:
+            k = index[image_id] = len(paths)
+            paths.append(path)
+            ids.append(image_id)
+        elif paths[k] != path:
+            raise DataError(f"{where}: image id {image_id!r} names {path}, earlier {paths[k]}")
+        texts.append(text)
+        text_image.append(k)
+    if not texts:
+        raise DataError(f"{source}: no records")
+    return RetrievalSet(name, tuple(paths), tuple(ids), tuple(texts), tuple(text_image))
+
+
+def _coco(root: Path, split: str) -> RetrievalSet:
+    """COCO captions format; one text per annotation, its image found through `image_id`."""
+    path = root / "annotations" / f"captions_{split}.json"
+    data = _read_json(path)
+    files: dict[Any, str] = {}
+    for i, image in enumerate(_list(data, path, "images")):
+        where = f"{path} image record {i}"
+        image_id = _image_id(image, "id", where)
+        files[image_id] = _get(image, "file_name", where, str)
+
+    def records():
+        for i, ann in enumerate(_list(data, path, "annotations")):
+            where = f"{path} record {i}"
+            image_id = _image_id(ann, "image_id", where)
+            if image_id not in files:
+                raise DataError(f"{where}: image id {image_id!r} is not in 'images'")
+            text = _text(_get(ann, "caption", where), where)
+            yield where, image_id, root / "images" / split / files[image_id], text
+
+    return _assemble("coco", path, records())
+
+
+def _coco_karpathy(root: Path, split: str) -> RetrievalSet:
+    """Karpathy's `dataset_coco.json`: the 5k test images, all their sentences, id = `cocoid`."""
+    path = root / "dataset_coco.json"
+    data = _read_json(path)
+
+    def records():
+        for i, image in enumerate(_list(data, path, "images")):
+            where = f"{path} record {i}"
+            if _get(image, "split", where, str) != split:
+                continue
+            image_id = _image_id(image, "cocoid", where)
+            image_path = root / _get(image, "filepath", where, str) / _get(image, "filename", where, str)
+            sentences = _get(image, "sentences", where, list)
+            if not sentences:
+                raise DataError(f"{where} has no sentences")
+            for j, sentence in enumerate(sentences):
+                text = _text(_get(sentence, "raw", f"{where} sentence {j}"), f"{where} sentence {j}", "raw")
+                yield where, image_id, image_path, text
+
+    return _assemble("coco_karpathy_5k", path, records())
+
+
+def _flickr30k(root: Path, split: str) -> RetrievalSet:
+    """`flickr30k_<split>.json`: image paths are relative to the root's PARENT; id = the Flickr photo id."""
+    path = root / f"flickr30k_{split}.json"
+    data = _read_json(path)
+
+    def records():
+        for i, record in enumerate(_list(data, path)):
+            where = f"{path} record {i}"
+            image = _get(record, "image", where, str)
+            captions = _get(record, "caption", where, list)
+            if not captions:
+                raise DataError(f"{where} has no captions")
+            for j, caption in enumerate(captions):
+                yield where, Path(image).stem, root.parent / image, _text(caption, f"{where} caption {j}")
+
+    return _assemble("flickr30k", path, records())
+
+
+def _annotation_list(name: str, annotation: str, image_dir: str) -> Callable[[Path, str], RetrievalSet]:
+    """DOCCI / IIW fine-grained and Urban-1K: {"annotations": [{image_id, image, caption}]}, captions verbatim."""
+
+    def load(root: Path, split: str) -> RetrievalSet:
+        path = root / annotation
+        data = _read_json(path)
+
+        def records():
+            for i, record in enumerate(_list(data, path, "annotations")):
+                where = f"{path} record {i}"
+                image_id = _image_id(record, "image_id", where)
+                image = _get(record, "image", where, str)
+                yield where, image_id, root / image_dir / image, _text(_get(record, "caption", where), where)
+
+        return _assemble(name, path, records())
+
+    load.__doc__ = _annotation_list.__doc__
+    return load
+
+
+def _dci(root: Path, split: str) -> RetrievalSet:
+    """Densely Captioned Images, long-caption protocol: train+valid+test concatenated, one text per image.
+
+    Text = short_caption + newline + extra_caption, split into sentences and re-joined with '. '; image id =
+    the per-image annotation file name listed in splits.json.
+    """
+    base = root / "densely_captioned_images"
+    path = base / "splits.json"
+    splits = _read_json(path)
+    if not isinstance(splits, dict) or any(
+        not isinstance(splits.get(s), list) for s in ("train", "valid", "test")
+    ):
+        raise DataError(f"{path}: expected a JSON object with 'train', 'valid' and 'test' lists")
+    names = splits["train"] + splits["valid"] + splits["test"]
+
+    def records():
+        for i, name in enumerate(names):
+            if not isinstance(name, str):
+                raise DataError(f"{path} record {i}: annotation name is not a string")
+            ann_path = base / "annotations" / name
+            where = f"{ann_path} (record {i} of {path.name})"
+            try:
+                record = _read_json(ann_path)
+            except DataError as exc:
+                raise DataError(f"{exc} (record {i} of {path.name})") from None
+            image = _get(record, "image", where, str)
+            short = _get(record, "short_caption", where, str)
+            extra = _get(record, "extra_caption", where, str)
+            text = normalise_long_caption(short + "\n" + extra)
+            if not text:
+                raise DataError(f"{where} has an empty caption ('short_caption' and 'extra_caption')")
+            yield where, name, base / "photos" / image, text
+
+    return _assemble("dci", path, records())
+
+
+def _sharegpt4v(count: int) -> Callable[[Path, str], RetrievalSet]:
+    """ShareGPT4V long captions: the first `count` records of share4v_sam_10k.json; id = record index."""
+
+    def load(root: Path, split: str) -> RetrievalSet:
+        path = root / "share4v_sam_10k.json"
+        data = _list(_read_json(path), path)
+        if len(data) < count:
+            raise DataError(f"{path}: {len(data)} records, sharegpt4v_{count // 1000}k needs {count}")
+
+        def records():
+            for i, record in enumerate(data[:count]):
+                where = f"{path} record {i}"
+                image = _get(record, "image", where, str)
+                if "images" in image:  # the original's rule: 'sam/images/x.jpg' is stored as 'sam/x.jpg'
+                    image = image.replace("/images", "")
+                conversations = _get(record, "conversations", where, list)
+                if len(conversations) < 2:
+                    raise DataError(f"{where}: 'conversations' has no answer (needs 2 entries)")
+                value = _get(conversations[1], "value", f"{where} conversation 1")
+                text = normalise_long_caption(_text(value, f"{where} conversation 1", "value"))
+                yield where, i, root / image, _text(text, f"{where} conversation 1", "value")
+
+        return _assemble(f"sharegpt4v_{count // 1000}k", path, records())
+
+    load.__doc__ = _sharegpt4v.__doc__
+    return load
+
+
+BENCHMARKS: dict[str, Callable[..., RetrievalSet]] = {
+    "coco": _coco,
+    "coco_karpathy_5k": _coco_karpathy,
+    "flickr30k": _flickr30k,
+    "docci_fg": _annotation_list("docci_fg", "annotations/test_annotations.json", "images"),
+    "iiw_fg": _annotation_list("iiw_fg", "test_annotations.json", "."),
+    "urban1k": _annotation_list("urban1k", "annotations/annotations.json", "images"),
+    "dci": _dci,
+    "sharegpt4v_1k": _sharegpt4v(1_000),
+    "sharegpt4v_10k": _sharegpt4v(10_000),
+}
+# Known splits per benchmark; the first is the default.
+SPLITS: dict[str, tuple[str, ...]] = {
+    "coco": ("val2017",),
+    "coco_karpathy_5k": ("test",),
+    "flickr30k": ("val", "test"),
+    "docci_fg": ("test",),
+    "iiw_fg": ("test",),
+    "urban1k": ("test",),
+    "dci": ("all",),
+    "sharegpt4v_1k": ("test",),
+    "sharegpt4v_10k": ("test",),
+}
+
+
+def missing_images(ds: RetrievalSet) -> list[Path]:
+    """The image files of `ds` that do not exist, in image order."""
+    return [p for p in ds.image_paths if not p.is_file()]
+
+
+def load_benchmark(
+    name: str, root: str | Path, split: str | None = None, check_images: bool = True
+) -> RetrievalSet:
+    """Load a retrieval benchmark; with `check_images`, fail now (not mid-evaluation) if any image is missing."""
+    if name not in BENCHMARKS:
+        raise DataError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    split = SPLITS[name][0] if split is None else split
+    if split not in SPLITS[name]:
+        raise DataError(f"{name}: unknown split {split!r}; known: {', '.join(SPLITS[name])}")
+    # abspath normalises '.', '..' and a trailing slash without following symlinks (Flickr uses root.parent).
+    root = Path(os.path.abspath(os.fspath(root)))
+    if not root.is_dir():
+        raise DataError(f"{name}: dataset root {root} does not exist or is not a directory")
+    ds = BENCHMARKS[name](root, split)
+    if check_images:
+        missing = missing_images(ds)
+        if missing:
+            raise DataError(
+                f"{name}: {len(missing)} of {len(ds.image_paths)} images missing, first: {missing[0]}"
+            )
+    return ds

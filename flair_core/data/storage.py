@@ -1,0 +1,51 @@
+"""s3:// shards through boto3, for webdataset reading and for uploading generated shards.
+
+The endpoint and credentials come from the environment as boto3 reads them (`AWS_ENDPOINT_URL` for an
+S3-compatible store such as SeaweedFS, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+from flair_core.data.errors import DataError
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise DataError(f"not an s3://bucket/key URL: {url}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def s3_client():
+    import boto3  # imported here: local-only users never pay for it
+
+    return boto3.client("s3")
+
+
+def gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_):
+    """webdataset opener: a streaming body, read sequentially as tar needs."""
+    if "r" not in mode:
+        raise DataError(f"{url}: s3 shards are written locally and uploaded with upload_folder()")
+    bucket, key = split_s3_url(url)
+    return s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+
+
+def register_s3_scheme() -> None:
+    sys.modules["webdataset.gopen"].gopen_schemes["s3"] = gopen_s3
+
+
+def upload_folder(local: str | Path, url: str) -> list[str]:
+    """Upload every file under `local` to s3://bucket/prefix/<relative path>; returns the URLs."""
+    bucket, prefix = split_s3_url(url)
+    client = s3_client()
+    local = Path(local)
+    urls = []
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        key = f"{prefix.rstrip('/')}/{path.relative_to(local).as_posix()}".lstrip("/")
+        client.upload_file(str(path), bucket, key)
+        urls.append(f"s3://{bucket}/{key}")
+    return urls

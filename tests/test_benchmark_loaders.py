@@ -1,0 +1,408 @@
+"""Retrieval benchmark loaders: real annotation excerpts (COCO, Flickr30k val, Urban-1K, IIW, DCI splits) and
+generated files in the documented formats (DOCCI, COCO-Karpathy, Flickr test, ShareGPT4V, DCI per-image files).
+Images are tiny stand-in JPEGs written at every expected path."""
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from flair_core.data.benchmarks import BENCHMARKS, RetrievalSet, load_benchmark, missing_images
+from flair_core.data.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (120, 30, 200)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def real(shared_dir) -> Path:
+    return shared_dir / "benchmarks" / "annotations"
+
+
+def write_images(paths, jpeg):
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(jpeg)
+
+
+def write_json(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def first_appearance(ids):
+    return tuple(dict.fromkeys(ids))
+
+
+def error(*args, **kwargs) -> str:
+    with pytest.raises(DataError) as info:
+        load_benchmark(*args, **kwargs)
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+def check_ground_truth(ds: RetrievalSet, records, id_key="image_id"):
+    """Every text maps to the image whose id its record carries, and image_texts is the inverse map."""
+    assert len(ds.texts) == len(records)
+    for t, rec in enumerate(records):
+        assert ds.image_ids[ds.text_image[t]] == rec[id_key]
+    inverse = ds.image_texts()
+    assert sorted(t for ts in inverse for t in ts) == list(range(len(ds.texts)))
+    assert all(ds.text_image[t] == k for k, ts in enumerate(inverse) for t in ts)
+    assert ds.text_positives is None
+
+
+def text_index(ds, caption):
+    return ds.texts.index(caption)
+
+
+# ---------------------------------------------------------------- COCO (real captions_val2017 excerpt)
+
+
+@pytest.fixture
+def coco_root(tmp_path, real, jpeg):
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    shutil.copy(real / "coco" / "annotations" / "captions_val2017.json", root / "annotations")
+    data = json.loads((root / "annotations" / "captions_val2017.json").read_text())
+    write_images([root / "images" / "val2017" / im["file_name"] for im in data["images"]], jpeg)
+    return root, data
+
+
+def test_coco_real_excerpt(coco_root):
+    root, data = coco_root
+    ds = load_benchmark("coco", root)
+    files = {im["id"]: im["file_name"] for im in data["images"]}
+    anns = data["annotations"]
+    assert ds.name == "coco"
+    assert ds.texts == tuple(a["caption"] for a in anns)
+    assert ds.image_ids == first_appearance(a["image_id"] for a in anns)
+    assert len(ds.image_paths) == len({a["image_id"] for a in anns}) == 25 and len(ds.texts) == 125
+    assert ds.image_paths == tuple(root / "images" / "val2017" / files[i] for i in ds.image_ids)
+    check_ground_truth(ds, anns)
+    # first-appearance order is over the annotations, not the 'images' list
+    assert ds.image_ids[0] == 331352 != data["images"][0]["id"]
+    t = text_index(ds, "A small closed toilet in a cramped space.")  # annotation id 441
+    assert ds.image_ids[ds.text_image[t]] == 331352
+    assert ds.image_paths[ds.text_image[t]].name == "000000331352.jpg"
+    assert [len(ts) for ts in ds.image_texts()] == [5] * 25
+
+
+def test_coco_ground_truth_follows_ids_not_positions(coco_root):
+    root, data = coco_root
+    data["annotations"].reverse()
+    data["images"].reverse()
+    write_json(root / "annotations" / "captions_val2017.json", data)
+    ds = load_benchmark("coco", root)
+    check_ground_truth(ds, data["annotations"])
+    files = {im["id"]: im["file_name"] for im in data["images"]}
+    for t, a in enumerate(data["annotations"]):
+        assert ds.image_paths[ds.text_image[t]].name == files[a["image_id"]]
+
+
+def test_coco_unknown_image_id_and_bad_records(coco_root):
+    root, data = coco_root
+    path = root / "annotations" / "captions_val2017.json"
+    data["annotations"][7]["image_id"] = 123
+    write_json(path, data)
+    msg = error("coco", root)
+    assert str(path) in msg and "record 7" in msg and "123" in msg
+    data["annotations"][7]["image_id"] = data["images"][0]["id"]
+    del data["annotations"][3]["caption"]
+    write_json(path, data)
+    msg = error("coco", root)
+    assert str(path) in msg and "record 3" in msg and "'caption'" in msg
+    data["annotations"][3]["caption"] = "   "
+    write_json(path, data)
+    msg = error("coco", root)
+    assert str(path) in msg and "record 3" in msg and "empty" in msg
+
+
+def test_missing_images_fail_before_compute(coco_root):
+    root, _ = coco_root
+    ds = load_benchmark("coco", root)
+    gone = [ds.image_paths[3], ds.image_paths[7]]
+    for p in gone:
+        p.unlink()
+    assert error("coco", root) == f"coco: 2 of 25 images missing, first: {gone[0]}"
+    unchecked = load_benchmark("coco", root, check_images=False)
+    assert unchecked == ds and missing_images(unchecked) == gone
+
+
+# ---------------------------------------------------------------- COCO Karpathy 5k (generated)
+
+
+def test_coco_karpathy_keeps_test_split(tmp_path, jpeg):
+    images = [
+        {
+            "filepath": "val2014",
+            "filename": f"COCO_val2014_{i:012d}.jpg",
+            "split": split,
+            "cocoid": i,
+            "sentences": [{"raw": f"caption {j} of {i}."} for j in range(5 + (i == 4))],
+        }
+        for i, split in enumerate(["train", "test", "val", "test", "test", "restval"])
+    ]
+    write_json(tmp_path / "dataset_coco.json", {"images": images, "dataset": "coco"})
+    write_images([tmp_path / "val2014" / im["filename"] for im in images if im["split"] == "test"], jpeg)
+    ds = load_benchmark("coco_karpathy_5k", tmp_path)
+    assert ds.image_ids == (1, 3, 4)
+    assert ds.image_paths[2] == tmp_path / "val2014" / "COCO_val2014_000000000004.jpg"
+    assert len(ds.texts) == 16 and ds.texts[-1] == "caption 5 of 4."
+    assert [len(ts) for ts in ds.image_texts()] == [5, 5, 6]
+    images[3]["sentences"][2]["raw"] = ""
+    write_json(tmp_path / "dataset_coco.json", {"images": images})
+    msg = error("coco_karpathy_5k", tmp_path)
+    assert "dataset_coco.json record 3 sentence 2" in msg and "empty" in msg
+
+
+# ---------------------------------------------------------------- Flickr30k (real val excerpt, generated test)
+
+
+@pytest.fixture
+def flickr_root(tmp_path, real, jpeg):
+    root = tmp_path / "flickr30k-images"
+    root.mkdir()
+    shutil.copy(real / "flickr30k-images" / "flickr30k_val.json", root)
+    data = json.loads((root / "flickr30k_val.json").read_text())
+    write_images([tmp_path / r["image"] for r in data], jpeg)
+    return root, data
+
+
+@pytest.mark.parametrize("suffix", ["", "/", "//"])
+def test_flickr_val_real_excerpt_and_trailing_slash(flickr_root, suffix):
+    root, data = flickr_root
+    ds = load_benchmark("flickr30k", str(root) + suffix)
+    assert len(ds.image_paths) == len(data) == 25 and len(ds.texts) == sum(len(r["caption"]) for r in data)
+    assert ds.image_paths == tuple(root.parent / r["image"] for r in data)
+    assert all(p.is_file() for p in ds.image_paths)
+    records = [{"image_id": Path(r["image"]).stem} for r in data for _ in r["caption"]]
+    check_ground_truth(ds, records)
+    t = text_index(ds, "A man sleeping in a green room on a couch.")
+    assert ds.image_ids[ds.text_image[t]] == "1029450589"
+    assert ds.image_paths[ds.text_image[t]] == root / "1029450589.jpg"
+
+
+def test_flickr_relative_root(flickr_root, monkeypatch):
+    root, _ = flickr_root
+    monkeypatch.chdir(root)
+    assert load_benchmark("flickr30k", ".").image_paths[0] == root / "1018148011.jpg"
+
+
+def test_flickr_test_split(flickr_root, jpeg):
+    root, _ = flickr_root
+    records = [
+        {"image": f"flickr30k-images/{n}.jpg", "caption": [f"text {n} {j}" for j in range(5)]}
+        for n in (11, 22, 33)
+    ]
+    write_json(root / "flickr30k_test.json", records)
+    write_images([root.parent / r["image"] for r in records], jpeg)
+    ds = load_benchmark("flickr30k", root, split="test")
+    assert ds.image_ids == ("11", "22", "33") and len(ds.texts) == 15 and ds.texts[7] == "text 22 2"
+    assert ds.text_image == tuple(k for k in range(3) for _ in range(5))
+    msg = error("flickr30k", root, split="testing")
+    assert msg == "flickr30k: unknown split 'testing'; known: val, test"
+
+
+# ---------------------------------------------------------------- Urban-1K and IIW (real excerpts)
+
+
+def test_urban1k_real_excerpt_captions_verbatim(tmp_path, real, jpeg):
+    shutil.copytree(real / "Urban1k" / "annotations", tmp_path / "annotations")
+    anns = json.loads((tmp_path / "annotations" / "annotations.json").read_text())["annotations"]
+    write_images([tmp_path / "images" / a["image"] for a in anns], jpeg)
+    ds = load_benchmark("urban1k", tmp_path)
+    assert ds.texts == tuple(a["caption"] for a in anns)  # verbatim, not re-split
+    assert ds.image_ids == first_appearance(a["image_id"] for a in anns) and len(ds.image_ids) == 25
+    check_ground_truth(ds, anns)
+    t = next(i for i, a in enumerate(anns) if a["image"] == "10.jpg")
+    assert ds.image_paths[ds.text_image[t]] == tmp_path / "images" / "10.jpg"
+    assert '"48 Porte des Lilas"' in ds.texts[t] and ds.image_ids[ds.text_image[t]] == 1
+
+
+def test_iiw_fine_grained_real_excerpt(tmp_path, real, jpeg):
+    shutil.copy(real / "imageinwords" / "test_annotations.json", tmp_path)
+    anns = json.loads((tmp_path / "test_annotations.json").read_text())["annotations"]
+    write_images([tmp_path / a["image"] for a in anns], jpeg)
+    ds = load_benchmark("iiw_fg", tmp_path)
+    assert len(ds.texts) == len(anns) == 53
+    assert ds.image_ids == first_appearance(a["image_id"] for a in anns)
+    assert len(ds.image_ids) == len({a["image_id"] for a in anns}) == 6
+    check_ground_truth(ds, anns)
+    t = text_index(ds, "The recessed holder is chrome")
+    assert ds.image_ids[ds.text_image[t]] == 0
+    assert ds.image_paths[ds.text_image[t]] == tmp_path / "docci" / "test_00731.jpg"
+    assert {p.parent.name for p in ds.image_paths} <= {"docci", "docci_aar", "dci"}
+
+
+# ---------------------------------------------------------------- DOCCI fine-grained (generated)
+
+
+def test_docci_fg_groups_by_image_id(tmp_path, jpeg):
+    anns = [
+        {"image": f"test_{i:05d}.jpg", "caption": f"detail {n} of image {i}", "image_id": i}
+        for n, i in enumerate([5, 5, 2, 5, 9, 2])
+    ]
+    path = write_json(tmp_path / "annotations" / "test_annotations.json", {"annotations": anns})
+    write_images([tmp_path / "images" / a["image"] for a in anns], jpeg)
+    ds = load_benchmark("docci_fg", tmp_path)
+    assert ds.image_ids == (5, 2, 9) and ds.text_image == (0, 0, 1, 0, 2, 1)
+    assert ds.image_texts() == [[0, 1, 3], [2, 5], [4]]
+    assert ds.image_paths[1] == tmp_path / "images" / "test_00002.jpg"
+    anns[3]["image"] = "test_00077.jpg"  # id 5 now names two files
+    write_json(path, {"annotations": anns})
+    msg = error("docci_fg", tmp_path)
+    assert f"{path} record 3" in msg and "image id 5" in msg
+
+
+# ---------------------------------------------------------------- DCI (real splits.json, generated per-image files)
+
+
+@pytest.fixture
+def dci_root(tmp_path, real, jpeg):
+    base = tmp_path / "densely_captioned_images"
+    base.mkdir()
+    shutil.copy(real / "dci" / "densely_captioned_images" / "splits.json", base)
+    splits = json.loads((base / "splits.json").read_text())
+    names = splits["train"] + splits["valid"] + splits["test"]
+    for name in names:
+        stem = name.removesuffix("-data.json")
+        write_json(
+            base / "annotations" / name,
+            {
+                "image": f"sa_{stem}.jpg",
+                "short_caption": f"A photo of scene {stem}.",
+                "extra_caption": "A red car is parked. A tree stands behind it\nSky is blue.</s>  ",
+                "mask_data": {},
+            },
+        )
+        write_images([base / "photos" / f"sa_{stem}.jpg"], jpeg)
+    return tmp_path, names
+
+
+def test_dci_concatenates_splits_and_normalises(dci_root):
+    root, names = dci_root
+    ds = load_benchmark("dci", root)
+    assert len(names) == 30 and ds.image_ids == tuple(names)  # train, then valid, then test
+    assert ds.text_image == tuple(range(30)) and len(ds.texts) == 30
+    assert ds.image_paths[10] == root / "densely_captioned_images" / "photos" / "sa_123538.jpg"
+    assert ds.texts[0] == (
+        "A photo of scene 112956. A red car is parked. A tree stands behind it. Sky is blue"
+    )
+    assert load_benchmark("dci", root, split="all") == ds
+    assert error("dci", root, split="test") == "dci: unknown split 'test'; known: all"
+
+
+def test_dci_bad_per_image_files(dci_root):
+    root, names = dci_root
+    ann = root / "densely_captioned_images" / "annotations" / names[12]
+    write_json(ann, {"image": "x.jpg", "short_caption": " . ", "extra_caption": "\n"})
+    msg = error("dci", root)
+    assert str(ann) in msg and "record 12" in msg and "empty" in msg
+    ann.unlink()
+    msg = error("dci", root)
+    assert str(ann) in msg and "record 12" in msg and "not found" in msg
+
+
+# ---------------------------------------------------------------- ShareGPT4V (generated)
+
+
+def share4v_records(n):
+    return [
+        {
+            "id": f"sa_{i}",
+            "image": f"sam/images/sa_{i}.jpg" if i % 2 else f"coco/train2017/{i:012d}.jpg",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is in this photo?"},
+                {"from": "gpt", "value": f"Photo number {i}.\nIt shows a cat. The cat sleeps."},
+            ],
+        }
+        for i in range(n)
+    ]
+
+
+def test_sharegpt4v_1k(tmp_path, jpeg):
+    write_json(tmp_path / "share4v_sam_10k.json", share4v_records(1_005))
+    images = [
+        tmp_path / "sam" / f"sa_{i}.jpg" if i % 2 else tmp_path / "coco" / "train2017" / f"{i:012d}.jpg"
+        for i in range(1_000)
+    ]
+    write_images(images, jpeg)
+    ds = load_benchmark("sharegpt4v_1k", tmp_path)
+    # 'sam/images/sa_1.jpg' is read from 'sam/sa_1.jpg'; names without 'images' are untouched
+    assert ds.name == "sharegpt4v_1k" and ds.image_paths == tuple(images)
+    assert ds.image_ids == tuple(range(1_000)) and ds.text_image == tuple(range(1_000))
+    assert ds.texts[3] == "Photo number 3. It shows a cat. The cat sleeps"
+
+
+def test_sharegpt4v_10k_and_short_file(tmp_path):
+    path = write_json(tmp_path / "share4v_sam_10k.json", share4v_records(10_001))
+    ds = load_benchmark("sharegpt4v_10k", tmp_path, check_images=False)
+    assert len(ds.texts) == len(ds.image_paths) == 10_000 and ds.image_ids[-1] == 9_999
+    assert len(missing_images(ds)) == 10_000
+    write_json(path, share4v_records(999))
+    msg = error("sharegpt4v_1k", tmp_path, check_images=False)
+    assert str(path) in msg and "999" in msg
+    records = share4v_records(1_000)
+    records[42]["conversations"] = records[42]["conversations"][:1]
+    write_json(path, records)
+    msg = error("sharegpt4v_1k", tmp_path, check_images=False)
+    assert f"{path} record 42" in msg and "conversations" in msg
+
+
+# ---------------------------------------------------------------- generic bad input
+
+
+def test_unknown_benchmark_lists_known():
+    msg = error("imagenet", "/nonexistent")
+    assert msg.startswith("unknown benchmark 'imagenet'; known: ")
+    assert all(name in msg for name in BENCHMARKS) and len(BENCHMARKS) == 9
+
+
+def test_missing_root(tmp_path):
+    msg = error("urban1k", tmp_path / "nowhere")
+    assert str(tmp_path / "nowhere") in msg and "does not exist" in msg
+
+
+@pytest.mark.parametrize(
+    "name, rel",
+    [
+        ("coco", "annotations/captions_val2017.json"),
+        ("coco_karpathy_5k", "dataset_coco.json"),
+        ("flickr30k", "flickr30k_val.json"),
+        ("docci_fg", "annotations/test_annotations.json"),
+        ("iiw_fg", "test_annotations.json"),
+        ("urban1k", "annotations/annotations.json"),
+        ("dci", "densely_captioned_images/splits.json"),
+        ("sharegpt4v_1k", "share4v_sam_10k.json"),
+    ],
+)
+def test_missing_and_malformed_annotation_files(tmp_path, name, rel):
+    msg = error(name, tmp_path)
+    assert msg == f"annotation file {tmp_path / rel} not found"
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / rel).write_text('{"annotations": [ {"image": ')
+    msg = error(name, tmp_path)
+    assert msg.startswith(f"{tmp_path / rel}: malformed JSON")
+
+
+@pytest.mark.parametrize("field", ["image", "caption", "image_id"])
+def test_record_missing_field(tmp_path, field):
+    anns = [{"image_id": i, "image": f"{i}.jpg", "caption": f"long caption {i}"} for i in range(4)]
+    del anns[2][field]
+    path = write_json(tmp_path / "annotations" / "annotations.json", {"annotations": anns})
+    assert error("urban1k", tmp_path) == f"{path} record 2 has no '{field}'"
+
+
+def test_empty_annotation_list(tmp_path):
+    path = write_json(tmp_path / "annotations" / "annotations.json", {"annotations": []})
+    assert error("urban1k", tmp_path) == f"{path}: no records"

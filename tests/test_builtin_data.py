@@ -1,0 +1,188 @@
+"""The built-in scene data set: determinism, masks agree with captions, hard negatives, exact ground truth."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from flair_core.config import ConfigError
+from flair_core.data import builtin
+from flair_core.data.builtin import BuiltinDataConfig, generate
+from flair_core.data.facts import FactIndex, ObjectFact, RelationFact, fact_from_json
+from flair_core.data.scenes import COLOURS, SHAPES, Scene, SceneObject
+from flair_core.params import load_section
+
+SMALL = BuiltinDataConfig(train_images=40, val_images=20, test_images=60, classification_images=30, shard_size=25)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "builtin"
+    generate(SMALL, out)
+    return out
+
+
+def read(folder, split, decode="rgb8"):
+    urls = sorted(str(p) for p in (folder / split).glob("*.tar"))
+    return list(wds.WebDataset(urls, shardshuffle=False).decode(decode))
+
+
+def test_layout_and_counts(dataset):
+    meta = json.loads((dataset / "meta.json").read_text())
+    assert meta["counts"] == {"train": 40, "val": 20, "test": 60, "classification": 30}
+    assert len(list((dataset / "test").glob("*.tar"))) == 3  # 60 samples, 25 per shard
+    assert len(read(dataset, "train")) == 40
+    assert {"png", "json", "seg.png", "inst.png"} <= set(read(dataset, "test")[0])
+
+
+def test_deterministic_by_seed(dataset, tmp_path):
+    again = tmp_path / "again"
+    generate(SMALL, again)
+    for split in ("train", "test", "classification"):
+        a, b = read(dataset, split, "l"), read(again, split, "l")
+        assert [s["__key__"] for s in a] == [s["__key__"] for s in b]
+        assert all(np.array_equal(x["png"], y["png"]) for x, y in zip(a, b, strict=True))
+    assert (dataset / "test_queries.json").read_text() == (again / "test_queries.json").read_text()
+    other = tmp_path / "other"
+    generate(SMALL.model_copy(update={"seed": 1}), other)
+    assert read(other, "test")[0]["json"] != read(dataset, "test")[0]["json"]
+
+
+def test_masks_agree_with_captions(dataset):
+    for sample in read(dataset, "test"):
+        record, image = sample["json"], sample["png"]
+        classes, instances = sample["seg.png"], sample["inst.png"]
+        if classes.ndim == 3:
+            classes, instances = classes[..., 0], instances[..., 0]
+        scene = Scene(tuple(SceneObject(**o) for o in record["scene"]["objects"]), record["scene"]["background"],
+                      record["scene"]["background_style"], record["scene"]["grid"])
+        stated = {fact_from_json(f) for f in record["facts"]}
+        size = image.shape[0]
+        for i, obj in enumerate(scene.objects):
+            mask = instances == i + 1
+            assert mask.sum() >= 4, f"object {i} of {sample['__key__']} is hidden"
+            assert (classes[mask] == 1 + SHAPES.index(obj.shape)).all()
+            if obj.pattern == "solid":
+                assert (image[mask] == COLOURS[obj.colour]).all()
+            # the object's pixels sit in the layout cell its stated region is derived from
+            ys, xs = np.nonzero(mask)
+            cell = size / scene.grid
+            assert (int(ys.mean() // cell), int(xs.mean() // cell)) == (obj.row, obj.col)
+            fact = ObjectFact(obj.shape, obj.colour, obj.size, obj.pattern, obj.region(scene.grid))
+            assert fact in stated
+        assert (classes == 0).sum() > 0
+
+
+def test_long_captions_exceed_the_context(dataset):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tokenizer = SimpleTokenizer()
+    lengths = [len(tokenizer.encode(s["json"]["caption"])) for s in read(dataset, "test")]
+    assert min(lengths) > 77
+    counts = [len(s["json"]["scene"]["objects"]) for s in read(dataset, "test")]
+    assert min(counts) >= 5 and max(counts) <= 8
+
+
+def test_evaluation_splits_are_twin_pairs(dataset):
+    samples = read(dataset, "test")
+    kinds = Counter()
+    for base, twin in zip(samples[::2], samples[1::2], strict=True):
+        kind = twin["json"]["scene"]["origin"].removeprefix("twin:")
+        kinds[kind] += 1
+        a, b = base["json"]["scene"]["objects"], twin["json"]["scene"]["objects"]
+        diffs = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+        if kind == "attribute":
+            assert len(diffs) == 1
+            assert sum(x[k] != y[k] for k in ("shape", "colour", "size", "pattern") for x, y in diffs) == 1
+        elif kind == "swap_colours":
+            (x1, y1), (x2, y2) = diffs
+            assert (y1["colour"], y2["colour"]) == (x2["colour"], x1["colour"])
+        else:
+            (x1, y1), (x2, y2) = diffs
+            assert (y1["row"], y1["col"], y2["row"], y2["col"]) == (x2["row"], x2["col"], x1["row"], x1["col"])
+    assert set(kinds) == {"attribute", "swap_colours", "swap_positions"}
+
+
+def brute_force(fact, scene):
+    """Independent, object-by-object check of one fact in one scene."""
+    objs = scene.objects
+    if isinstance(fact, ObjectFact):
+        return any(all(v is None or v == (o.region(scene.grid) if k == "region" else getattr(o, k))
+                       for k, v in vars(fact).items()) for o in objs)
+    if isinstance(fact, RelationFact):
+        axis, sign = {"left of": ("col", 1), "right of": ("col", -1), "above": ("row", 1), "below": ("row", -1)}[
+            fact.relation]
+        return any(a.colour == fact.colour and a.shape == fact.shape and b.colour == fact.other_colour
+                   and b.shape == fact.other_shape and sign * (getattr(b, axis) - getattr(a, axis)) > 0
+                   for a in objs for b in objs if a is not b)
+    if type(fact).__name__ == "BackgroundFact":
+        return scene.background == fact.colour and fact.style in (None, scene.background_style)
+    return len(objs) == fact.count
+
+
+def test_ground_truth_is_the_exact_set_of_satisfying_images():
+    scenes = [s for _, s, _ in builtin.split_scenes(SMALL, "test")]
+    extras = [builtin.scene_sample(SMALL, "test", k, s, o)[1] for k, s, o in builtin.split_scenes(SMALL, "test")]
+    queries = builtin.build_queries(scenes, extras, SMALL.merged_queries_per_image)
+    index = FactIndex(scenes)
+    for extra in extras[:10]:
+        for fact in extra["facts"]:
+            expected = [i for i, s in enumerate(scenes) if brute_force(fact, s)]
+            assert index.positives([fact]).tolist() == expected, fact
+    fine = queries["fine_grained"]
+    assert all(src in pos for src, pos in zip(fine["source"], fine["positives"], strict=True))
+    assert any(len(p) > 1 for p in fine["positives"])  # a sentence true of its twin too
+    assert all(len(p) == 1 for p in queries["long"]["positives"][:20]) or \
+        np.mean([len(p) == 1 for p in queries["long"]["positives"]]) > 0.9
+
+
+def test_query_file_matches_the_images(dataset):
+    queries = json.loads((dataset / "test_queries.json").read_text())
+    keys = [s["__key__"] for s in read(dataset, "test")]
+    assert queries["images"] == keys
+    assert set(queries["sets"]) == {"fine_grained", "long", "standard"}
+    assert len(queries["sets"]["long"]["texts"]) == len(keys)
+
+
+def test_classification_images_cover_every_shape(dataset):
+    labels = [int(s["cls"]) for s in read(dataset, "classification")]
+    assert set(labels) == set(range(len(SHAPES)))
+
+
+@pytest.mark.parametrize("override,key", [("val_images=3", "data.val_images"),
+                                          ("min_objects=9", "data"), ("grid=2", "data"),
+                                          ("image_size=-4", "data.image_size"), ("colour=red", "data.colour")])
+def test_invalid_parameters_name_the_field(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_section(BuiltinDataConfig, "data", None, [override])
+    assert key in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_failed_generation_leaves_the_previous_output_intact(dataset, tmp_path, monkeypatch):
+    out = tmp_path / "keep"
+    generate(SMALL, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    calls = {"n": 0}
+    real_render = builtin.render
+
+    def failing_render(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 50:
+            raise RuntimeError("disk full")
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(builtin, "render", failing_render)
+    with pytest.raises(RuntimeError):
+        generate(SMALL, out)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert [p.name for p in tmp_path.iterdir()] == ["keep"]
+
+
+def test_region_names_partition_the_grid():
+    names = [[SceneObject("circle", "red", "small", "solid", r, c).region(4) for c in range(4)] for r in range(4)]
+    assert names[0] == ["top left", "top", "top", "top right"]
+    assert names[1] == names[2] == ["left", "centre", "centre", "right"]
+    assert names[3] == ["bottom left", "bottom", "bottom", "bottom right"]
