@@ -29,7 +29,7 @@ def measure(model_name: str, batch: int, k: int, steps: int = 8, warmup: int = 2
     def step(with_optimizer: bool) -> float:
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = sum(loss_fn(model(images, texts), model.visual_proj, k).values())
+        loss = sum(loss_fn(model(images, texts), model).values())
         loss.backward()
         if with_optimizer:
             optimizer.step()

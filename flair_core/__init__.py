@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import BaseModel
 from torch import nn
 
 from flair_core.checkpoint import CheckpointError, load_weights, read_state_dict
@@ -31,14 +32,18 @@ __all__ = [
 
 
 def create_model(
-    model: str | Path | ModelConfig = "ViT-B-16-FLAIR", method: str = "flair", pretrained: str | Path | None = None
+    model: str | Path | ModelConfig = "ViT-B-16-FLAIR",
+    method: str = "flair",
+    pretrained: str | Path | None = None,
+    settings: BaseModel | None = None,
 ) -> nn.Module:
     """Build a method's model from a config name, JSON path or ModelConfig; optionally load weights.
 
     `create_model("ViT-B-16-FLAIR", pretrained="flair-cc3m-recap.pt")` loads the authors' released weights.
     """
     config = model if isinstance(model, ModelConfig) else load_model_config(model)
-    net = get_method(method).model(config)
+    spec = get_method(method)
+    net = spec.model(config, settings or spec.settings())
     if pretrained is not None:
         load_weights(net, pretrained)
     return net

@@ -89,7 +89,11 @@ def _same_width(state_dict: dict[str, torch.Tensor], key: str, model: nn.Module)
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load `path` into `model` strictly; mismatches raise CheckpointError naming the keys."""
-    state_dict = adapt_state_dict(read_state_dict(path), model)
+    return load_checked(model, read_state_dict(path), str(path))
+
+
+def load_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> nn.Module:
+    state_dict = adapt_state_dict({_strip_prefixes(k): v for k, v in state_dict.items()}, model)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -104,6 +108,6 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         if keys
     ]
     if problems:
-        raise CheckpointError(f"{path}: does not match the model — " + "; ".join(problems))
+        raise CheckpointError(f"{source}: does not match the model — " + "; ".join(problems))
     model.load_state_dict(state_dict, strict=True)
     return model

@@ -51,6 +51,19 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {counts} images in {seconds:.1f} s ({total / seconds:.0f} images/s)")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    import logging
+
+    from flair_core.training.config import load_run_config
+    from flair_core.training.loop import train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_run_config(args.params, args.set)
+    last = train(config, args.out, resume=args.resume)
+    if last is not None:
+        print(f"trained {config.method.name}: {last}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flair", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a data setting, e.g. --set train_images=1024 (repeatable)")
     p.set_defaults(func=cmd_prepare)
 
+    p = sub.add_parser("train", help="train a method (run it under torchrun for several processes or nodes)")
+    p.add_argument("--params", action="append", default=[], metavar="FILE",
+                   help="params YAML (repeatable; later files override earlier ones section by section)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting, e.g. --set train.lr=1e-3 --set method.name=clip")
+    p.add_argument("--out", required=True, help="run folder: config.yaml, metrics.jsonl, checkpoints/")
+    p.add_argument("--resume", metavar="auto|PATH",
+                   help="'auto': continue from the newest checkpoint in --out if any; or a checkpoint/run folder")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("check-weights", help="load a checkpoint (e.g. flair-cc3m-recap.pt) and report")
     p.add_argument("checkpoint", help="a .pt/.pth/.bin or .safetensors file")
     p.add_argument("--model", default="ViT-B-16-FLAIR", help="built-in config name or JSON path")
@@ -74,12 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(err: BaseException) -> str:
+    """The error's own message; errors re-raised from DataLoader workers carry it on their last line."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Caught ") and len(lines) > 1:
+        return lines[-1].split(": ", 1)[-1]
+    return lines[0] if lines else type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, CheckpointError, ValueError) as err:
-        print(f"flair {args.command}: error: {err}", file=sys.stderr)
+    except (ConfigError, CheckpointError, ValueError, FloatingPointError) as err:
+        print(f"flair {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0
 

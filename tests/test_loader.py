@@ -18,6 +18,7 @@ from flair_core import get_tokenizer, get_transform, load_model_config
 from flair_core.data.captions import SamplingConfig
 from flair_core.data.errors import DataError
 from flair_core.data.loader import LoaderConfig, TextViews, train_loader
+from tests.helpers.processes import free_port
 
 CONFIG = load_model_config("micro-32")
 TOKENIZER, TRANSFORM = get_tokenizer(CONFIG), get_transform(CONFIG, train=True)
@@ -150,12 +151,6 @@ def test_too_few_shards_for_the_readers(tmp_path):
     urls = write_shards(tmp_path, 1, 4)
     with pytest.raises(DataError, match="1 shards cannot feed 2 readers"):
         keys_of(urls, steps=1, workers=0, world=2, rank=1)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

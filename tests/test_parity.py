@@ -100,7 +100,8 @@ def loss_and_grads(fx, tcs_weight):
     m.zero_grad()
     out = m(e["images"], e["text_tokens"])
     k = fx["config"]["K"]
-    terms = FlairLoss(FlairSettings(tcs_weight=tcs_weight))(out, m.visual_proj, k, e["loss_random_offsets"])
+    assert out["text_features"].shape[0] == k * out["image_features"].shape[0]
+    terms = FlairLoss(FlairSettings(tcs_weight=tcs_weight))(out, m, offsets=e["loss_random_offsets"])
     loss = sum(terms.values())
     loss.backward()
     grads = {n: p.grad.clone() for n, p in m.named_parameters()}

@@ -75,6 +75,8 @@ class BuiltinDataConfig(BaseModel):
     def _consistent(self) -> BuiltinDataConfig:
         if self.min_objects > self.max_objects:
             raise ValueError(f"min_objects {self.min_objects} > max_objects {self.max_objects}")
+        if self.image_size < 8 * self.grid:
+            raise ValueError(f"image_size {self.image_size} leaves cells under 8 px on a {self.grid}-cell grid")
         if self.max_objects > self.grid**2:
             raise ValueError(f"max_objects {self.max_objects} does not fit a {self.grid}×{self.grid} grid")
         return self

@@ -138,8 +138,9 @@ def _shape_mask(shape: str, size_px: int, canvas: int, cx: int, cy: int) -> np.n
         draw.rectangle((x0, cy - t, x1, cy + t - 1), fill=1)
     elif shape == "ring":
         draw.ellipse((x0, y0, x1, y1), fill=1)
-        inset = max(2, size_px // 4)
-        draw.ellipse((x0 + inset, y0 + inset, x1 - inset, y1 - inset), fill=0)
+        inset = max(1, size_px // 4)
+        if x1 - inset > x0 + inset:  # too small a ring stays a disc
+            draw.ellipse((x0 + inset, y0 + inset, x1 - inset, y1 - inset), fill=0)
     else:
         raise ValueError(f"unknown shape {shape!r}")
     return np.asarray(img, dtype=bool)

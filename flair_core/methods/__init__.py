@@ -1,4 +1,8 @@
-"""Methods by name. Each method module pairs its settings, its model (shared towers + its head) and its loss."""
+"""Methods by name. Each method module pairs its settings, its model (shared towers + its head) and its loss.
+
+The loss object also says what the method needs from the data (`views`) and which batch entries its model
+takes (`inputs`); its forward turns the model's output dict into named terms that the loop sums.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 from torch import nn
 
-from flair_core.methods import flair
+from flair_core.methods import clip, dreamlip, filip, flair
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,9 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "flair": Method("flair", flair.FlairSettings, flair.FlairModel, flair.FlairLoss),
+    "clip": Method("clip", clip.ClipSettings, clip.ClipModel, clip.ClipLoss),
+    "filip": Method("filip", filip.FilipSettings, filip.FilipModel, filip.FilipLoss),
+    "dreamlip": Method("dreamlip", dreamlip.DreamlipSettings, dreamlip.DreamlipModel, dreamlip.DreamlipLoss),
 }
 
 

@@ -13,7 +13,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from flair_core import distributed
 from flair_core.config import ModelConfig
+from flair_core.data.captions import SamplingConfig
+from flair_core.data.loader import TextViews
+from flair_core.losses import MethodLoss, band, sigmoid_loss_sum
 from flair_core.pooling import TextConditionedPooling
 from flair_core.towers import DualTowers, Projection
 
@@ -27,7 +31,7 @@ class FlairSettings(BaseModel):
 
 
 class FlairModel(DualTowers):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, settings: FlairSettings | None = None):
         super().__init__(config)
         dim = config.embed_dim
         self.image_post = Projection(config.vision_cfg.width, dim)
@@ -87,48 +91,68 @@ def text_set_indices(offsets: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat([own, others * k + offsets], dim=1).sort(dim=1).values
 
 
-def sigmoid_loss_sum(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """−Σ log σ(y·z) with y = +1 where `positive` else −1."""
-    signs = positive.to(logits.dtype) * 2 - 1
-    return -F.logsigmoid(signs * logits).sum()
-
-
-class FlairLoss(nn.Module):
+class FlairLoss(MethodLoss):
     """TCS over (B, B+K−1) text sets plus MPS over all B·K texts; returns the weighted terms by name.
 
     Each term is normalised by its number of texts per image (M = B+K−1 for TCS, N = B·K for MPS), as in the
-    original, so that values are comparable with its logs.
+    original. With W ranks, every rank gathers all ranks' text features (gradients flow back to their owner)
+    and builds its images' text sets over the global batch, from offsets drawn identically on every rank; the
+    rank's terms are scaled by W so that DDP's gradient average equals single-process training on the global
+    batch exactly. (The original instead passes text sets around a ring and adds negatives-only terms, which
+    changes the loss with the number of ranks; see docs/deviations.md.)
     """
 
-    def __init__(self, settings: FlairSettings):
-        super().__init__()
-        self.settings = settings
+    settings: FlairSettings
 
-    def forward(
-        self,
-        out: dict[str, torch.Tensor],
-        pooling: TextConditionedPooling,
-        k: int,
-        offsets: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        image_features, image_tokens, texts = out["image_features"], out["image_tokens"], out["text_features"]
+    def __init__(self, settings: FlairSettings, seed: int = 0):
+        super().__init__(settings, seed)
+        # Offsets must match across ranks, stay fixed over a step's micro-batches and survive a resume:
+        # derived from (seed, step count).
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def views(self, sampling: SamplingConfig) -> TextViews:
+        return TextViews(sampling)
+
+    def inputs(self, batch: dict) -> tuple[torch.Tensor, ...]:
+        return batch["images"], batch["texts"]
+
+    def advance(self) -> None:
+        self.steps += 1
+
+    def own_parameters(self, head: FlairModel) -> list[nn.Parameter]:
+        return list(head.visual_proj.parameters())  # pooling runs in the loss, over the text sets
+
+    def draw_offsets(self, num_images: int, k: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.steps))
+        return torch.randint(0, k, (num_images, num_images - 1), generator=generator)
+
+    def forward(self, out: dict[str, torch.Tensor], head: FlairModel, offsets: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+        image_features, image_tokens = out["image_features"], out["image_tokens"]
         scale, bias = out["logit_scale"], out["logit_bias"]
         b = image_features.shape[0]
-        if texts.shape[0] != b * k:
-            raise ValueError(f"expected {b}×{k} texts for {b} images at K={k}, got {texts.shape[0]}")
+        k, rest = divmod(out["text_features"].shape[0], b)
+        if rest or k < 1:
+            raise ValueError(f"{out['text_features'].shape[0]} texts for {b} images: expected K per image")
+        rank, world = distributed.current()
+        texts = distributed.gather_with_grad(out["text_features"])  # (W·B·K, D), row-major over global images
+        b_all = b * world
+        mine = slice(rank * b, (rank + 1) * b)
         w = self.settings.tcs_weight
         terms: dict[str, torch.Tensor] = {}
         if w > 0:
             if offsets is None:
-                offsets = torch.randint(0, k, (b, b - 1), device=texts.device)
-            text_sets = texts[text_set_indices(offsets, k)]  # (B, M, D)
-            m = text_sets.shape[1]
-            positive = _band(b, m, k, texts.device, step=1)
-            terms["tcs"] = w * self.text_conditioned_sum(pooling, image_tokens, text_sets, scale, bias, positive) / m
+                offsets = self.draw_offsets(b_all, k)
+            indices = text_set_indices(offsets.to(texts.device), k)[mine]  # (B, M) into the global texts
+            m = indices.shape[1]
+            positive = band(b_all, m, k, texts.device, step=1)[mine]
+            text_sets = texts[indices]  # (B, M, D)
+            tcs = self.text_conditioned_sum(head.visual_proj, image_tokens, text_sets, scale, bias, positive)
+            terms["tcs"] = w * world * tcs / m
         if w < 1:
-            positive = _band(b, b * k, k, texts.device, step=k)
-            logits = scale * F.normalize(image_features, dim=-1) @ F.normalize(texts, dim=-1).T + bias  # (B, N)
-            terms["mps"] = (1 - w) * sigmoid_loss_sum(logits, positive) / (b * k)
+            positive = band(b_all, b_all * k, k, texts.device, step=k)[mine]
+            logits = scale * F.normalize(image_features, dim=-1) @ F.normalize(texts, dim=-1).T + bias  # (B, W·N)
+            terms["mps"] = (1 - w) * world * sigmoid_loss_sum(logits, positive) / (b_all * k)
         return terms
 
     @staticmethod
@@ -137,10 +161,3 @@ class FlairLoss(nn.Module):
         pooled = pooling(text_sets, image_tokens)[0]  # (B, M, D)
         logits = scale * (F.normalize(pooled, dim=-1) * F.normalize(text_sets, dim=-1)).sum(-1) + bias
         return sigmoid_loss_sum(logits, positive)
-
-
-def _band(rows: int, cols: int, k: int, device: torch.device, step: int) -> torch.Tensor:
-    """Boolean (rows, cols): True where step·i <= col < step·i + k."""
-    start = torch.arange(rows, device=device)[:, None] * step
-    col = torch.arange(cols, device=device)[None, :]
-    return (col >= start) & (col < start + k)

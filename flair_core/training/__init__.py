@@ -1,0 +1,1 @@
+"""The training engine: one distributed loop for every method."""

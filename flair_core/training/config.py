@@ -1,0 +1,100 @@
+"""The run configuration: every section of a params file, validated once and written beside the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from flair_core.config import ConfigError
+from flair_core.data.builtin import BuiltinDataConfig
+from flair_core.data.captions import SamplingConfig
+from flair_core.data.loader import LoaderConfig
+from flair_core.methods import METHODS
+from flair_core.params import apply_overrides, read_yaml, validate
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MethodConfig(_Frozen):
+    name: str = "flair"
+    settings: dict = Field(default_factory=dict, description="validated by the method's own settings model")
+
+    @model_validator(mode="after")
+    def _known(self) -> MethodConfig:
+        if self.name not in METHODS:
+            raise ValueError(f"unknown method {self.name!r} (known: {', '.join(sorted(METHODS))})")
+        return self
+
+
+class TrainConfig(_Frozen):
+    model: str = Field("tiny-64", description="built-in model config name or JSON path")
+    shards: str = Field("data/builtin/train", description="folder of .tar shards, or a (brace) URL pattern")
+    samples_per_epoch: int | None = Field(None, gt=0, description="None: from the built-in data's meta.json")
+    init_from: str | None = Field(None, description="weights to start from (e.g. a released FLAIR checkpoint)")
+    batch_size: int = Field(64, ge=2, description="per rank")
+    epochs: int = Field(1, ge=1)
+    steps_per_epoch: int | None = Field(None, gt=0, description="None: samples_per_epoch // global batch")
+    lr: float = Field(5e-4, gt=0)
+    scalar_lr: float | None = Field(None, gt=0, description="lr of logit scale/bias; None: lr")
+    weight_decay: float = Field(0.5, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-8, gt=0)
+    warmup_steps: int = Field(2000, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    accum_freq: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    grad_checkpointing: bool = False
+    compile: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int = Field(500, ge=1, description="steps")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _divisible(self) -> TrainConfig:
+        if self.batch_size % self.accum_freq:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by accum_freq {self.accum_freq}")
+        return self
+
+
+class RunConfig(_Frozen):
+    data: BuiltinDataConfig = BuiltinDataConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    loader: LoaderConfig = LoaderConfig()
+    method: MethodConfig = MethodConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: dict = Field(default_factory=dict)
+
+    def method_settings(self) -> BaseModel:
+        return validate(METHODS[self.method.name].settings, self.method.settings, "params", "method.settings")
+
+
+def load_run_config(paths: list[str | Path] = (), overrides: list[str] = ()) -> RunConfig:
+    """Params files merged left to right (later wins, section by section), then `section.key=value` overrides."""
+    data: dict = {}
+    for path in paths:
+        for section, values in read_yaml(path).items():
+            if isinstance(values, dict) and isinstance(data.get(section), dict):
+                data[section] = {**data[section], **values}
+            else:
+                data[section] = values
+    data = apply_overrides(data, list(overrides))
+    source = ", ".join(str(p) for p in paths) or "params"
+    config = validate(RunConfig, data, source)
+    config.method_settings()  # method settings are checked now, not at the first step
+    return config
+
+
+def dump_run_config(config: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)

@@ -1,0 +1,296 @@
+"""One training loop for every method, from one CPU process to many GPU nodes (torchrun).
+
+Rank 0 writes the run folder: `config.yaml` (the validated config), `metrics.jsonl` (one line per step:
+loss terms, lr, logit scale, samples/s) and `checkpoints/step-*.pt`. `resume="auto"` continues from the
+newest complete checkpoint with optimizer, scheduler, scaler, loss and RNG state and the data position, so a
+killed and resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from flair_core import create_model, distributed, get_tokenizer, get_transform, load_weights
+from flair_core.checkpoint import CheckpointError, load_checked
+from flair_core.config import ConfigError
+from flair_core.data.loader import train_loader
+from flair_core.methods import get_method
+from flair_core.training import checkpoints
+from flair_core.training.config import RunConfig, dump_run_config
+from flair_core.training.optim import clamp_logit_scale, param_groups, warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+def shard_urls(spec: str) -> list[str] | str:
+    path = Path(spec)
+    if path.is_dir():
+        urls = sorted(str(p) for p in path.glob("*.tar"))
+        if not urls:
+            raise ConfigError(f"train.shards: no .tar shards in {path}")
+        return urls
+    return spec
+
+
+def samples_per_epoch(config: RunConfig) -> int:
+    if config.train.samples_per_epoch:
+        return config.train.samples_per_epoch
+    meta = Path(config.train.shards).parent / "meta.json"
+    if not meta.is_file():
+        raise ConfigError(f"train.samples_per_epoch is not set and {meta} (built-in data) does not exist")
+    return json.loads(meta.read_text())["counts"]["train"]
+
+
+def check_sentences(config: RunConfig, k: int) -> None:
+    """K sub-captions are sampled from the caption's sentences: more than the shortest caption has is an error."""
+    meta = Path(config.train.shards).parent / "meta.json"
+    if meta.is_file():
+        data = json.loads(meta.read_text())["config"]
+        fewest = data["min_objects"] + data["relations_per_caption"] + 2
+        if k > fewest:
+            raise ConfigError(f"sampling.k {k} exceeds the {fewest} sentences of the shortest built-in caption")
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def merge_outputs(fresh: dict, cached: list[dict], index: int) -> dict:
+    """Micro-batch `index` with gradients, the others from the no-grad pass, concatenated in batch order.
+
+    Scalars (logit scale/bias) enter every micro-step's full-batch loss: they keep their gradient only in
+    the last one, or it would be counted once per micro-batch.
+    """
+    last = index == len(cached) - 1
+    return {
+        key: torch.cat([fresh[key] if i == index else c[key] for i, c in enumerate(cached)])
+        if fresh[key].ndim > 0 else (fresh[key] if last else fresh[key].detach())
+        for key in fresh
+    }
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, out: Path, resume: str | None = None):
+        self.config, self.out = config, Path(out)
+        t = config.train
+        self.world = distributed.init(t.device)
+        torch.manual_seed(t.seed + self.world.rank)
+        random.seed(t.seed + self.world.rank)
+        spec = get_method(config.method.name)
+        settings = config.method_settings()
+        self.head = create_model(t.model, config.method.name, settings=settings)
+        if t.init_from:
+            load_weights(self.head, t.init_from)
+        self.head.to(self.world.device)
+        if t.grad_checkpointing:
+            self.head.set_grad_checkpointing(True)
+        self.loss_fn = spec.loss(settings, seed=t.seed).to(self.world.device)
+        self.views = self.loss_fn.views(config.sampling)
+        check_sentences(config, self.views.sampling.k)
+        self.model = self.head
+        if self.world.size > 1:
+            self.model = DistributedDataParallel(self.head, device_ids=[self.world.local_rank]
+                                                 if self.world.device.type == "cuda" else None)
+        if t.compile:
+            self.model = torch.compile(self.model)
+        global_batch = t.batch_size * self.world.size
+        self.steps_per_epoch = t.steps_per_epoch or samples_per_epoch(config) // global_batch
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"train: fewer samples per epoch than one global batch of {global_batch}")
+        self.total_steps = t.epochs * self.steps_per_epoch
+        self.optimizer = torch.optim.AdamW(param_groups(self.head, t.lr, t.weight_decay, t.scalar_lr),
+                                           betas=t.betas, eps=t.eps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(t.warmup_steps,
+                                                                                          self.total_steps))
+        self.scaler = torch.amp.GradScaler(self.world.device.type,
+                                           enabled=t.precision == "fp16" and self.world.device.type == "cuda")
+        self.step = 0
+        self.ckpt_dir = self.out / "checkpoints"
+        self._start(resume)
+
+    # ------------------------------------------------------------------------------------------ set-up
+    def _start(self, resume: str | None) -> None:
+        # Rank 0 decides which checkpoint (or error) applies and tells the others, so all act alike.
+        decision = [self._decide(resume) if self.world.is_main else None]
+        if self.world.size > 1:
+            torch.distributed.broadcast_object_list(decision, src=0)
+        kind, value = decision[0]
+        if kind == "error":
+            raise (CheckpointError if "checkpoint" in value else ConfigError)(value)
+        if kind == "resume":
+            self._restore(checkpoints.load(Path(value)), Path(value))
+        if self.world.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            dump_run_config(self.config, self.out / "config.yaml")
+            self._truncate_metrics()
+
+    def _decide(self, resume: str | None) -> tuple[str, str | None]:
+        if resume == "auto":
+            path = checkpoints.newest(self.ckpt_dir)
+            return ("resume", str(path)) if path else ("fresh", None)
+        if resume:
+            given = Path(resume)
+            folder = given / "checkpoints" if (given / "checkpoints").is_dir() else given
+            path = checkpoints.newest(folder) if given.is_dir() else given
+            if path is None or not path.is_file():
+                return "error", f"--resume {resume}: no complete checkpoint found"
+            return "resume", str(path)
+        if (self.out / "config.yaml").exists():
+            return "error", f"{self.out} already holds a run: pass --resume auto to continue it, or another --out"
+        return "fresh", None
+
+    def _restore(self, state: dict, path: Path) -> None:
+        load_checked(self.head, state["model"], str(path))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.loss_fn.load_state_dict(state.get("loss", {}), strict=False)
+        self.step = state["step"]
+        checkpoints.restore_rng(state["rng"][self.world.rank] if isinstance(state["rng"], list) else state["rng"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def _truncate_metrics(self) -> None:
+        """Drop lines past the resumed step, so a resumed run's metrics have no duplicates."""
+        metrics = self.out / "metrics.jsonl"
+        if metrics.exists():
+            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            metrics.write_text("".join(line + "\n" for line in kept))
+
+    # ------------------------------------------------------------------------------------------ training
+    def _micro_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        t = self.config.train
+        inputs = [x.to(self.world.device, non_blocking=True) for x in self.loss_fn.inputs(batch)]
+        if t.accum_freq == 1:
+            with autocast(t.precision, self.world.device):
+                terms = self.loss_fn(self.model(*inputs), self.head)
+            self.scaler.scale(sum(terms.values())).backward()
+            return terms
+        # Gradient accumulation with the negatives of the whole batch (as open_clip): features of every
+        # micro-batch without grad first, then each micro-batch again with grad inside the full-batch loss.
+        micro = list(zip(*(x.chunk(t.accum_freq) for x in inputs), strict=True))
+        with torch.no_grad(), autocast(t.precision, self.world.device):
+            cached = [self.model(*m) for m in micro]
+        # Parameters used inside the loss see the whole batch in every micro-step: they get their gradient
+        # from the last micro-step only.
+        loss_params = [p for p in self.loss_fn.own_parameters(self.head) if p.requires_grad]
+        for j, m in enumerate(micro):
+            last = j == len(micro) - 1
+            sync = contextlib.nullcontext() if last or self.world.size == 1 else self.model.no_sync()
+            for p in loss_params:
+                p.requires_grad_(last)
+            with sync:
+                with autocast(t.precision, self.world.device):
+                    terms = self.loss_fn(merge_outputs(self.model(*m), cached, j), self.head)
+                self.scaler.scale(sum(terms.values())).backward()
+        return terms
+
+    def _optimizer_step(self) -> None:
+        t = self.config.train
+        if t.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.head.parameters(), t.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.loss_fn.advance()
+        clamp_logit_scale(self.head)
+
+    def _state(self) -> dict:
+        rng = checkpoints.rng_state()
+        if self.world.size > 1:  # every rank's RNG, so each resumes its own stream
+            gathered = [None] * self.world.size
+            torch.distributed.all_gather_object(gathered, rng)
+            rng = gathered
+        return {
+            "model": self.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "loss": self.loss_fn.state_dict(),
+            "step": self.step,
+            "epoch": self.step // self.steps_per_epoch,
+            "step_in_epoch": self.step % self.steps_per_epoch,
+            "rng": rng,
+            "method": self.config.method.name,
+            "model_config": self.head.config.model_dump(mode="json"),
+        }
+
+    def _checkpoint(self) -> Path | None:
+        state = self._state()  # collective: every rank takes part
+        if self.world.is_main:
+            return checkpoints.save(self.ckpt_dir, self.step, state, self.config.train.keep_checkpoints)
+        return None
+
+    def _log(self, terms: dict, seconds: float, progress) -> None:
+        values = {f"loss/{k}": distributed.all_reduce_mean(v.detach().float()).item() for k, v in terms.items()}
+        values["loss/total"] = sum(values.values())
+        if not self.world.is_main:
+            return
+        t = self.config.train
+        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **values,
+                  "lr": self.optimizer.param_groups[0]["lr"], "logit_scale": self.head.logit_scale.exp().item(),
+                  "samples_per_s": t.batch_size * self.world.size / seconds}
+        if not all(math.isfinite(v) for v in values.values()):
+            raise FloatingPointError(f"step {self.step}: loss is not finite ({values})")
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if progress is not None:
+            progress.set_postfix(loss=f"{values['loss/total']:.4f}", refresh=False)
+            progress.update(1)
+        elif self.step % t.log_every == 0 or self.step == self.total_steps:
+            log.info("step %d/%d loss %.4f lr %.2e scale %.2f %.1f samples/s", self.step, self.total_steps,
+                     values["loss/total"], record["lr"], record["logit_scale"], record["samples_per_s"])
+
+    def fit(self) -> Path | None:
+        t = self.config.train
+        progress = None
+        if self.world.is_main and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            progress = tqdm(total=self.total_steps, initial=self.step, desc=self.config.method.name)
+        tokenizer, transform = get_tokenizer(self.head.config), get_transform(self.head.config, train=True)
+        last = None
+        self.model.train()
+        while self.step < self.total_steps:
+            epoch, skip = divmod(self.step, self.steps_per_epoch)
+            batches = train_loader(shard_urls(t.shards), self.views, tokenizer, transform, t.batch_size,
+                                   self.steps_per_epoch, self.config.loader, seed=t.seed, epoch=epoch,
+                                   rank=self.world.rank, world=self.world.size, skip_batches=skip)
+            tick = time.perf_counter()
+            for batch in batches:
+                terms = self._micro_step(batch)
+                self._optimizer_step()
+                self.step += 1
+                now = time.perf_counter()  # wall time per step, data waiting included
+                self._log(terms, now - tick, progress)
+                tick = now
+                if self.step % t.checkpoint_every == 0 or self.step == self.total_steps:
+                    last = self._checkpoint()
+        if progress is not None:
+            progress.close()
+        if last is None and self.world.is_main:
+            last = checkpoints.newest(self.ckpt_dir)
+        return last
+
+
+def train(config: RunConfig, out: str | Path, resume: str | None = None) -> Path | None:
+    """Train to the end; returns the final checkpoint (rank 0) ."""
+    try:
+        return Trainer(config, Path(out), resume).fit()
+    finally:
+        distributed.shutdown()

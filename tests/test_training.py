@@ -1,0 +1,143 @@
+"""The training loop: every method learns, gradient accumulation is exact, bad input is refused cleanly."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from flair_core.training.config import load_run_config
+from flair_core.training.loop import Trainer
+
+METHODS = ["flair", "clip", "filip", "dreamlip"]
+
+
+def run_config(data, **overrides):
+    base = {"train.model": "micro-32", "train.shards": str(data / "train"), "train.batch_size": 16,
+            "train.warmup_steps": 2, "train.lr": 2e-3, "train.scalar_lr": 2e-2, "train.weight_decay": 0.1,
+            "sampling.k": 3, "loader.workers": 1, "train.checkpoint_every": 1000}
+    base.update(overrides)
+    return load_run_config([], [f"{k}={v}" for k, v in base.items()])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_loss_falls_for_every_method(method, tiny_data, tmp_path):
+    config = run_config(tiny_data, **{"method.name": method, "train.steps_per_epoch": 30})
+    Trainer(config, tmp_path / "run").fit()
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(1, 31))
+    first = sum(x["loss/total"] for x in lines[:5]) / 5
+    last = sum(x["loss/total"] for x in lines[-5:]) / 5
+    assert last < 0.95 * first, (method, first, last)
+    assert (tmp_path / "run" / "checkpoints" / "step-00000030.pt").is_file()
+    assert "method" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradient_accumulation_equals_the_full_batch(method, tiny_data, tmp_path):
+    grads = []
+    for accum in (1, 4):
+        config = run_config(tiny_data, **{"method.name": method, "train.accum_freq": accum,
+                                          "train.steps_per_epoch": 1})
+        trainer = Trainer(config, tmp_path / f"a{accum}")
+        batch = next(iter(trainer_loader(trainer)))
+        terms = trainer._micro_step(batch)
+        grads.append(({k: v.item() for k, v in terms.items()},
+                      {n: p.grad.clone() for n, p in trainer.head.named_parameters() if p.grad is not None}))
+    (terms1, g1), (terms4, g4) = grads
+    assert terms1 == pytest.approx(terms4, rel=1e-5)
+    assert g1.keys() == g4.keys()
+    for name in g1:
+        error = (g1[name] - g4[name]).abs().max().item()
+        assert error <= 1e-4 * g1[name].abs().max().item() + 1e-7, (name, error)
+
+
+def trainer_loader(trainer):
+    from flair_core import get_tokenizer, get_transform
+    from flair_core.data.loader import train_loader
+    from flair_core.training.loop import shard_urls
+
+    t = trainer.config.train
+    return train_loader(shard_urls(t.shards), trainer.views, get_tokenizer(trainer.head.config),
+                        get_transform(trainer.head.config, True), t.batch_size, 1, trainer.config.loader)
+
+
+def test_logit_scale_is_clamped_and_scalars_have_their_own_group(tiny_data, tmp_path):
+    config = run_config(tiny_data, **{"train.steps_per_epoch": 3, "train.scalar_lr": 5.0})
+    trainer = Trainer(config, tmp_path / "run")
+    groups = {g["name"]: g for g in trainer.optimizer.param_groups}
+    assert groups["scalars"]["weight_decay"] == 0 and groups["scalars"]["initial_lr"] == 5.0
+    assert {id(p) for p in groups["scalars"]["params"]} == {id(trainer.head.logit_scale), id(trainer.head.logit_bias)}
+    trainer.fit()
+    assert 0 <= trainer.head.logit_scale.item() <= torch.log(torch.tensor(100.0)).item() + 1e-6
+
+
+def flair(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "flair_core.cli", *args], capture_output=True, text=True,
+                          check=False, cwd=cwd)
+
+
+def common(data):
+    return ["--set", "train.model=micro-32", "--set", f"train.shards={data / 'train'}", "--set",
+            "train.batch_size=8", "--set", "train.steps_per_epoch=2", "--set", "loader.workers=0"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("method.name=siglip", "unknown method 'siglip'"),
+    ("sampling.k=20", "sampling.k 20 exceeds the 9 sentences"),
+    ("train.accum_freq=3", "batch_size 8 is not divisible by accum_freq 3"),
+    ("method.settings.tcs_weight=2", "method.settings.tcs_weight"),
+    ("train.lr=-1", "train.lr"),
+])
+def test_bad_parameters_give_one_line_and_write_nothing(override, message, tiny_data, tmp_path):
+    result = flair("train", "--out", str(tmp_path / "run"), *common(tiny_data), "--set", override)
+    assert result.returncode == 2
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_is_not_overwritten_and_bad_resumes_are_refused(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    assert flair("train", "--out", str(run), *common(tiny_data)).returncode == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+    again = flair("train", "--out", str(run), *common(tiny_data))
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+
+    missing = flair("train", "--out", str(run), *common(tiny_data), "--resume", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "no complete checkpoint found" in missing.stderr
+
+    other = flair("train", "--out", str(run), *common(tiny_data), "--set", "train.model=tiny-64",
+                  "--resume", "auto")
+    assert other.returncode == 2 and "does not match the model" in other.stderr
+    assert other.stderr.count("\n") == 1
+
+    (run / "checkpoints" / ".step-00000009.pt.tmp-1").write_bytes(b"half written")
+    resumed = flair("train", "--out", str(run), *common(tiny_data), "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr  # the stray temp file is never taken for a checkpoint
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and ".tmp-" not in p.name}
+    assert after == before  # already complete: nothing retrained, nothing rewritten but config.yaml
+
+
+@pytest.mark.parametrize("name", ["cpu", "vit-b16-cc3m"])
+def test_shipped_params_files_validate_and_build(name):
+    from pathlib import Path
+
+    from flair_core import create_model
+
+    config = load_run_config([Path(__file__).parents[1] / "params" / f"{name}.yaml"])
+    with torch.device("meta"):
+        model = create_model(config.train.model, config.method.name, settings=config.method_settings())
+    assert model.config.vision_cfg.image_size in (64, 224)
+    assert config.sampling.k in (4, 8)
+
+
+@pytest.mark.parametrize("option", ["train.precision=bf16", "train.grad_checkpointing=true"])
+def test_bf16_autocast_and_gradient_checkpointing_train(option, tiny_data, tmp_path):
+    key, value = option.split("=")
+    config = run_config(tiny_data, **{key: value, "train.steps_per_epoch": 3})
+    trainer = Trainer(config, tmp_path / "run")
+    assert trainer.fit().name == "step-00000003.pt"
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and all(torch.isfinite(torch.tensor(x["loss/total"])) for x in lines)
