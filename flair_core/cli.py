@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from flair_core.checkpoint import CheckpointError
 from flair_core.config import ConfigError
@@ -64,6 +65,39 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"trained {config.method.name}: {last}")
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import json
+    import os
+    import time
+
+    import torch
+
+    from flair_core.evaluation.runner import EvalOptions, run_benchmark
+    from flair_core.training.checkpoints import load_trained
+
+    if not Path(args.root).is_dir():  # before loading anything
+        raise ValueError(f"benchmark root {args.root} does not exist")
+    model, method = load_trained(args.checkpoint, args.model, args.method)
+    options = EvalOptions(modes=tuple(args.mode), topk=args.topk, budget_mb=args.budget_mb,
+                          dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision],
+                          background_threshold=args.background_threshold, class_names=tuple(args.class_name),
+                          device=args.device)
+    start = time.perf_counter()
+    metrics = run_benchmark(model, method, args.benchmark, args.root, args.split, options)
+    metrics[f"seconds/{args.benchmark}"] = time.perf_counter() - start
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True))
+        tmp.replace(out)
+    for key, value in metrics.items():
+        if key.endswith(("t2i_r1", "i2t_r1", "/miou", "/top1")) and "strict" not in key:
+            print(f"{key:60s} {value:7.2f}")
+    if args.out:
+        print(f"wrote {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flair", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +123,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'auto': continue from the newest checkpoint in --out if any; or a checkpoint/run folder")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("evaluate", help="evaluate a trained model on one benchmark")
+    p.add_argument("checkpoint", help="run folder, training checkpoint, or weights file (then give --model)")
+    p.add_argument("--benchmark", required=True,
+                   help="retrieval: builtin_fine_grained, builtin_long, builtin_standard, coco, coco_karpathy_5k, "
+                        "flickr30k, docci_fg, iiw_fg, urban1k, dci, sharegpt4v_1k, sharegpt4v_10k; segmentation: "
+                        "builtin_segmentation, voc, voc20, ade20k, cityscapes; classification: "
+                        "builtin_classification, imagefolder")
+    p.add_argument("--root", default="data/builtin", help="data root of the benchmark")
+    p.add_argument("--split", help="benchmark split (built-in: test or val)")
+    p.add_argument("--mode", action="append", default=[],
+                   help="scoring mode(s), repeatable; retrieval: global, flair, topk, filip; segmentation: patch, "
+                        "attention; default: all the method offers")
+    p.add_argument("--topk", type=int, default=128, help="k of the top-k retrieval mode")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="FLAIR-mode pooling precision")
+    p.add_argument("--budget-mb", type=float, default=512, help="working-memory budget of FLAIR scoring")
+    p.add_argument("--background-threshold", type=float, help="segmentation: below it a pixel is background")
+    p.add_argument("--class-name", action="append", default=[], help="ADE20K-style class names, in label order")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", help="model config for a bare weights file")
+    p.add_argument("--method", default="flair", help="method for a bare weights file")
+    p.add_argument("--out", help="metrics JSON to write (atomically)")
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("check-weights", help="load a checkpoint (e.g. flair-cc3m-recap.pt) and report")
     p.add_argument("checkpoint", help="a .pt/.pth/.bin or .safetensors file")
     p.add_argument("--model", default="ViT-B-16-FLAIR", help="built-in config name or JSON path")
@@ -109,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, CheckpointError, ValueError, FloatingPointError) as err:
+    except (ConfigError, CheckpointError, ValueError, FloatingPointError, OSError) as err:
         print(f"flair {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0

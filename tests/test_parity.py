@@ -131,16 +131,20 @@ def test_losses_and_gradients(fx):
 
 @torch.no_grad()
 def test_retrieval_score_matrices(fx):
-    from flair_core.evaluation.scores import flair_scores, global_scores, topk_flair_scores
+    from flair_core.evaluation.scores import flair_pair_scores, flair_scores, global_scores, topk_mask
 
     m, e = fx["model"], fx["expected"]
     out = m(e["images"], e["text_tokens"])
     args = (out["text_features"], out["logit_scale"])
-    # Small batches and chunks so the batching itself is exercised.
-    close(flair_scores(m.visual_proj, out["image_tokens"], *args, image_batch=3, text_chunk=5),
+    # A tiny budget forces several image batches and text chunks.
+    close(flair_scores(m.visual_proj, out["image_tokens"], *args, budget_mb=0.002),
           e["retrieval_scores_flair"], ATOL_LOGITS)
-    close(global_scores(out["image_features"], *args), e["retrieval_scores_global"], ATOL_LOGITS)
+    coarse = global_scores(out["image_features"], *args)
+    close(coarse, e["retrieval_scores_global"], ATOL_LOGITS)
     k = fx["config"]["topk"]
-    indices, scores = topk_flair_scores(m.visual_proj, out["image_features"], out["image_tokens"], *args, k=k)
-    assert torch.equal(indices, e["retrieval_topk_indices"])
-    close(scores, e["retrieval_scores_topk"], ATOL_LOGITS)
+    selected = topk_mask(coarse, k, dim=1)
+    expected = torch.zeros_like(selected).scatter_(1, e["retrieval_topk_indices"], True)
+    assert torch.equal(selected, expected)
+    fine = flair_pair_scores(m.visual_proj, out["image_tokens"], *args, selected)
+    close(fine.gather(1, e["retrieval_topk_indices"]), e["retrieval_scores_topk"], ATOL_LOGITS)
+    assert torch.isnan(fine[~selected]).all()

@@ -227,6 +227,7 @@ class Trainer:
             "step_in_epoch": self.step % self.steps_per_epoch,
             "rng": rng,
             "method": self.config.method.name,
+            "method_settings": self.config.method_settings().model_dump(mode="json"),
             "model_config": self.head.config.model_dump(mode="json"),
         }
 

@@ -1,0 +1,280 @@
+"""Zero-shot semantic segmentation: per-patch class scores, sliding windows, arg-max, mIoU.
+
+The original has no segmentation code (FLAIR_SPEC §7.8); our protocol, two per-patch scores:
+* `patch`: cos(image_post(patch token), class embedding) — every method;
+* `attention` (FLAIR only): the class embedding as the `visual_proj` query, head-averaged weights over the
+  patches with the zero slot dropped and the rest renormalised (the original would not renormalise, §8.14).
+Patch maps (B, C, g, g) are upsampled bilinearly to each window, averaged where windows overlap, resized to
+the label map and arg-maxed. With `background_threshold`, class 0 "background" gets no prompt: pixels whose
+best foreground score is below the threshold become 0. Labels are remapped to 0..C-1 with 255 = ignore.
+
+Data sources (each returns a `SegmentationSource`; missing files fail before any compute):
+* `builtin_segmentation(root, split)`: `<split>/shard-*.tar` with `<key>.png` and `<key>.seg.png`;
+* `voc_segmentation(root, split, background=True)`: `JPEGImages/<id>.jpg`, `SegmentationClass/<id>.png`
+  (palette), ids from `ImageSets/Segmentation/<split>.txt`; without background ("VOC20") it is ignored;
+* `ade20k_segmentation(root, class_names, split)`: `images/<split>/*.jpg`, `annotations/<split>/<stem>.png`,
+  label 0 = ignore, 1..N = `class_names`;
+* `cityscapes_segmentation(root, split)`: `leftImg8bit/<split>/<city>/*_leftImg8bit.png`,
+  `gtFine/<split>/<city>/*_gtFine_labelTrainIds.png`, the 19 train ids.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from flair_core.data.errors import DataError
+from flair_core.evaluation.attention import patch_attention, require_pooling, to_grid
+from flair_core.evaluation.classification import read_meta, read_shards, shard_samples
+from flair_core.evaluation.templates import CLIP_BEST, batched, class_text_embeddings
+
+IGNORE = 255
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+               "cow", "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa",
+               "train", "tv monitor")
+CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+                      "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+                      "motorcycle", "bicycle")
+OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class SegmentationSource:
+    name: str
+    class_names: tuple[str, ...]
+    samples: Callable[[], Iterator[tuple[Image.Image, np.ndarray]]]  # RGB image, labels (H, W) int64
+    num_images: int
+
+
+# ---- metrics (pure) ----
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_index: int = IGNORE) -> torch.Tensor:
+    """pred, target (...) integer maps -> (C, C) int64 counts, rows = true class, columns = predicted."""
+    valid = target != ignore_index
+    t, p = target[valid].long(), pred[valid].long()
+    if t.numel() and (t.min() < 0 or t.max() >= num_classes or p.min() < 0 or p.max() >= num_classes):
+        raise ValueError(f"labels outside 0..{num_classes - 1} (and not the ignore index {ignore_index})")
+    return torch.bincount(t * num_classes + p, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def iou_per_class(confusion: torch.Tensor) -> torch.Tensor:
+    """(C, C) -> (C,) float64 intersection / union; NaN for a class neither present nor predicted."""
+    c = confusion.double()
+    inter = c.diagonal()
+    union = c.sum(0) + c.sum(1) - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
+
+
+def mean_iou(iou: torch.Tensor) -> float:
+    """Mean over the defined (non-NaN) classes; NaN if none is."""
+    defined = iou[~iou.isnan()]
+    return defined.mean().item() if defined.numel() else float("nan")
+
+
+def pixel_accuracy(confusion: torch.Tensor) -> float:
+    total = confusion.sum().item()
+    return confusion.diagonal().sum().item() / total if total else float("nan")
+
+
+def predict_labels(scores: torch.Tensor, background_threshold: float | None = None) -> torch.Tensor:
+    """scores (C, H, W) -> labels (H, W). With a threshold the C scores are foreground classes 1..C and
+    pixels whose best score is below it become background 0."""
+    if background_threshold is None:
+        return scores.argmax(dim=0)
+    best, index = scores.max(dim=0)
+    return torch.where(best < background_threshold, 0, index + 1)
+
+
+# ---- per-patch scores and sliding windows ----
+
+def class_scorer(model, classes: torch.Tensor, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function images (B, 3, S, S) -> per-patch class scores (B, C, g, g); classes (C, D) unit norm."""
+    if mode == "patch":
+        def score(images: torch.Tensor) -> torch.Tensor:
+            tokens = F.normalize(model.image_post(model.encode_image(images)[1]).float(), dim=-1)  # (B, L, D)
+            return to_grid((tokens @ classes.T).transpose(1, 2))
+
+        return score
+    if mode == "attention":
+        pooling = require_pooling(model)
+
+        def score(images: torch.Tensor) -> torch.Tensor:
+            tokens = model.image_post(model.encode_image(images)[1])  # (B, L, D)
+            return to_grid(patch_attention(pooling, classes.to(tokens.dtype), tokens)[0].float())
+
+        return score
+    raise ValueError(f"unknown segmentation mode {mode!r} (known: patch, attention)")
+
+
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Offsets every `stride` plus one window flush with the far edge, so the windows cover [0, size)."""
+    if size <= window:
+        return [0]
+    return [*range(0, size - window, stride), size - window]
+
+
+def sliding_window_scores(score_fn: Callable, images: Sequence[torch.Tensor], window: int, stride: int,
+                          batch_size: int = 16, device: str | torch.device = "cpu") -> list[torch.Tensor]:
+    """Images (3, H, W) -> class scores (C, H, W) each, from window-sized crops batched across images.
+
+    Images smaller than the window are padded with zeros (the mean colour after normalisation).
+    """
+    padded = [F.pad(x, (0, max(0, window - x.shape[2]), 0, max(0, window - x.shape[1]))) for x in images]
+    crops = [(i, y, x) for i, im in enumerate(padded) for y in window_starts(im.shape[1], window, stride)
+             for x in window_starts(im.shape[2], window, stride)]
+    sums: list[torch.Tensor | None] = [None] * len(images)
+    counts = [torch.zeros(im.shape[1:]) for im in padded]
+    for batch in batched(crops, batch_size):
+        x = torch.stack([padded[i][:, y : y + window, x : x + window] for i, y, x in batch]).to(device)
+        maps = F.interpolate(score_fn(x).float(), size=(window, window), mode="bilinear", align_corners=False)
+        for m, (i, y, x0) in zip(maps.cpu(), batch):
+            if sums[i] is None:
+                sums[i] = torch.zeros(m.shape[0], *padded[i].shape[1:])
+            sums[i][:, y : y + window, x0 : x0 + window] += m
+            counts[i][y : y + window, x0 : x0 + window] += 1
+    return [(s / c)[:, : im.shape[1], : im.shape[2]] for s, c, im in zip(sums, counts, images)]
+
+
+def normalisation(transform: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean/std of the transform's Normalize step (OpenAI's if it has none), each (3, 1, 1)."""
+    norm = next((t for t in getattr(transform, "transforms", []) if hasattr(t, "mean") and hasattr(t, "std")),
+                None)
+    mean, std = (norm.mean, norm.std) if norm is not None else (OPENAI_MEAN, OPENAI_STD)
+    return torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+
+
+def to_input(image: Image.Image, mean: torch.Tensor, std: torch.Tensor, short_side: int | None) -> torch.Tensor:
+    """PIL image -> normalised (3, H, W), optionally resized (bicubic) to a given shorter side; never cropped."""
+    if short_side is not None:
+        scale = short_side / min(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def evaluate_segmentation(model, tokenizer: Callable, transform: Callable, source: SegmentationSource,
+                          mode: str = "patch", templates: str | Sequence[str] = CLIP_BEST,
+                          background_threshold: float | None = None, stride: int | None = None,
+                          batch_size: int = 16, device: str | torch.device = "cpu",
+                          short_side: int | None = None) -> dict:
+    """mIoU over the source at its native resolution (or resized to `short_side`), windows of the model's
+    image size every `stride` pixels (default half a window). Only the transform's normalisation is used.
+
+    `iou` holds the classes that are present or predicted (others have no IoU). The model must be on `device`.
+    """
+    names = source.class_names
+    if background_threshold is not None and names[0] != "background":
+        raise ValueError(f"background_threshold needs 'background' as class 0 of {source.name}")
+    model.eval()
+    prompted = names[1:] if background_threshold is not None else names
+    scorer = class_scorer(model, class_text_embeddings(model, tokenizer, prompted, templates, device=device), mode)
+    window = model.config.vision_cfg.image_size
+    stride = stride or max(1, window // 2)
+    mean, std = normalisation(transform)
+    confusion = torch.zeros(len(names), len(names), dtype=torch.long)
+    count = 0
+    for chunk in batched(source.samples(), batch_size):
+        inputs = [to_input(image, mean, std, short_side) for image, _ in chunk]
+        for scores, (_, label) in zip(sliding_window_scores(scorer, inputs, window, stride, batch_size, device),
+                                      chunk):
+            target = torch.from_numpy(label)
+            if scores.shape[1:] != target.shape:
+                scores = F.interpolate(scores[None], size=target.shape, mode="bilinear", align_corners=False)[0]
+            confusion += confusion_matrix(predict_labels(scores, background_threshold), target, len(names))
+            count += 1
+    if not count:
+        raise DataError(f"{source.name}: no images")
+    iou = iou_per_class(confusion)
+    return {"miou": mean_iou(iou), "iou": {n: v.item() for n, v in zip(names, iou) if not math.isnan(v)},
+            "pixel_accuracy": pixel_accuracy(confusion), "num_images": count}
+
+
+# ---- data sources ----
+
+def _mask(path_or_bytes: Path | bytes, remap: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+    raw = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
+    labels = np.asarray(Image.open(raw), dtype=np.int64)  # palette PNGs read as their indices
+    if labels.ndim != 2:
+        raise DataError(f"{path_or_bytes if isinstance(path_or_bytes, Path) else 'mask'} is not a class-index "
+                        f"PNG (shape {labels.shape})")
+    return remap(labels) if remap else labels
+
+
+def folder_source(name: str, classes: Sequence[str], pairs: list[tuple[Path, Path]],
+                  remap: Callable[[np.ndarray], np.ndarray] | None = None) -> SegmentationSource:
+    """(image, mask) file pairs; every file must exist (one-line DataError naming the count and the first)."""
+    if not pairs:
+        raise DataError(f"{name}: no images found")
+    missing = [p for pair in pairs for p in pair if not p.is_file()]
+    if missing:
+        raise DataError(f"{name}: {len(missing)} of {2 * len(pairs)} image/mask files missing, first: {missing[0]}")
+
+    def samples() -> Iterator[tuple[Image.Image, np.ndarray]]:
+        for image, mask in pairs:
+            yield Image.open(image).convert("RGB"), _mask(mask, remap)
+
+    return SegmentationSource(name, tuple(classes), samples, len(pairs))
+
+
+def builtin_segmentation(root: str | Path, split: str = "test") -> SegmentationSource:
+    """Built-in val/test scenes; classes = meta.json `classes` (background, then the shapes)."""
+    root = Path(root)
+    classes = tuple(read_meta(root)["classes"])
+    shards, count = shard_samples(root / split, ("png", "seg.png"))
+
+    def samples() -> Iterator[tuple[Image.Image, np.ndarray]]:
+        for s in read_shards(shards):
+            yield Image.open(io.BytesIO(s["png"])).convert("RGB"), _mask(s["seg.png"], None)
+
+    return SegmentationSource(f"builtin_{split}", classes, samples, count)
+
+
+def voc_segmentation(root: str | Path, split: str = "val", background: bool = True) -> SegmentationSource:
+    """PASCAL VOC 2012 layout; 255 (object borders) is ignored. background=False is "VOC20"."""
+    root = Path(root)
+    listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not listing.is_file():
+        raise DataError(f"{listing} not found")
+    ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    pairs = [(root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png") for i in ids]
+    if background:
+        return folder_source(f"voc_{split}", VOC_CLASSES, pairs)
+    return folder_source(f"voc20_{split}", VOC_CLASSES[1:], pairs,
+                         lambda m: np.where((m == 0) | (m == IGNORE), IGNORE, m - 1))
+
+
+def ade20k_segmentation(root: str | Path, class_names: Sequence[str], split: str = "validation"
+                        ) -> SegmentationSource:
+    """ADEChallengeData2016 layout; mask 0 is ignored, k >= 1 is class_names[k - 1]."""
+    root = Path(root)
+    images = sorted((root / "images" / split).glob("*.jpg"))
+    pairs = [(p, root / "annotations" / split / f"{p.stem}.png") for p in images]
+    return folder_source(f"ade20k_{split}", class_names, pairs, lambda m: np.where(m == 0, IGNORE, m - 1))
+
+
+def cityscapes_segmentation(root: str | Path, split: str = "val") -> SegmentationSource:
+    """Cityscapes fine annotations as train ids (19 classes, 255 ignored)."""
+    root = Path(root)
+    images = sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))
+    pairs = [(p, root / "gtFine" / split / p.parent.name
+              / p.name.replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")) for p in images]
+    return folder_source(f"cityscapes_{split}", CITYSCAPES_CLASSES, pairs)
+
+
+SEGMENTATION_SOURCES: dict[str, Callable[..., SegmentationSource]] = {
+    "builtin": builtin_segmentation,
+    "voc": voc_segmentation,
+    "voc20": lambda root, split="val": voc_segmentation(root, split, background=False),
+    "ade20k": ade20k_segmentation,
+    "cityscapes": cityscapes_segmentation,
+}

@@ -1,0 +1,91 @@
+"""`flair evaluate`: every task family through the CLI, real benchmark loaders through the runner, bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from flair_core import create_model
+from flair_core.evaluation.runner import EvalOptions, run_benchmark
+from flair_core.training.config import load_run_config
+from flair_core.training.loop import Trainer
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_data, tmp_path_factory):
+    """A FLAIR micro-32 run of a few steps: enough to be a real checkpoint."""
+    out = tmp_path_factory.mktemp("runs") / "flair"
+    overrides = {"train.model": "micro-32", "train.shards": str(tiny_data / "train"), "train.batch_size": 16,
+                 "train.steps_per_epoch": 3, "sampling.k": 3, "loader.workers": 0}
+    Trainer(load_run_config([], [f"{k}={v}" for k, v in overrides.items()]), out).fit()
+    return out
+
+
+def evaluate(*args):
+    return subprocess.run([sys.executable, "-m", "flair_core.cli", "evaluate", *args], capture_output=True,
+                          text=True, check=False)
+
+
+def test_retrieval_segmentation_and_classification_metrics(trained_run, tiny_data, tmp_path):
+    expected = {
+        "builtin_fine_grained": ["retrieval/builtin_fine_grained/flair/t2i_r1",
+                                 "retrieval/builtin_fine_grained/topk/i2t_r5",
+                                 "retrieval/builtin_fine_grained/global/strict_t2i_r1",
+                                 "retrieval/builtin_fine_grained/flair/t2i_median_rank"],
+        "builtin_segmentation": ["segmentation/builtin_segmentation/patch/miou",
+                                 "segmentation/builtin_segmentation/attention/miou"],
+        "builtin_classification": ["classification/builtin_classification/zeroshot/top1"],
+    }
+    for benchmark, keys in expected.items():
+        out = tmp_path / f"{benchmark}.json"
+        result = evaluate(str(trained_run), "--root", str(tiny_data), "--benchmark", benchmark, "--topk", "8",
+                          "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        metrics = json.loads(out.read_text())
+        for key in keys:
+            assert key in metrics and 0 <= metrics[key] <= 100 + 64, (key, metrics.get(key))
+    fine = json.loads((tmp_path / "builtin_fine_grained.json").read_text())
+    assert fine["retrieval/builtin_fine_grained/num_images"] == 64
+    # counting any satisfying image can only help
+    assert fine["retrieval/builtin_fine_grained/flair/t2i_r5"] >= fine["retrieval/builtin_fine_grained/flair/strict_t2i_r5"]
+
+
+def test_a_real_benchmark_through_the_runner(shared_dir, tmp_path):
+    root = tmp_path / "Urban1k"
+    (root / "annotations").mkdir(parents=True)
+    source = shared_dir / "benchmarks" / "annotations" / "Urban1k" / "annotations" / "annotations.json"
+    shutil.copy(source, root / "annotations" / "annotations.json")
+    records = json.loads(source.read_text())["annotations"]
+    (root / "images").mkdir()
+    for record in records:
+        Image.new("RGB", (40, 30), (record["image_id"] * 7 % 255, 90, 20)).save(root / "images" / record["image"])
+    model = create_model("micro-32").eval()
+    metrics = run_benchmark(model, "flair", "urban1k", root, options=EvalOptions(modes=("flair",)))
+    assert metrics["retrieval/urban1k/num_images"] == len({r["image_id"] for r in records})
+    assert metrics["retrieval/urban1k/num_texts"] == len(records)
+    assert "retrieval/urban1k/flair/t2i_r1" in metrics
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--benchmark", "cocoa"], "unknown benchmark 'cocoa'"),
+    (["--benchmark", "builtin_long", "--mode", "filip"], "mode 'filip' is not available for flair"),
+    (["--benchmark", "builtin_long", "--mode", "topk", "--topk", "1000"], "top-k 1000 is larger than the gallery"),
+    (["--benchmark", "builtin_long", "--split", "dev"], "dev_queries.json not found"),
+])
+def test_bad_evaluation_input_is_one_line(trained_run, tiny_data, args, message):
+    result = evaluate(str(trained_run), "--root", str(tiny_data), *args)
+    assert result.returncode == 2
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_missing_root_and_mismatched_weights(trained_run, tmp_path):
+    result = evaluate(str(trained_run), "--root", str(tmp_path / "nowhere"), "--benchmark", "builtin_long")
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    torch.save(create_model("micro-32").state_dict(), tmp_path / "w.pt")
+    result = evaluate(str(tmp_path / "w.pt"), "--model", "tiny-64", "--root", str(tmp_path), "--benchmark",
+                      "builtin_long")
+    assert result.returncode == 2 and "does not match the model" in result.stderr
