@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-unit lint bench
+.PHONY: help install test test-unit lint bench demo services services-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,3 +30,12 @@ lint: install  ## ruff over the code
 
 bench: install  ## print the CPU preset's training-step time and parameter count
 	$(PY) benchmarks/train_step.py --model tiny-64
+
+demo: install  ## the main job: services, the pretrain-eval deployment, FLAIR and the 3 baselines, the table
+	bash infra/main_job.sh
+
+services: install  ## start Prefect, MLflow and the S3 store on 127.0.0.1 (state and logs in .services/)
+	$(PY) -m flows.services start
+
+services-down:  ## stop the local services
+	$(PY) -m flows.services stop

@@ -71,7 +71,7 @@ def _first_line(err: BaseException) -> str:
 def adapt_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Fill what older files lack and resize position embeddings to the model's grid/context (as open_clip)."""
     state_dict = dict(state_dict)
-    if "logit_bias" not in state_dict and hasattr(model, "logit_bias"):
+    if "logit_bias" not in state_dict and getattr(model, "logit_bias", None) is not None:
         state_dict["logit_bias"] = torch.zeros(())
     # Only a different grid or context length is resized; another width is another architecture, which the
     # key/shape check then reports.

@@ -98,6 +98,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from flair_core.compare import build_table, load_evals, load_loss_curves, to_markdown, write_reports
+
+    table = build_table(load_evals(args.eval_dir))
+    curves = load_loss_curves(args.runs, list(table.runs)) if args.runs else None
+    written = write_reports(table, args.out, curves)
+    print(to_markdown(table))
+    print(f"wrote {', '.join(str(p) for p in written)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flair", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="flair", help="method for a bare weights file")
     p.add_argument("--out", help="metrics JSON to write (atomically)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="one table of every run's key metrics from eval/<run>/<benchmark>.json files")
+    p.add_argument("eval_dir", help="folder of <run>/<benchmark>.json files written by `flair evaluate --out`")
+    p.add_argument("--out", required=True, help="report folder: compare.md/.csv/.json and bar-chart PNGs")
+    p.add_argument("--runs", help="folder of run folders: adds their loss curves (train_loss.csv, compare_loss.png)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("check-weights", help="load a checkpoint (e.g. flair-cc3m-recap.pt) and report")
     p.add_argument("checkpoint", help="a .pt/.pth/.bin or .safetensors file")

@@ -23,7 +23,7 @@ def split_s3_url(url: str) -> tuple[str, str]:
 def s3_client():
     import boto3  # imported here: local-only users never pay for it
 
-    return boto3.client("s3")
+    return boto3.session.Session().client("s3")  # a new session reads the current environment
 
 
 def gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_):

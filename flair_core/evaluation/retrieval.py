@@ -26,6 +26,7 @@ from flair_core.evaluation.metrics import relevance_matrix, retrieval_metrics
 BUILTIN_FAMILIES = ("fine_grained", "long", "standard")
 MODES = {"flair": ("global", "flair", "topk"), "clip": ("global",), "dreamlip": ("global",),
          "filip": ("filip", "global")}
+PRIMARY_MODE = {"flair": "flair", "clip": "global", "dreamlip": "global", "filip": "filip"}  # the method's own
 
 
 @dataclass

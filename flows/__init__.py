@@ -1,0 +1,1 @@
+"""Prefect flows and platform adapters: thin shells over flair_core and its CLI."""

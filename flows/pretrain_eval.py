@@ -1,0 +1,215 @@
+"""Prefect flow `pretrain-eval`: data version (DVC) → training (torchrun) → one evaluation task per
+benchmark → MLflow logging and registration → promotion. Every task runs the `flair` CLI or calls the MLflow
+adapter; nothing here computes a result itself.
+
+    python -m flows.pretrain_eval serve --name cpu        # serve the deployment `pretrain-eval/cpu`
+    prefect deployment run 'pretrain-eval/cpu' -p method=clip --watch
+    python -m flows.pretrain_eval run --method flair      # one run in-process, without a deployment
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import INPUTS
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows import tracking
+
+REPO = Path(__file__).resolve().parents[1]
+FLAIR = [sys.executable, "-m", "flair_core.cli"]
+BENCHMARKS = ["builtin_fine_grained", "builtin_long", "builtin_standard", "builtin_segmentation",
+              "builtin_classification"]
+PRIMARY_MODE = {"flair": "flair", "clip": "global", "dreamlip": "global", "filip": "filip"}
+
+
+def run_command(command: list[str], what: str, threads: int | None = None) -> str:
+    """Run a CLI step in the repo; a failure raises with the step's own last error line."""
+    # DVC stages call `flair`: the interpreter's scripts folder must be on PATH whoever started us.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if threads:  # concurrent evaluations share the cores instead of oversubscribing them
+        env["OMP_NUM_THREADS"] = str(threads)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+        raise RuntimeError(f"{what} failed (exit {result.returncode}): {lines[-1] if lines else 'no output'}")
+    return result.stdout
+
+
+def git_commit() -> str:
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False)
+    dirty = subprocess.run(["git", "status", "--porcelain", "flair_core"], cwd=REPO, capture_output=True,
+                           text=True, check=False).stdout.strip()
+    return (result.stdout.strip() or "unknown") + ("-dirty" if dirty else "")
+
+
+@task(retries=1, retry_delay_seconds=5)
+def data_version() -> str:
+    """Reproduce (or find up to date) the DVC `prepare` stage; its output hash versions the data."""
+    run_command([sys.executable, "-m", "dvc", "repro", "prepare"], "dvc repro prepare")
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())
+    return lock["stages"]["prepare"]["outs"][0]["md5"]
+
+
+@task(cache_policy=INPUTS, persist_result=True)
+def train(method: str, params_file: str, overrides: list[str], run_key: str, nodes: int,
+          procs_per_node: int) -> str:
+    """torchrun over `flair train`; cached on the run key (data hash + params + code), and `--resume auto`
+    makes a finished run return at once even without the cache."""
+    out = REPO / "runs" / "flows" / f"{method}-{run_key[:12]}"
+    train_args = ["-m", "flair_core.cli", "train", "--params", params_file, "--set", f"method.name={method}",
+                  *[x for o in overrides for x in ("--set", o)], "--out", str(out), "--resume", "auto"]
+    if nodes == 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={procs_per_node}", *train_args]
+        run_command(command, f"training {method}")
+    else:  # several "nodes" on this machine, joined by a c10d rendezvous on loopback
+        port = 29400 + int(run_key[:4], 16) % 1000
+        agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}",
+                                    f"--nproc_per_node={procs_per_node}", f"--node_rank={rank}",
+                                    "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+                                    f"--rdzv_id={run_key[:12]}", *train_args], cwd=REPO)
+                  for rank in range(nodes)]
+        if any(agent.wait() != 0 for agent in agents):
+            raise RuntimeError(f"training {method} failed on one of {nodes} nodes")
+    return str(out)
+
+
+@task(retries=2, retry_delay_seconds=3)
+def evaluate(run_dir: str, benchmark: str, data_root: str, threads: int) -> dict[str, float]:
+    out = Path(run_dir) / "eval" / f"{benchmark}.json"
+    run_command([*FLAIR, "evaluate", run_dir, "--benchmark", benchmark, "--root", data_root, "--out", str(out)],
+                f"evaluation on {benchmark}", threads=threads)
+    return json.loads(out.read_text())
+
+
+@task
+def attention_pngs(run_dir: str, data_root: str, count: int = 2) -> list[str]:
+    """Text-conditioned attention maps of a few test images with one of their sentences (FLAIR only)."""
+    import io
+
+    import webdataset as wds
+    from PIL import Image
+
+    from flair_core import get_tokenizer, get_transform
+    from flair_core.evaluation.attention import attention_maps, render_attention_png
+    from flair_core.training.checkpoints import load_trained
+
+    model, method = load_trained(run_dir)
+    if method != "flair":
+        return []
+    shards = sorted(str(p) for p in (Path(data_root) / "test").glob("*.tar"))
+    paths = []
+    for i, sample in enumerate(wds.WebDataset(shards, shardshuffle=False, empty_check=False)):
+        if i == count:
+            break
+        image = Image.open(io.BytesIO(sample["png"])).convert("RGB")
+        caption = json.loads(sample["json"])["sentences"][0]
+        maps, _ = attention_maps(model, get_tokenizer(model.config), get_transform(model.config, False)(image),
+                                 [caption])
+        path = Path(run_dir) / "attention" / f"{sample['__key__']}.png"
+        path.parent.mkdir(exist_ok=True)
+        render_attention_png(image.resize((256, 256)), maps[0], path)
+        (path.with_suffix(".txt")).write_text(caption)
+        paths.append(str(path))
+    return paths
+
+
+@task(retries=2, retry_delay_seconds=5)
+def log_and_register(run_dir: str, method: str, metrics: dict, tags: dict, experiment: str,
+                     pngs: list[str]) -> tuple[str, str]:
+    return tracking.log_training_run(Path(run_dir), method, metrics, tags, experiment, [Path(p) for p in pngs])
+
+
+@task
+def promote(method: str, version: str, run_id: str, primary: str, tolerance: float) -> dict:
+    return tracking.promote(method, version, run_id, primary, tolerance)
+
+
+def check_services() -> None:
+    from flows.services import check_up
+
+    problems = check_up(dict(os.environ))
+    if problems:
+        raise RuntimeError(problems[0])
+
+
+@flow(name="pretrain-eval", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1))
+def pretrain_eval(method: str = "flair", params_file: str = "params/cpu.yaml", overrides: list[str] | None = None,
+                  benchmarks: list[str] | None = None, nodes: int = 1, procs_per_node: int = 1,
+                  experiment: str = "flair-lab", primary_metric: str | None = None,
+                  regression_tolerance: float = 2.0, data_root: str = "data/builtin") -> dict:
+    """Train one method on the built-in data, evaluate it on every benchmark, log, register and promote."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    check_services()
+    overrides = list(overrides or [])
+    benchmarks = list(benchmarks or BENCHMARKS)
+    data_hash = data_version()
+    params_text = (REPO / params_file).read_text()
+    commit = git_commit()
+    run_key = hashlib.sha256(json.dumps([method, params_text, overrides, data_hash, commit, nodes,
+                                         procs_per_node]).encode()).hexdigest()
+    phase = time.perf_counter()
+    run_dir = train(method, params_file, overrides + [f"train.shards={data_root}/train"], run_key, nodes,
+                    procs_per_node)
+    train_seconds, phase = time.perf_counter() - phase, time.perf_counter()
+    # As many evaluations at once as there are cores, one thread each: no oversubscription.
+    cores = os.cpu_count() or 1
+    futures = evaluate.map(run_dir, benchmarks, data_root, threads=1 if cores <= len(benchmarks) else None)
+    metrics = {}
+    for result in futures.result():  # a benchmark that still fails after its retries fails the flow here
+        metrics.update(result)
+    eval_seconds = time.perf_counter() - phase
+    pngs = attention_pngs(run_dir, data_root)
+    preset = yaml.safe_load(params_text).get("train", {}).get("model", "")
+    tags = {"run_key": run_key, "git_commit": commit, "data_hash": data_hash, "method": method, "preset": preset}
+    run_id, version = log_and_register(run_dir, method, metrics, tags, experiment, pngs)
+    primary = primary_metric or f"retrieval/builtin_fine_grained/{PRIMARY_MODE[method]}/t2i_r1"
+    decision = promote(method, version, run_id, primary, regression_tolerance)
+    logger.info("%s v%s → %s: %s", tracking.registered_name(method), version, decision["alias"], decision["reason"])
+    rows = "\n".join(f"| {k} | {v:.2f} |" for k, v in sorted(tracking.compared(metrics).items()))
+    link = f"{os.environ.get('MLFLOW_TRACKING_URI', '')}/#/experiments/{tracking.experiment_id(experiment)}/runs/{run_id}"
+    create_markdown_artifact(
+        key=f"pretrain-eval-{method}",
+        markdown=(f"## {method}: version {version} → **{decision['alias']}**\n\n{decision['reason']}\n\n"
+                  f"MLflow run: {link}\n\n| metric | value |\n|---|---|\n{rows}\n"),
+        description=f"pretrain-eval of {method}",
+    )
+    total = time.perf_counter() - started
+    timing = {"flow_seconds": total, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+              "overhead_seconds": total - train_seconds - eval_seconds}
+    logger.info("timing: %s", {k: round(v, 1) for k, v in timing.items()})
+    return {"method": method, "run_dir": run_dir, "run_id": run_id, "version": version, **decision,
+            "metrics": tracking.compared(metrics), **timing}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the deployment pretrain-eval/<name> (blocks)")
+    serve.add_argument("--name", default="cpu")
+    once = sub.add_parser("run", help="run the flow once in this process")
+    once.add_argument("--method", default="flair")
+    once.add_argument("--params-file", default="params/cpu.yaml")
+    once.add_argument("--set", action="append", default=[], dest="overrides")
+    args = parser.parse_args()
+    if args.command == "serve":
+        pretrain_eval.serve(name=args.name)
+    else:
+        print(json.dumps(pretrain_eval(method=args.method, params_file=args.params_file, overrides=args.overrides),
+                         indent=1))
+
+
+if __name__ == "__main__":
+    main()

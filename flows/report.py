@@ -1,0 +1,64 @@
+"""The main job's closing table: per method, the newest registered version's key metrics and its alias.
+
+    python -m flows.report --methods flair clip filip dreamlip
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from mlflow import MlflowClient
+
+from flows.tracking import registered_name
+
+PRIMARY_MODE = {"flair": "flair", "clip": "global", "dreamlip": "global", "filip": "filip"}
+COLUMNS = [
+    ("fine-grained t2i R@1", "retrieval/builtin_fine_grained/{mode}/t2i_r1"),
+    ("fine-grained i2t R@1", "retrieval/builtin_fine_grained/{mode}/i2t_r1"),
+    ("long t2i R@1", "retrieval/builtin_long/{mode}/t2i_r1"),
+    ("standard t2i R@1", "retrieval/builtin_standard/{mode}/t2i_r1"),
+    ("seg mIoU", "segmentation/builtin_segmentation/patch/miou"),
+    ("cls top-1", "classification/builtin_classification/zeroshot/top1"),
+]
+
+
+def rows(methods: list[str]) -> list[list[str]]:
+    client = MlflowClient()
+    table = []
+    for method in methods:
+        versions = client.search_model_versions(f"name = '{registered_name(method)}'")
+        if not versions:
+            table.append([method, "-", "not registered"] + ["-"] * len(COLUMNS))
+            continue
+        newest = max(versions, key=lambda v: int(v.version))
+        metrics = client.get_run(newest.run_id).data.metrics
+        aliases = ",".join(client.get_model_version(newest.name, newest.version).aliases) or "-"
+        values = [metrics.get(key.format(mode=PRIMARY_MODE[method])) for _, key in COLUMNS]
+        table.append([method, newest.version, aliases] + [f"{v:.2f}" if v is not None else "-" for v in values])
+    return table
+
+
+def urls() -> dict[str, str]:
+    prefect = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
+    return {"Prefect UI": prefect, "MLflow UI": os.environ.get("MLFLOW_TRACKING_URI", ""),
+            "Dashboard": "not built yet (the dashboard issue)"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(PRIMARY_MODE))
+    args = parser.parse_args()
+    header = ["method", "version", "alias"] + [name for name, _ in COLUMNS]
+    table = rows(args.methods)
+    widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
+    for row in [header, ["-" * w for w in widths], *table]:
+        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)))
+    print("(R@1 in percent, each method in its own scoring mode: FLAIR text-conditioned, FILIP token-wise, "
+          "CLIP and DreamLIP global)")
+    for name, url in urls().items():
+        print(f"{name:11s} {url}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,380 @@
+"""The platform's local services: SeaweedFS (S3 object store), an MLflow tracking server and a Prefect server.
+
+    python -m flows.services start [--root .services] [--prefect-port 4200] [--mlflow-port 5000]
+                                   [--s3-port 8333] [--backend-store-uri URI] [--weed-ports M,V,F,A]
+    python -m flows.services stop|status|env [--root .services]
+
+Everything listens on 127.0.0.1 only. Each service runs detached in its own session, so its pid is also its
+process-group id and one killpg stops it together with its workers. Pids and ports are kept in
+ROOT/state.json, logs in ROOT/logs/<name>.log, the generated S3 identity in ROOT/s3.json (mode 0600).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import importlib.metadata
+import json
+import os
+import random
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HOST = "127.0.0.1"
+ORDER = ("seaweedfs", "mlflow", "prefect")  # dependency order; stop goes in reverse
+LABEL = {"seaweedfs": "SeaweedFS S3", "mlflow": "MLflow", "prefect": "Prefect"}
+DEFAULT_PORTS = {"prefect": 4200, "mlflow": 5000, "s3": 8333}
+# `weed mini` also runs these servers; each listens on its port and on port + 10000 (gRPC). Its admin
+# worker always dials admin port + 10000, so the offsets are kept rather than choosing gRPC ports freely.
+WEED_PARTS = ("master", "volume", "filer", "admin")
+GRPC_OFFSET = 10000
+BUCKETS = ("mlflow", "dvc")
+BIN = Path(sysconfig.get_path("scripts"))  # weed, mlflow and prefect are installed beside this interpreter
+START_TIMEOUT = {"seaweedfs": 60, "mlflow": 180, "prefect": 120}  # seconds; 2 cores start all three at once
+STOP_TIMEOUT = 30  # seconds between SIGTERM and SIGKILL
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
+
+
+class ServiceError(RuntimeError):
+    """A one-line, user-facing reason why the services could not be started or stopped."""
+
+
+class LocalServices:
+    """Ports left as None fall back to those of the last start (so `stop`/`env` need only the root),
+    then to the defaults; SeaweedFS's internal ports are picked free once and then reused."""
+
+    def __init__(self, root=".services", prefect_port=None, mlflow_port=None, s3_port=None,
+                 backend_store_uri=None, weed_ports: dict[str, int] | None = None):
+        self.root = Path(root).resolve()
+        state = self._load()
+        asked = {"prefect": prefect_port, "mlflow": mlflow_port, "s3": s3_port, **(weed_ports or {})}
+        self.ports = {k: asked.get(k) or state.get("ports", {}).get(k) or DEFAULT_PORTS.get(k)
+                      for k in (*DEFAULT_PORTS, *WEED_PARTS)}
+        self.backend_store_uri = (backend_store_uri or state.get("backend_store_uri")
+                                  or f"sqlite:///{self.root / 'mlflow.db'}")
+
+    # ---- what clients see ------------------------------------------------------------------------------
+    def urls(self) -> dict[str, str]:
+        return {name: f"http://{HOST}:{self.ports[name]}" for name in ("prefect", "mlflow", "s3")}
+
+    def client_env(self) -> dict[str, str]:
+        urls, (key, secret) = self.urls(), self._credentials()
+        return {"PREFECT_API_URL": urls["prefect"] + "/api", "MLFLOW_TRACKING_URI": urls["mlflow"],
+                "MLFLOW_S3_ENDPOINT_URL": urls["s3"], "AWS_ENDPOINT_URL": urls["s3"],
+                "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1",
+                "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "DVC_NO_ANALYTICS": "1"}
+
+    def status(self) -> dict:
+        """{service: {"url", "pid", "up"}}; up means our process is alive and the service answers."""
+        pids, down, urls = self._load().get("pids", {}), _down(self._probe_env()), self.urls()
+        return {name: {"url": urls[key], "pid": pids[name]["pid"] if name in pids else None,
+                       "up": name not in down and name in pids and bool(_members(pids[name]))}
+                for name, key in zip(ORDER, ("s3", "mlflow", "prefect"), strict=True)}
+
+    # ---- start / stop ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        began = time.monotonic()
+        recorded = self._load().get("pids", {})
+        live = {name for name, proc in recorded.items() if _members(proc)}
+        if live == set(ORDER) and not _down(self._probe_env()):
+            print("services already running: " + ", ".join(f"{k} {u}" for k, u in self.urls().items()))
+            return
+        if live:  # left from an earlier start but not all healthy (one crashed, or new ports): restart all
+            print(f"restarting: {', '.join(sorted(live))} running, but not every service was healthy")
+            self.stop()
+        self._pick_weed_ports()
+        self._check_ports()
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        self._save(ports=self.ports, backend_store_uri=self.backend_store_uri, pids={})
+        # MLflow's GenAI job runner (scorers, trace roll-ups) adds 8 processes and ~15 s to start-up; the
+        # platform tracks runs and models only. Set MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true to keep it.
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, **self.client_env(),
+               "DO_NOT_TRACK": "1"}
+        p, started = self.ports, {}
+        try:
+            data = self.root / "seaweedfs"
+            data.mkdir(exist_ok=True)
+            started["seaweedfs"] = self._spawn("seaweedfs", [
+                str(BIN / "weed"), "mini", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
+                f"-s3.config={self.root / 's3.json'}", f"-s3.port={p['s3']}",
+                *(f"-{part}.port={p[part]}" for part in WEED_PARTS),
+                # no phoning home, and no WebDAV / Iceberg / Lance / admin UI: fewer open ports
+                "-master.telemetry=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                "-admin.ui=false",
+                # weed otherwise leaves /tmp/seaweedfs-s3-PORT.sock behind; unix socket paths max out at 108
+                *([f"-s3.localSocket={data / 's3.sock'}"] if len(str(data / "s3.sock")) < 100 else [])],
+                env, started)
+            prefect_home = self.root / "prefect"
+            prefect_home.mkdir(exist_ok=True)
+            started["prefect"] = self._spawn("prefect", [
+                str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(p["prefect"]),
+                "--analytics-off"], {**env, "PREFECT_HOME": str(prefect_home),
+                                     "PREFECT_API_DATABASE_CONNECTION_URL":
+                                         f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
+                                     "PREFECT_SERVER_UI_API_URL": env["PREFECT_API_URL"]}, started)
+            self._migrate(env)
+            started["mlflow"] = self._spawn("mlflow", [
+                str(BIN / "mlflow"), "server", "--backend-store-uri", self.backend_store_uri,
+                "--artifacts-destination", f"s3://{BUCKETS[0]}", "--host", HOST, "--port", str(p["mlflow"]),
+                "--workers", "1"], env, started)  # proxies artifacts with env's S3 keys; 1 worker on 2 cores
+            self._wait("seaweedfs", started, self._s3_ready)
+            self._wait("mlflow", started, lambda: _answers(self.urls()["mlflow"] + "/health"))
+            self._wait("prefect", started, lambda: _answers(self.urls()["prefect"] + "/api/health"))
+        except BaseException:  # includes Ctrl-C: never leave half a platform behind
+            self.stop(quiet=True)  # quietly: the one line that matters is the reason
+            raise
+        print(f"services up in {time.monotonic() - began:.1f} s: "
+              + ", ".join(f"{k} {u}" for k, u in self.urls().items()))
+
+    def stop(self, quiet: bool = False) -> None:
+        pids = self._load().get("pids", {})
+        for name in reversed(ORDER):
+            if name in pids:
+                if _members(pids[name]):
+                    _terminate(pids[name], LABEL[name])
+                    if not quiet:
+                        print(f"stopped {LABEL[name]}")
+                del pids[name]
+                self._save(pids=pids)
+
+    # ---- helpers ---------------------------------------------------------------------------------------
+    def _spawn(self, name: str, cmd: list[str], env: dict, started: dict) -> dict:
+        with open(self._log(name), "a") as log:
+            log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
+            log.flush()
+            pid = subprocess.Popen(cmd, env=env, cwd=self.root, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True).pid
+        proc = {"pid": pid, "started": _stat(pid)[19]}
+        self._save(pids={**started, name: proc})  # recorded at once, so `stop` can clean up after a crash
+        return proc
+
+    def _wait(self, name: str, started: dict, healthy) -> None:
+        deadline = time.monotonic() + START_TIMEOUT[name]
+        while not healthy():
+            if not _members(started[name]):
+                raise ServiceError(f"{LABEL[name]} exited during start-up; see {self._log(name)}")
+            if time.monotonic() > deadline:
+                raise ServiceError(f"{LABEL[name]} did not pass its health check within "
+                                   f"{START_TIMEOUT[name]} s; see {self._log(name)}")
+            time.sleep(0.25)
+
+    def _migrate(self, env: dict) -> None:
+        """Create or upgrade the tracking database in one process, while the others boot: server workers
+        would otherwise race on creating a new store, and an old schema makes the server refuse to start.
+        Skipped (it costs ~10 s) when the installed MLflow version already migrated this database."""
+        done = {"uri": self.backend_store_uri, "mlflow": importlib.metadata.version("mlflow")}
+        sqlite_gone = self.backend_store_uri.startswith("sqlite:///") and not Path(
+            self.backend_store_uri.removeprefix("sqlite:///")).exists()
+        if self._load().get("migrated") == done and not sqlite_gone:
+            return
+        with open(self._log("mlflow"), "a") as log:
+            try:
+                failed = subprocess.run([str(BIN / "mlflow"), "db", "upgrade", self.backend_store_uri],
+                                        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+                                        timeout=START_TIMEOUT["mlflow"], check=False).returncode
+            except subprocess.TimeoutExpired:
+                failed = True
+            if failed:
+                raise ServiceError(f"MLflow: database migration failed; see {self._log('mlflow')}")
+        self._save(migrated=done)
+
+    def _s3_ready(self) -> bool:
+        """The S3 health check (list_buckets with the generated keys); once it passes, creates the buckets."""
+        import boto3  # only here: the other commands should not pay for importing it
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        env = self.client_env()
+        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                          config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}))
+        try:
+            for bucket in set(BUCKETS) - {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+                s3.create_bucket(Bucket=bucket)
+        except (BotoCoreError, ClientError):
+            return False
+        return True
+
+    def _pick_weed_ports(self) -> None:
+        taken = {self.ports[k] for k in DEFAULT_PORTS} | {self.ports["s3"] + GRPC_OFFSET}
+        for part in WEED_PARTS:
+            while not self.ports[part]:  # below the ephemeral range, so outgoing connections don't take them
+                port = random.randint(20000, 32767)
+                if {port, port + GRPC_OFFSET}.isdisjoint(taken) and _free(port) and _free(port + GRPC_OFFSET):
+                    self.ports[part] = port
+            taken |= {self.ports[part], self.ports[part] + GRPC_OFFSET}
+
+    def _check_ports(self) -> None:
+        p = self.ports
+        wanted = [(p["prefect"], "Prefect", "--prefect-port"), (p["mlflow"], "MLflow", "--mlflow-port"),
+                  (p["s3"], "SeaweedFS S3", "--s3-port"),
+                  (p["s3"] + GRPC_OFFSET, "SeaweedFS S3 gRPC", "--s3-port")]
+        wanted += [(p[part] + off, f"SeaweedFS {part}{' gRPC' if off else ''}", "--weed-ports")
+                   for part in WEED_PARTS for off in (0, GRPC_OFFSET)]
+        seen = set()
+        for port, label, flag in wanted:
+            if port in seen or not 0 < port < 65536 or not _free(port):
+                raise ServiceError(f"port {port} for {label} is already in use (or invalid) on {HOST}; "
+                                   f"choose another with {flag}")
+            seen.add(port)
+
+    def _credentials(self) -> tuple[str, str]:
+        """The one S3 identity: generated on first use into the config file weed reads, never in the repo."""
+        path = self.root / "s3.json"
+        if not path.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            cred = {"accessKey": "FLAIR" + secrets.token_hex(8).upper(),
+                    "secretKey": secrets.token_urlsafe(30)}
+            config = {"identities": [{"name": "flair", "credentials": [cred],
+                                      "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+            _write_private(path, config)
+        cred = json.loads(path.read_text())["identities"][0]["credentials"][0]
+        return cred["accessKey"], cred["secretKey"]
+
+    def _probe_env(self) -> dict:  # health probes only: no credentials generated as a side effect
+        urls = self.urls()
+        return {"PREFECT_API_URL": urls["prefect"] + "/api", "MLFLOW_TRACKING_URI": urls["mlflow"],
+                "AWS_ENDPOINT_URL": urls["s3"]}
+
+    def _log(self, name: str) -> Path:
+        return self.root / "logs" / f"{name}.log"
+
+    def _load(self) -> dict:
+        path = self.root / "state.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _save(self, **changes) -> None:
+        _write_private(self.root / "state.json", {**self._load(), **changes})  # may hold a database URI
+
+
+def check_up(env: dict) -> list[str]:
+    """One line per service named in a client environment (see `client_env`) that does not answer."""
+    return [f"{LABEL[name]} at {url} is not answering; start the services with `make services`"
+            for name, url in _down(env).items()]
+
+
+def _down(env: dict) -> dict[str, str]:
+    """{service: url} for the services named in a client environment that do not answer."""
+    probes = {"prefect": (env.get("PREFECT_API_URL"), "/health"),
+              "mlflow": (env.get("MLFLOW_TRACKING_URI"), "/health"),
+              "seaweedfs": (env.get("AWS_ENDPOINT_URL") or env.get("MLFLOW_S3_ENDPOINT_URL"), "")}
+    # S3 answers an anonymous request with 403: any HTTP reply shows it is up
+    return {name: url for name, (url, path) in probes.items()
+            if url and url.startswith("http") and not _answers(url.rstrip("/") + path, any_reply=not path)}
+
+
+def _answers(url: str, any_reply: bool = False) -> bool:
+    try:
+        with _HTTP.open(url, timeout=3) as reply:
+            return reply.status == 200
+    except urllib.error.HTTPError:
+        return any_reply
+    except (OSError, http.client.HTTPException):  # refused, reset, timed out, half-started: not (yet) up
+        return False
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is not "in use"
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _write_private(path: Path, data: dict) -> None:
+    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+def _stat(pid: int) -> list[str]:
+    """Fields 3.. of /proc/PID/stat (state, ppid, pgrp, ..., start time at index 19)."""
+    return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _members(proc: dict) -> list[int]:
+    """The live processes of a service's group. A leader with another start time is an unrelated process
+    that reused the pid (e.g. after a reboot): then the service is gone."""
+    pid = proc["pid"]
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if we started it, or it lingers as a zombie that looks alive
+    members = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = _stat(int(entry.name)) if entry.name.isdigit() else None
+        except OSError:  # exited while we looked
+            continue
+        if fields and int(fields[2]) == pid and fields[0] != "Z":
+            if int(entry.name) == pid and fields[19] != proc["started"]:
+                return []
+            members.append(int(entry.name))
+    return members
+
+
+def _terminate(proc: dict, label: str) -> None:
+    for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc["pid"], sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _members(proc):
+                return
+            time.sleep(0.1)
+    raise ServiceError(f"{label} (process group {proc['pid']}) survived SIGKILL")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.services", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("start", "start SeaweedFS, MLflow and Prefect; return once all are healthy"),
+                       ("stop", "stop them (Prefect, MLflow, SeaweedFS)"), ("status", "show each service"),
+                       ("env", "print `export` lines for clients")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--root", default=".services", help="state, data and logs (default: .services)")
+    start = commands.choices["start"]
+    for port, default in DEFAULT_PORTS.items():
+        start.add_argument(f"--{port}-port", type=int, help=f"default: the last start's, else {default}")
+    start.add_argument("--backend-store-uri", help="MLflow database (default: sqlite:///ROOT/mlflow.db)")
+    start.add_argument("--weed-ports", help="SeaweedFS master,volume,filer,admin ports; each also uses "
+                                            "port+10000 (default: picked free once, then reused)")
+    args = parser.parse_args(argv)
+    weed = dict(zip(WEED_PARTS, map(int, args.weed_ports.split(",")), strict=True)) \
+        if getattr(args, "weed_ports", None) else None
+    options = ("prefect_port", "mlflow_port", "s3_port", "backend_store_uri")
+    services = LocalServices(args.root, *(getattr(args, k, None) for k in options), weed)
+    try:
+        if args.command == "start":
+            services.start()
+        elif args.command == "stop":
+            services.stop()
+        elif args.command == "status":
+            state = services.status()
+            for name, s in state.items():
+                print(f"{LABEL[name]:13s} {s['url']:24s} " + (f"up (pid {s['pid']})" if s["up"] else "down"))
+            return 0 if all(s["up"] for s in state.values()) else 3
+        else:
+            for key, value in services.client_env().items():
+                print(f"export {key}={shlex.quote(value)}")
+    except ServiceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

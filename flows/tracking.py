@@ -1,0 +1,138 @@
+"""MLflow adapter: one run per training job, the model in the registry, champion/challenger promotion.
+
+Everything is read from the run folder the library wrote (config.yaml, metrics.jsonl, checkpoints, eval
+JSONs): MLflow records those same files rather than anything computed here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import mlflow
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+from flair_core.training.checkpoints import newest
+from flows.pyfunc_model import ImageTextScorer
+
+REPO = Path(__file__).resolve().parents[1]
+# Pinned so that logging never resolves requirements over the network (and takes ~1 s, not ~5 s).
+PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "open_clip_torch==3.3.0", "webdataset==1.0.2",
+                    "pydantic>=2.7,<3", "pyyaml", "safetensors", "pandas", "mlflow==3.17.2"]
+COMPARED_SUFFIXES = ("t2i_r1", "i2t_r1", "/miou", "/top1")
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
+    return out
+
+
+def experiment_id(name: str) -> str:
+    experiment = MlflowClient().get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else ""
+
+
+def registered_name(method: str) -> str:
+    return f"flair-lab-{method}"
+
+
+def find_existing(client: MlflowClient, name: str, run_key: str):
+    """A version already registered for these exact inputs (so a re-run adds no duplicate)."""
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.tags.get("run_key") == run_key:
+            return version
+    return None
+
+
+def log_training_run(run_dir: Path, method: str, eval_metrics: dict[str, float], tags: dict[str, str],
+                     experiment: str, attention_pngs: list[Path] = ()) -> tuple[str, str]:
+    """Log the run folder to MLflow and register its model; returns (run_id, model version)."""
+    client = MlflowClient()
+    name = registered_name(method)
+    existing = find_existing(client, name, tags["run_key"])
+    if existing is not None:
+        return existing.run_id, existing.version
+    mlflow.set_experiment(experiment)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    checkpoint = newest(run_dir / "checkpoints")
+    with mlflow.start_run(run_name=f"{method}-{tags['run_key'][:8]}", tags=tags) as run:
+        mlflow.log_params(flatten(config))
+        steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        now = int(time.time() * 1000)
+        history = [Metric(k, float(v), now, int(s["step"])) for s in steps for k, v in s.items()
+                   if k not in ("step", "epoch")]
+        for start in range(0, len(history), 1000):  # log_batch takes at most 1,000 metrics per call
+            client.log_batch(run.info.run_id, metrics=history[start : start + 1000])
+        final_step = int(steps[-1]["step"]) if steps else 0
+        mlflow.log_metrics({k: float(v) for k, v in eval_metrics.items()}, step=final_step)
+        mlflow.log_artifact(str(run_dir / "config.yaml"))
+        mlflow.log_artifact(str(run_dir / "metrics.jsonl"))
+        (run_dir / "metrics.json").write_text(json.dumps(eval_metrics, indent=1, sort_keys=True))
+        mlflow.log_artifact(str(run_dir / "metrics.json"))
+        for png in attention_pngs:
+            mlflow.log_artifact(str(png), artifact_path="attention")
+        mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=ImageTextScorer(), artifacts={"checkpoint": str(checkpoint)},
+            pip_requirements=PIP_REQUIREMENTS, code_paths=[str(REPO / "flair_core"), str(REPO / "flows")],
+            registered_model_name=name,
+        )
+        version = info.registered_model_version
+        for key in ("run_key", "git_commit", "data_hash", "method", "preset"):
+            client.set_model_version_tag(name, version, key, tags.get(key, ""))
+    return run.info.run_id, str(version)
+
+
+def compared(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k.endswith(COMPARED_SUFFIXES) and "/strict_" not in k}
+
+
+def decide(candidate: dict[str, float], champion: dict[str, float] | None, primary: str,
+           tolerance: float) -> tuple[str, str]:
+    """("champion" | "challenger", reason). Pure: the promotion rule on two metric dicts."""
+    if primary not in candidate:
+        raise ValueError(f"primary metric {primary!r} was not evaluated")
+    if champion is None:
+        return "champion", f"first version: {primary} = {candidate[primary]:.2f}"
+    if primary not in champion:
+        return "champion", f"the champion has no {primary}"
+    gain = candidate[primary] - champion[primary]
+    regressions = {k: champion[k] - v for k, v in compared(candidate).items()
+                   if k in champion and champion[k] - v > tolerance}
+    if gain <= 0:
+        return "challenger", f"{primary} {candidate[primary]:.2f} does not beat the champion's {champion[primary]:.2f}"
+    if regressions:
+        worst = max(regressions, key=regressions.get)
+        return "challenger", (f"{primary} +{gain:.2f} but {worst} drops {regressions[worst]:.2f} "
+                              f"(tolerance {tolerance:.2f})")
+    return "champion", f"{primary} {candidate[primary]:.2f} beats {champion[primary]:.2f} (+{gain:.2f}), no regression"
+
+
+def promote(method: str, version: str, run_id: str, primary: str, tolerance: float) -> dict:
+    """Move `champion` to this version if it wins, else give it `challenger`; record why everywhere."""
+    client = MlflowClient()
+    name = registered_name(method)
+    candidate = client.get_run(run_id).data.metrics
+    try:
+        current = client.get_model_version_by_alias(name, "champion")
+    except mlflow.exceptions.MlflowException:
+        current = None
+    if current is not None and current.version == version:
+        return {"alias": "champion", "reason": "already the champion", "version": version}
+    champion_metrics = client.get_run(current.run_id).data.metrics if current else None
+    alias, reason = decide(candidate, champion_metrics, primary, tolerance)
+    client.set_registered_model_alias(name, alias, version)
+    client.update_model_version(name, version, description=f"{alias}: {reason}")
+    client.set_tag(run_id, "promotion", alias)
+    client.set_tag(run_id, "promotion_reason", reason)
+    return {"alias": alias, "reason": reason, "version": version,
+            "previous_champion": current.version if current else None}

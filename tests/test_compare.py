@@ -1,0 +1,187 @@
+"""`flair compare`: hand-made eval files -> the right number in the right cell, one mode per cell, bad input."""
+
+import csv
+import json
+
+import pytest
+from PIL import Image
+
+from flair_core import compare
+from flair_core.cli import main
+
+
+def retrieval(benchmark: str, modes: dict[str, tuple[float, float]]) -> dict[str, float]:
+    out = {f"retrieval/{benchmark}/num_images": 128, f"seconds/{benchmark}": 3.5}
+    for mode, (t2i, i2t) in modes.items():
+        out |= {f"retrieval/{benchmark}/{mode}/t2i_r1": t2i, f"retrieval/{benchmark}/{mode}/i2t_r1": i2t,
+                f"retrieval/{benchmark}/{mode}/t2i_r5": 99.0, f"retrieval/{benchmark}/{mode}/strict_t2i_r1": 98.0}
+    return out
+
+
+def segmentation(modes: dict[str, float]) -> dict[str, float]:
+    out = {"segmentation/builtin_segmentation/num_images": 32}
+    for mode, miou in modes.items():
+        out |= {f"segmentation/builtin_segmentation/{mode}/miou": miou,
+                f"segmentation/builtin_segmentation/{mode}/pixel_accuracy": 97.0,
+                f"segmentation/builtin_segmentation/{mode}/iou/circle": 96.0}
+    return out
+
+
+def classification(top1: float) -> dict[str, float]:
+    return {"classification/builtin_classification/zeroshot/top1": top1,
+            "classification/builtin_classification/zeroshot/top5": 95.0,
+            "classification/builtin_classification/num_images": 60}
+
+
+EVALS = {
+    # FLAIR: its `flair` mode is shown even where `topk`/`global` score higher
+    "flair": {"builtin_fine_grained": retrieval("builtin_fine_grained",
+                                                {"flair": (40.0, 41.0), "global": (50.0, 51.0), "topk": (60.0, 61.0)}),
+              "builtin_long": retrieval("builtin_long", {"flair": (42.0, 43.0), "global": (10.0, 10.0)}),
+              "builtin_segmentation": segmentation({"patch": 20.0, "attention": 25.0}),
+              "builtin_classification": classification(70.0)},
+    "clip": {"builtin_fine_grained": retrieval("builtin_fine_grained", {"global": (30.0, 31.0)}),
+             "builtin_segmentation": segmentation({"patch": 15.0}),
+             "builtin_classification": classification(80.0)},
+    # FILIP: the mode with the higher mean of t2i and i2t R@1, per benchmark
+    "filip": {"builtin_fine_grained": retrieval("builtin_fine_grained",
+                                                {"filip": (20.0, 30.0), "global": (26.0, 26.0)}),
+              "builtin_long": retrieval("builtin_long", {"filip": (12.0, 30.0), "global": (20.0, 20.0)})},
+    "extra": {"builtin_fine_grained": retrieval("builtin_fine_grained", {"global": (1.0, 2.0)})},
+}
+
+
+@pytest.fixture
+def eval_dir(tmp_path):
+    root = tmp_path / "eval"
+    for run, files in EVALS.items():
+        (root / run).mkdir(parents=True)
+        for benchmark, metrics in files.items():
+            (root / run / f"{benchmark}.json").write_text(json.dumps(metrics))
+    return root
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    root = tmp_path / "runs"
+    for run, losses in {"flair": [5.0, 4.0, 3.0], "clip": [2.0, 1.5]}.items():
+        (root / run).mkdir(parents=True)
+        lines = [json.dumps({"step": i + 1, "loss/total": v, "lr": 0.1}) for i, v in enumerate(losses)]
+        (root / run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+EXPECTED = {  # run -> column key -> value
+    "flair": {"builtin_fine_grained/t2i_r1": 40.0, "builtin_fine_grained/i2t_r1": 41.0,
+              "builtin_long/t2i_r1": 42.0, "builtin_long/i2t_r1": 43.0,
+              "builtin_segmentation/miou": 25.0, "builtin_classification/top1": 70.0},
+    "clip": {"builtin_fine_grained/t2i_r1": 30.0, "builtin_fine_grained/i2t_r1": 31.0,
+             "builtin_segmentation/miou": 15.0, "builtin_classification/top1": 80.0},
+    "filip": {"builtin_fine_grained/t2i_r1": 26.0, "builtin_fine_grained/i2t_r1": 26.0,
+              "builtin_long/t2i_r1": 12.0, "builtin_long/i2t_r1": 30.0},
+    "extra": {"builtin_fine_grained/t2i_r1": 1.0, "builtin_fine_grained/i2t_r1": 2.0},
+}
+COLUMNS = ["builtin_fine_grained/t2i_r1", "builtin_fine_grained/i2t_r1", "builtin_long/t2i_r1",
+           "builtin_long/i2t_r1", "builtin_segmentation/miou", "builtin_classification/top1"]
+
+
+def test_table_cells_modes_and_order(eval_dir):
+    table = compare.build_table(compare.load_evals(eval_dir))
+    assert table.runs == ("flair", "clip", "filip", "extra")  # known methods first, then the rest sorted
+    assert [c.key for c in table.columns] == COLUMNS
+    assert [c.label for c in table.columns] == ["fine-grained t2i R@1", "fine-grained i2t R@1", "long t2i R@1",
+                                                "long i2t R@1", "segmentation mIoU", "classification top-1"]
+    for run in table.runs:
+        for key in COLUMNS:
+            assert table.value(run, key) == EXPECTED[run].get(key), (run, key)
+    assert table.modes[("flair", "builtin_fine_grained")] == "flair"
+    assert table.modes[("flair", "builtin_segmentation")] == "attention"
+    assert table.modes[("filip", "builtin_fine_grained")] == "global"   # mean 26 > 25
+    assert table.modes[("filip", "builtin_long")] == "filip"            # mean 21 > 20
+    assert table.modes[("clip", "builtin_classification")] == "zeroshot"
+
+
+def test_markdown_csv_json_and_charts(eval_dir, runs_dir, tmp_path):
+    table = compare.build_table(compare.load_evals(eval_dir))
+    written = compare.write_reports(table, tmp_path / "reports",
+                                    compare.load_loss_curves(runs_dir, list(table.runs)))
+    assert sorted(p.name for p in written) == sorted(
+        ["compare.md", "compare.csv", "compare.json", "compare_retrieval.png", "compare_dense.png",
+         "train_loss.csv", "compare_loss.png"])
+    out = tmp_path / "reports"
+
+    md = (out / "compare.md").read_text().splitlines()
+    rows = [line for line in md if line.startswith("|")]
+    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert header[0] == "method" and header[1:] == [c.label for c in table.columns]
+    cells = {r.strip("|").split("|")[0].strip(): [c.strip() for c in r.strip("|").split("|")[1:]]
+             for r in rows[2:]}
+    assert cells["flair"] == ["**40.00**", "**41.00**", "**42.00**", "**43.00**", "**25.00**", "70.00"]
+    assert cells["clip"] == ["30.00", "31.00", "—", "—", "15.00", "**80.00**"]
+    assert cells["filip"] == ["26.00", "26.00", "12.00", "30.00", "—", "—"]
+    assert cells["extra"] == ["1.00", "2.00", "—", "—", "—", "—"]
+    assert len(rows) == 2 + 4  # one table
+    assert "* filip: fine-grained `global`, long `filip`" in md
+
+    with (out / "compare.csv").open() as f:
+        csv_rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert list(csv_rows) == ["flair", "clip", "filip", "extra"]
+    for run, expected in EXPECTED.items():
+        for key in COLUMNS:
+            assert csv_rows[run][key] == (str(expected[key]) if key in expected else ""), (run, key)
+    assert csv_rows["flair"]["builtin_segmentation/mode"] == "attention"
+
+    assert json.loads((out / "compare.json").read_text()) == EXPECTED
+
+    with (out / "train_loss.csv").open() as f:
+        loss = list(csv.reader(f))
+    assert loss == [["step", "flair", "clip"], ["1", "5.0", "2.0"], ["2", "4.0", "1.5"], ["3", "3.0", ""]]
+    for name in ("compare_retrieval.png", "compare_dense.png", "compare_loss.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.width > 300
+
+
+def test_charts_without_matplotlib(eval_dir, runs_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "_matplotlib", lambda: None)  # the PIL fallback
+    only_retrieval = {"flair": dict(EVALS["flair"]["builtin_fine_grained"])}
+    table = compare.build_table(only_retrieval)
+    compare.write_reports(table, tmp_path / "r", compare.load_loss_curves(runs_dir, ["flair"]))
+    for name in ("compare_retrieval.png", "compare_dense.png", "compare_loss.png"):  # dense: "no data"
+        with Image.open(tmp_path / "r" / name) as image:
+            assert image.format == "PNG"
+
+
+def test_cli_writes_reports(eval_dir, runs_dir, tmp_path, capsys):
+    assert main(["compare", str(eval_dir), "--runs", str(runs_dir), "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "| flair | **40.00** |" in out and "wrote" in out
+    assert (tmp_path / "rep" / "compare_loss.png").is_file()
+    assert main(["compare", str(eval_dir), "--out", str(tmp_path / "rep2")]) == 0  # no --runs: no curves
+    assert not (tmp_path / "rep2" / "train_loss.csv").exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("empty", "no eval files"),
+    ("garbled", "flair/builtin_long.json: unreadable eval file"),
+    ("not_object", "flair/builtin_long.json: expected a JSON object"),
+    ("nothing_usable", "hold no retrieval R@1"),
+    ("bad_jsonl", "metrics.jsonl:2: not a JSON line"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case, message):
+    root = tmp_path / "eval"
+    runs = tmp_path / "runs"
+    if case != "missing":
+        (root / "flair").mkdir(parents=True)
+    good = json.dumps(retrieval("builtin_long", {"flair": (1.0, 2.0)}))
+    files = {"garbled": "{not json", "not_object": "[1, 2]", "nothing_usable": json.dumps({"seconds/x": 1.0}),
+             "bad_jsonl": good}
+    if case in files:
+        (root / "flair" / "builtin_long.json").write_text(files[case])
+    if case == "bad_jsonl":
+        (runs / "flair").mkdir(parents=True)
+        (runs / "flair" / "metrics.jsonl").write_text('{"step": 1, "loss/total": 1.0}\n{oops\n')
+    assert main(["compare", str(root), "--runs", str(runs), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("flair compare: error: ") and message in err
+    assert not (tmp_path / "out" / "compare.md").exists()  # nothing written on bad input

@@ -1,0 +1,117 @@
+"""The pretrain-eval deployment run through a real Prefect server, logged to a real MLflow server whose
+artifacts land in the real S3 store; registration, promotion, re-run caching and a failing evaluation."""
+
+import base64
+import io
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from PIL import Image
+
+from tests.test_services import service_ports
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+BIN = Path(PY).parent
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    """A scratch copy of the repo on the tiny preset, the services on free ports, the deployment served."""
+    from flows.services import LocalServices
+
+    repo = tmp_path_factory.mktemp("platform") / "repo"
+    top_level = {".venv", ".git", "runs", "data", "eval", "reports", ".services"}  # outputs, not sources
+    shutil.copytree(REPO, repo, ignore=lambda folder, names: [
+        n for n in names if (Path(folder) == REPO and n in top_level) or n == "__pycache__" or n.endswith(".egg-info")])
+    shutil.copy(repo / "params" / "pipeline.yaml", repo / "params" / "cpu.yaml")
+    for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "scratch"]):
+        subprocess.run(command, cwd=repo, check=True)
+    services = LocalServices(root=repo / ".services", **service_ports())
+    services.start()
+    env = {**os.environ, **services.client_env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    log = open(repo / ".services" / "serve.log", "w")  # noqa: SIM115 - open for the serve process's lifetime
+    serve = subprocess.Popen([PY, "-m", "flows.pretrain_eval", "serve", "--name", "test"], cwd=repo, env=env,
+                             stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while subprocess.run([BIN / "prefect", "deployment", "inspect", "pretrain-eval/test"], env=env,
+                         capture_output=True, check=False).returncode != 0:
+        assert serve.poll() is None and time.time() < deadline, (repo / ".services" / "serve.log").read_text()
+        time.sleep(1)
+    clients = {k: v for k, v in env.items() if k.startswith(("MLFLOW", "AWS"))}
+    with mock.patch.dict(os.environ, clients):
+        yield env
+    serve.terminate()  # before the server, or its shutdown hangs
+    serve.wait(30)
+    log.close()
+    services.stop()
+
+
+def deployment_run(env, *params):
+    command = [BIN / "prefect", "deployment", "run", "pretrain-eval/test", "--watch"]
+    for p in params:
+        command += ["-p", p]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+
+
+def test_deployment_trains_evaluates_registers_and_promotes(platform):
+    env = platform
+    import boto3
+    import mlflow
+    from mlflow import MlflowClient
+
+    start = time.time()
+    first = deployment_run(env, "method=flair")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    first_seconds = time.time() - start
+
+    client = MlflowClient()
+    versions = client.search_model_versions("name = 'flair-lab-flair'")
+    assert [v.version for v in versions] == ["1"]
+    champion = client.get_model_version_by_alias("flair-lab-flair", "champion")
+    assert champion.version == "1" and champion.description.startswith("champion: first version")
+    run = client.get_run(champion.run_id)
+    assert run.data.tags["method"] == "flair" and run.data.tags["data_hash"] and run.data.tags["git_commit"]
+    assert "retrieval/builtin_fine_grained/flair/t2i_r1" in run.data.metrics
+    assert "segmentation/builtin_segmentation/attention/miou" in run.data.metrics
+    assert run.data.params["train.model"] == "micro-32"
+    assert len(client.get_metric_history(run.info.run_id, "loss/total")) == 8  # one per training step
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "metrics.jsonl", "metrics.json", "checkpoint", "attention"} <= artifacts
+    s3 = boto3.session.Session().client("s3")  # a fresh session: earlier tests may have cached other keys
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="mlflow")["Contents"]]
+    assert any(k.endswith(".pt") for k in keys)  # the artifact store is the S3 server
+
+    model = mlflow.pyfunc.load_model("models:/flair-lab-flair@champion")
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(buffer, format="PNG")
+    import pandas as pd
+
+    image = base64.b64encode(buffer.getvalue()).decode()
+    scores = model.predict(pd.DataFrame({"image": [image, image], "caption": ["a red square", "a blue ring"]}))
+    assert len(scores) == 2 and all(-100 <= s <= 100 for s in scores)
+
+    start = time.time()
+    again = deployment_run(env, "method=flair")
+    assert again.returncode == 0, again.stdout[-2000:]
+    assert [v.version for v in client.search_model_versions("name = 'flair-lab-flair'")] == ["1"]
+    assert time.time() - start < first_seconds  # training cached, nothing re-registered
+    print(f"first run {first_seconds:.0f} s, cached re-run {time.time() - start:.0f} s")
+
+
+def test_a_failing_evaluation_is_retried_then_fails_the_flow_without_promoting(platform):
+    env = platform
+    from mlflow import MlflowClient
+
+    result = deployment_run(env, "method=clip", 'benchmarks=["builtin_long", "cocoa"]')
+    assert result.returncode != 0
+    assert "unknown benchmark 'cocoa'" in result.stdout + result.stderr or "Failed" in result.stdout
+    assert MlflowClient().search_model_versions("name = 'flair-lab-clip'") == []

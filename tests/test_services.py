@@ -1,0 +1,170 @@
+"""The local platform services (flows/services.py): real SeaweedFS, MLflow and Prefect servers on free,
+non-default loopback ports under a temporary root."""
+
+import json
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from flows.services import GRPC_OFFSET, WEED_PARTS, LocalServices, ServiceError, _free, _members, check_up
+from tests.helpers.processes import free_port
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[1]
+
+
+def service_ports() -> dict[str, int]:
+    """Distinct free ports; SeaweedFS also takes the S3 port + 10000 (gRPC), so that must fit and be free."""
+    ports: dict[str, int] = {}
+    while len(ports) < 3:
+        port = free_port()
+        grpc_taken = port + GRPC_OFFSET > 65535 or not _free(port + GRPC_OFFSET)
+        if port in ports.values() or (not ports and grpc_taken):  # the first one is the S3 port
+            continue
+        ports[("s3_port", "mlflow_port", "prefect_port")[len(ports)]] = port
+    return ports
+
+
+def cli(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.services", *args, "--root", str(root)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return reply.read()
+
+
+def listening() -> set[int]:
+    """TCP ports with a listener. (A free-port probe could also trip over someone's outgoing connection
+    that took the number from the ephemeral range after the servers stopped.)"""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            if state == "0A":  # LISTEN
+                ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
+def all_ports(state: dict) -> list[int]:
+    ports = state["ports"]
+    return [ports["prefect"], ports["mlflow"], ports["s3"], ports["s3"] + GRPC_OFFSET,
+            *(ports[p] + off for p in WEED_PARTS for off in (0, GRPC_OFFSET))]
+
+
+def test_start_use_status_stop(tmp_path, monkeypatch, record_property):
+    root = tmp_path / "services"
+    ports = service_ports()
+    services = LocalServices(root, **ports)
+    began = time.monotonic()
+    try:
+        services.start()
+        record_property("start_seconds", round(time.monotonic() - began, 1))
+        print(f"start took {time.monotonic() - began:.1f} s")
+        env, urls = services.client_env(), services.urls()
+        state = json.loads((root / "state.json").read_text())
+        groups = {name: _members(proc) for name, proc in state["pids"].items()}
+        assert set(groups) == {"seaweedfs", "mlflow", "prefect"} and all(groups.values())
+        assert urls == {"prefect": f"http://127.0.0.1:{ports['prefect_port']}",
+                        "mlflow": f"http://127.0.0.1:{ports['mlflow_port']}",
+                        "s3": f"http://127.0.0.1:{ports['s3_port']}"}
+        assert env["AWS_ENDPOINT_URL"] == env["MLFLOW_S3_ENDPOINT_URL"] == urls["s3"]
+        assert stat.S_IMODE((root / "s3.json").stat().st_mode) == 0o600  # holds the generated secret key
+        assert check_up(env) == []
+
+        # health endpoints
+        assert get(urls["mlflow"] + "/health").strip() == b"OK"
+        assert json.loads(get(env["PREFECT_API_URL"] + "/health")) is True
+
+        # S3 with the generated credentials: buckets exist, an object goes in and comes back
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        assert {"mlflow", "dvc"} <= {b["Name"] for b in s3.list_buckets()["Buckets"]}
+        s3.put_object(Bucket="dvc", Key="probe/hello.txt", Body=b"hello")
+        assert s3.get_object(Bucket="dvc", Key="probe/hello.txt")["Body"].read() == b"hello"
+
+        # MLflow: the client has no S3 credentials; the server proxies the artifact into the bucket
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
+                    "MLFLOW_S3_ENDPOINT_URL"):
+            monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+        monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow import MlflowClient
+
+        client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+        experiment = client.create_experiment("services-test")
+        run = client.create_run(experiment)
+        artifact = tmp_path / "note.txt"
+        artifact.write_text("artifact through the proxy")
+        client.log_artifact(run.info.run_id, str(artifact))
+        client.set_terminated(run.info.run_id)
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="mlflow").get("Contents", [])]
+        assert f"{experiment}/{run.info.run_id}/artifacts/note.txt" in keys, keys
+
+        # status, env and a second start (a no-op) through the command line
+        shown = cli(root, "status")
+        assert shown.returncode == 0 and shown.stdout.count(" up (pid ") == 3, shown.stdout + shown.stderr
+        exported = cli(root, "env").stdout
+        assert f"export MLFLOW_TRACKING_URI={urls['mlflow']}\n" in exported
+        assert f"export AWS_ACCESS_KEY_ID={env['AWS_ACCESS_KEY_ID']}\n" in exported
+        again = cli(root, "start")
+        assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
+        assert json.loads((root / "state.json").read_text())["pids"] == state["pids"]
+        assert all(s["up"] for s in services.status().values())
+    finally:
+        began = time.monotonic()
+        services.stop()
+        record_property("stop_seconds", round(time.monotonic() - began, 1))
+        print(f"stop took {time.monotonic() - began:.1f} s")
+
+    after = json.loads((root / "state.json").read_text())
+    assert after["pids"] == {}
+    gone = [pid for pids in groups.values() for pid in pids if Path(f"/proc/{pid}").exists()
+            and (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z")]
+    assert gone == []
+    assert set(all_ports(after)).isdisjoint(listening())
+    assert not any(s["up"] for s in services.status().values())
+    assert len(check_up(env)) == 3 and "MLflow at http://127.0.0.1:" in "\n".join(check_up(env))
+    services.stop()  # idempotent
+
+
+def test_port_in_use_starts_nothing(tmp_path):
+    root = tmp_path / "services"
+    ports = service_ports()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", ports["mlflow_port"]))
+        busy.listen()
+        result = cli(root, "start", "--prefect-port", str(ports["prefect_port"]),
+                     "--mlflow-port", str(ports["mlflow_port"]), "--s3-port", str(ports["s3_port"]))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(ports["mlflow_port"]) in lines[0] and "MLflow" in lines[0], result.stderr
+    assert result.stdout == ""
+    assert not (root / "state.json").exists() and not (root / "logs").exists()
+    assert {ports["s3_port"], ports["prefect_port"]}.isdisjoint(listening())
+
+
+def test_failed_start_names_the_service_and_stops_the_rest(tmp_path, capsys):
+    """An unreachable MLflow database: one line naming MLflow and its log, and nothing left running."""
+    root = tmp_path / "services"
+    ports = service_ports()
+    nowhere = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
+    services = LocalServices(root, backend_store_uri=nowhere, **ports)
+    with pytest.raises(ServiceError) as failure:
+        services.start()
+    message = str(failure.value)
+    assert capsys.readouterr().out == ""  # the reason is the only thing the user sees
+    assert "\n" not in message and "MLflow" in message and str(root / "logs" / "mlflow.log") in message
+    state = json.loads((root / "state.json").read_text())
+    assert state["pids"] == {}
+    assert set(all_ports(state)).isdisjoint(listening())
