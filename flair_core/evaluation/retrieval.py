@@ -22,6 +22,7 @@ from flair_core.data.benchmarks import BENCHMARKS, load_benchmark
 from flair_core.data.errors import DataError
 from flair_core.evaluation import scores
 from flair_core.evaluation.metrics import relevance_matrix, retrieval_metrics
+from flair_core.evaluation.templates import batched
 
 BUILTIN_FAMILIES = ("fine_grained", "long", "standard")
 MODES = {"flair": ("global", "flair", "topk"), "clip": ("global",), "dreamlip": ("global",),
@@ -82,17 +83,6 @@ def load_task(benchmark: str, root: str | Path, split: str | None = None) -> Ret
     return benchmark_task(benchmark, Path(root), split)
 
 
-def _batches(items: Iterator, size: int) -> Iterator[list]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 @torch.no_grad()
 def encode(model, tokenizer: Callable, transform: Callable, task: RetrievalTask, method: str,
            batch_size: int = 64, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -103,7 +93,7 @@ def encode(model, tokenizer: Callable, transform: Callable, task: RetrievalTask,
     def add(key: str, value: torch.Tensor) -> None:
         parts.setdefault(key, []).append(value.float().cpu() if value.is_floating_point() else value.cpu())
 
-    for batch in _batches(task.images(), batch_size):
+    for batch in batched(task.images(), batch_size):
         images = torch.stack([transform(im) for im in batch]).to(device)
         image_global, image_local = model.encode_image(images)
         if method == "filip":
