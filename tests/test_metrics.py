@@ -63,3 +63,10 @@ def test_median_rank_follows_numpy_floor_of_the_median():
 def test_queries_without_positive_are_refused():
     with pytest.raises(ValueError, match="at least one positive"):
         ranks(torch.zeros(2, 2), torch.tensor([[True, False], [False, False]]))
+
+
+def test_ties_with_wrong_items_count_against_the_query():
+    scores = torch.zeros(3, 3)  # a collapsed model: every pair scores alike
+    m = retrieval_metrics(scores, scores, torch.eye(3, dtype=torch.bool))
+    assert m["t2i_r1"] == 0.0 and m["i2t_r1"] == 0.0
+    assert m["t2i_mean_rank"] == 3.0

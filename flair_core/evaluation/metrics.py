@@ -2,7 +2,8 @@
 
 Ground truth is a boolean matrix: `positives[q, g]` is True when gallery item g answers query q. A query may
 have several positives (an image with several captions; a caption several images satisfy); its rank is the
-0-based position of its best-scoring positive, i.e. the number of gallery items scoring strictly higher.
+0-based position of its best-scoring positive: the number of gallery items scoring higher, plus wrong items
+scoring the same (ties are resolved against the query).
 Recalls are in percent, ranks 1-based (mean rank = mean(rank) + 1, median rank = floor(median) + 1, as the
 original reports them).
 """
@@ -19,7 +20,8 @@ def ranks(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     if not positives.any(dim=1).all():
         raise ValueError("every query needs at least one positive")
     best = scores.masked_fill(~positives, float("-inf")).amax(dim=1, keepdim=True)  # (Q, 1)
-    return (scores > best).sum(dim=1)
+    # Ties with wrong items count against the query: a collapsed model scoring everything alike gets no credit.
+    return (scores > best).sum(dim=1) + ((scores == best) & ~positives).sum(dim=1)
 
 
 def rank_metrics(rank: torch.Tensor, prefix: str) -> dict[str, float]:
