@@ -24,13 +24,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import INPUTS
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flair_core.evaluation.retrieval import PRIMARY_MODE
 from flows import tracking
 
 REPO = Path(__file__).resolve().parents[1]
 FLAIR = [sys.executable, "-m", "flair_core.cli"]
 BENCHMARKS = ["builtin_fine_grained", "builtin_long", "builtin_standard", "builtin_segmentation",
               "builtin_classification"]
-PRIMARY_MODE = {"flair": "flair", "clip": "global", "dreamlip": "global", "filip": "filip"}
 
 
 def run_command(command: list[str], what: str, threads: int | None = None) -> str:

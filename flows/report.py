@@ -10,9 +10,9 @@ import os
 
 from mlflow import MlflowClient
 
+from flair_core.evaluation.retrieval import PRIMARY_MODE
 from flows.tracking import registered_name
 
-PRIMARY_MODE = {"flair": "flair", "clip": "global", "dreamlip": "global", "filip": "filip"}
 COLUMNS = [
     ("fine-grained t2i R@1", "retrieval/builtin_fine_grained/{mode}/t2i_r1"),
     ("fine-grained i2t R@1", "retrieval/builtin_fine_grained/{mode}/i2t_r1"),
