@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-unit lint bench demo services services-down
+.PHONY: help install test test-unit lint bench demo sweep services services-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ bench: install  ## print the CPU preset's training-step time and parameter count
 
 demo: install  ## the main job: services, the pretrain-eval deployment, FLAIR and the 3 baselines, the table
 	bash infra/main_job.sh
+
+sweep: services  ## the default Optuna sweep (params/sweep.yaml) through the sweep flow; see docs/sweeps.md
+	eval "$$($(PY) -m flows.services env)" && $(PY) -m flows.sweep run
 
 services: install  ## start Prefect, MLflow and the S3 store on 127.0.0.1 (state and logs in .services/)
 	$(PY) -m flows.services start

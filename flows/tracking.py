@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 
 from flair_core.training.checkpoints import newest
 from flows.pyfunc_model import ImageTextScorer
@@ -136,3 +136,63 @@ def promote(method: str, version: str, run_id: str, primary: str, tolerance: flo
     client.set_tag(run_id, "promotion_reason", reason)
     return {"alias": alias, "reason": reason, "version": version,
             "previous_champion": current.version if current else None}
+
+
+# ------------------------------------------------------------------------------------------------ sweeps
+TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def study_run(experiment: str, study: str, params: dict[str, str], tags: dict[str, str]) -> str:
+    """The study's parent run, found by its tag so that a resumed sweep keeps logging under the same run."""
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    exp_id = found.experiment_id if found else client.create_experiment(experiment)
+    runs = client.search_runs([exp_id], f"tags.sweep_study = '{study}' and tags.sweep_role = 'study'")
+    if runs:
+        return runs[0].info.run_id
+    run = client.create_run(exp_id, run_name=f"sweep-{study}", tags={**tags, "sweep_study": study,
+                                                                     "sweep_role": "study"})
+    client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+    return run.info.run_id
+
+
+def log_trial(parent_run_id: str, study: str, trial, objectives: list[str]) -> str:
+    """One nested run per finished trial: its parameters, validation curve, final metrics and state.
+    Idempotent (a trial already logged is left alone), so a report can fill in trials a killed worker left."""
+    client = MlflowClient()
+    parent = client.get_run(parent_run_id)
+    exp_id = parent.info.experiment_id
+    existing = client.search_runs([exp_id], f"tags.sweep_study = '{study}' and tags.optuna_trial = '{trial.number}'")
+    if existing:
+        return existing[0].info.run_id
+    state = trial.state.name
+    run = client.create_run(exp_id, run_name=f"trial-{trial.number:03d}", tags={
+        "mlflow.parentRunId": parent_run_id, "sweep_study": study, "sweep_role": "trial",
+        "optuna_trial": str(trial.number), "optuna_state": state})
+    run_id = run.info.run_id
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"val/{objectives[0]}", float(v), now, int(step))
+               for step, v in sorted(trial.intermediate_values.items())]
+    run_dir = Path(trial.user_attrs.get("run_dir", ""))
+    val_file = run_dir / "val_metrics.jsonl"
+    if trial.user_attrs.get("run_dir") and val_file.is_file():
+        lines = [json.loads(line) for line in val_file.read_text().splitlines()]
+        if lines:
+            step = int(lines[-1]["step"])
+            metrics += [Metric(k, float(v), now, step) for k, v in lines[-1].items() if k != "step"]
+    if trial.values is not None:
+        metrics += [Metric(f"objective/{name}", float(v), now, 0) for name, v in zip(objectives, trial.values,
+                                                                                     strict=True)]
+    params = [Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in trial.params.items()]
+    for start in range(0, max(len(metrics), 1), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000], params=params if start == 0 else [])
+    client.set_terminated(run_id, status=TRIAL_STATUS.get(state, "FAILED"))
+    return run_id
+
+
+def log_study_report(parent_run_id: str, files: list[Path], metrics: dict[str, float]) -> None:
+    client = MlflowClient()
+    for path in files:
+        client.log_artifact(parent_run_id, str(path), artifact_path="report")
+    client.log_batch(parent_run_id, metrics=[Metric(k, float(v), int(time.time() * 1000), 0)
+                                             for k, v in metrics.items()])

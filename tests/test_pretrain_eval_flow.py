@@ -3,63 +3,27 @@ artifacts land in the real S3 store; registration, promotion, re-run caching and
 
 import base64
 import io
-import os
-import shutil
-import subprocess
-import sys
 import time
-from pathlib import Path
-from unittest import mock
 
 import pytest
 from PIL import Image
 
-from tests.test_services import service_ports
+from tests.helpers.platform import deployment_run as run_deployment
+from tests.helpers.platform import scratch_platform
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[1]
-PY = sys.executable
-BIN = Path(PY).parent
 
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
     """A scratch copy of the repo on the tiny preset, the services on free ports, the deployment served."""
-    from flows.services import LocalServices
-
-    repo = tmp_path_factory.mktemp("platform") / "repo"
-    top_level = {".venv", ".git", "runs", "data", "eval", "reports", ".services"}  # outputs, not sources
-    shutil.copytree(REPO, repo, ignore=lambda folder, names: [
-        n for n in names if (Path(folder) == REPO and n in top_level) or n == "__pycache__" or n.endswith(".egg-info")])
-    shutil.copy(repo / "params" / "pipeline.yaml", repo / "params" / "cpu.yaml")
-    for command in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "scratch"]):
-        subprocess.run(command, cwd=repo, check=True)
-    services = LocalServices(root=repo / ".services", **service_ports())
-    services.start()
-    env = {**os.environ, **services.client_env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
-    log = open(repo / ".services" / "serve.log", "w")  # noqa: SIM115 - open for the serve process's lifetime
-    serve = subprocess.Popen([PY, "-m", "flows.pretrain_eval", "serve", "--name", "test"], cwd=repo, env=env,
-                             stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while subprocess.run([BIN / "prefect", "deployment", "inspect", "pretrain-eval/test"], env=env,
-                         capture_output=True, check=False).returncode != 0:
-        assert serve.poll() is None and time.time() < deadline, (repo / ".services" / "serve.log").read_text()
-        time.sleep(1)
-    clients = {k: v for k, v in env.items() if k.startswith(("MLFLOW", "AWS"))}
-    with mock.patch.dict(os.environ, clients):
+    with scratch_platform(tmp_path_factory.mktemp("platform"), {"flows.pretrain_eval": "pretrain-eval/test"}) as (
+            _, env):
         yield env
-    serve.terminate()  # before the server, or its shutdown hangs
-    serve.wait(30)
-    log.close()
-    services.stop()
 
 
 def deployment_run(env, *params):
-    command = [BIN / "prefect", "deployment", "run", "pretrain-eval/test", "--watch"]
-    for p in params:
-        command += ["-p", p]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+    return run_deployment(env, "pretrain-eval/test", *params)
 
 
 def test_deployment_trains_evaluates_registers_and_promotes(platform):

@@ -85,7 +85,7 @@ def common(data):
 
 @pytest.mark.parametrize("override,message", [
     ("method.name=siglip", "unknown method 'siglip'"),
-    ("sampling.k=20", "sampling.k 20 exceeds the 9 sentences"),
+    ("sampling.k=0", "sampling.k"),
     ("train.accum_freq=3", "batch_size 8 is not divisible by accum_freq 3"),
     ("method.settings.tcs_weight=2", "method.settings.tcs_weight"),
     ("train.lr=-1", "train.lr"),
@@ -141,3 +141,30 @@ def test_bf16_autocast_and_gradient_checkpointing_train(option, tiny_data, tmp_p
     assert trainer.fit().name == "step-00000003.pt"
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 3 and all(torch.isfinite(torch.tensor(x["loss/total"])) for x in lines)
+
+
+def test_validation_runs_every_n_steps_and_a_callback_can_stop_the_run(tiny_data, tmp_path):
+    config = run_config(tiny_data, **{"train.steps_per_epoch": 6, "train.validate_every": 2})
+    seen = []
+    trainer = Trainer(config, tmp_path / "run", on_validation=lambda step, metrics: seen.append((step, metrics)))
+    trainer.fit()
+    key = "retrieval/builtin_fine_grained/flair/t2i_r1"
+    assert [step for step, _ in seen] == [2, 4, 6]
+    assert all(0 <= metrics[key] <= 100 and metrics["retrieval/builtin_fine_grained/num_images"] == 64
+               for _, metrics in seen)  # the val split (64 images), not test
+    lines = [json.loads(x) for x in (tmp_path / "run" / "val_metrics.jsonl").read_text().splitlines()]
+    assert [(x["step"], x[key]) for x in lines] == [(step, m[key]) for step, m in seen]
+    assert trainer.val_metrics == seen[-1][1]
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_four(step, metrics):
+        if step == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        Trainer(run_config(tiny_data, **{"train.steps_per_epoch": 6, "train.validate_every": 2}),
+                tmp_path / "stopped", on_validation=stop_at_four).fit()
+    steps = [json.loads(x)["step"] for x in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]

@@ -52,7 +52,9 @@ def builtin_task(root: Path, split: str, family: str) -> RetrievalTask:
 
     def images() -> Iterator[Image.Image]:
         seen = 0
-        for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
+        # Every image, in order, whoever calls: also rank 0 validating inside a torchrun group.
+        for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False, nodesplitter=None,
+                                     workersplitter=None):
             if sample["__key__"] != keys[seen]:
                 raise DataError(f"{split} shards out of step with {queries_file.name}: {sample['__key__']}")
             yield Image.open(io.BytesIO(sample["png"])).convert("RGB")

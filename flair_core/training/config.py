@@ -54,6 +54,11 @@ class TrainConfig(_Frozen):
     checkpoint_every: int = Field(500, ge=1, description="steps")
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)
+    validate_every: int | None = Field(None, ge=1, description="steps between validations; None: no validation")
+    validate_on: tuple[str, ...] = Field(("builtin_fine_grained",), min_length=1,
+                                         description="benchmarks scored at each validation, method's own mode")
+    validate_split: str = "val"
+    validate_root: str | None = Field(None, description="benchmark root; None: the folder holding `shards`")
     seed: int = 0
 
     @model_validator(mode="after")

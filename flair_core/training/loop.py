@@ -1,7 +1,8 @@
 """One training loop for every method, from one CPU process to many GPU nodes (torchrun).
 
 Rank 0 writes the run folder: `config.yaml` (the validated config), `metrics.jsonl` (one line per step:
-loss terms, lr, logit scale, samples/s) and `checkpoints/step-*.pt`. `resume="auto"` continues from the
+loss terms, lr, logit scale, samples/s), `val_metrics.jsonl` (one line per validation, when
+`train.validate_every` is set) and `checkpoints/step-*.pt`. `resume="auto"` continues from the
 newest complete checkpoint with optimizer, scheduler, scaler, loss and RNG state and the data position, so a
 killed and resumed run ends with the same weights as an uninterrupted one.
 """
@@ -15,6 +16,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,6 +26,8 @@ from flair_core import create_model, distributed, get_tokenizer, get_transform, 
 from flair_core.checkpoint import CheckpointError, load_checked
 from flair_core.config import ConfigError
 from flair_core.data.loader import train_loader
+from flair_core.evaluation.retrieval import PRIMARY_MODE
+from flair_core.evaluation.runner import EvalOptions, run_benchmark
 from flair_core.methods import get_method
 from flair_core.training import checkpoints
 from flair_core.training.config import RunConfig, dump_run_config
@@ -51,16 +55,6 @@ def samples_per_epoch(config: RunConfig) -> int:
     return json.loads(meta.read_text())["counts"]["train"]
 
 
-def check_sentences(config: RunConfig, k: int) -> None:
-    """K sub-captions are sampled from the caption's sentences: more than the shortest caption has is an error."""
-    meta = Path(config.train.shards).parent / "meta.json"
-    if meta.is_file():
-        data = json.loads(meta.read_text())["config"]
-        fewest = data["min_objects"] + data["relations_per_caption"] + 2
-        if k > fewest:
-            raise ConfigError(f"sampling.k {k} exceeds the {fewest} sentences of the shortest built-in caption")
-
-
 def autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -83,8 +77,14 @@ def merge_outputs(fresh: dict, cached: list[dict], index: int) -> dict:
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, out: Path, resume: str | None = None):
+    """`on_validation(step, metrics)` runs on every rank after each validation (metrics broadcast from rank 0),
+    so a caller can stop a run early by raising; e.g. a hyper-parameter search pruning a bad trial."""
+
+    def __init__(self, config: RunConfig, out: Path, resume: str | None = None,
+                 on_validation: Callable[[int, dict[str, float]], None] | None = None):
         self.config, self.out = config, Path(out)
+        self.on_validation = on_validation
+        self.val_metrics: dict[str, float] = {}
         t = config.train
         self.world = distributed.init(t.device)
         torch.manual_seed(t.seed + self.world.rank)
@@ -99,7 +99,6 @@ class Trainer:
             self.head.set_grad_checkpointing(True)
         self.loss_fn = spec.loss(settings, seed=t.seed).to(self.world.device)
         self.views = self.loss_fn.views(config.sampling)
-        check_sentences(config, self.views.sampling.k)
         self.model = self.head
         if self.world.size > 1:
             self.model = DistributedDataParallel(self.head, device_ids=[self.world.local_rank]
@@ -165,10 +164,10 @@ class Trainer:
 
     def _truncate_metrics(self) -> None:
         """Drop lines past the resumed step, so a resumed run's metrics have no duplicates."""
-        metrics = self.out / "metrics.jsonl"
-        if metrics.exists():
-            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
-            metrics.write_text("".join(line + "\n" for line in kept))
+        for metrics in (self.out / "metrics.jsonl", self.out / "val_metrics.jsonl"):
+            if metrics.exists():
+                kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+                metrics.write_text("".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------------------------------------ training
     def _micro_step(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -257,6 +256,30 @@ class Trainer:
             log.info("step %d/%d loss %.4f lr %.2e scale %.2f %.1f samples/s", self.step, self.total_steps,
                      values["loss/total"], record["lr"], record["logit_scale"], record["samples_per_s"])
 
+    def _validate(self) -> None:
+        """Score the validation benchmarks (rank 0; the others wait for the broadcast result)."""
+        t = self.config.train
+        metrics = [None]
+        if self.world.is_main:
+            root = t.validate_root or str(Path(t.shards).parent)
+            mode = PRIMARY_MODE.get(self.config.method.name)
+            options = EvalOptions(modes=(mode,) if mode else (), device=str(self.world.device))
+            self.head.eval()
+            with torch.no_grad():
+                values = {}
+                for benchmark in t.validate_on:
+                    values.update(run_benchmark(self.head, self.config.method.name, benchmark, root,
+                                                t.validate_split, options))
+            self.head.train()
+            metrics = [values]
+            with open(self.out / "val_metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.step, **values}) + "\n")
+        if self.world.size > 1:
+            torch.distributed.broadcast_object_list(metrics, src=0)
+        self.val_metrics = metrics[0]
+        if self.on_validation is not None:
+            self.on_validation(self.step, self.val_metrics)
+
     def fit(self) -> Path | None:
         t = self.config.train
         progress = None
@@ -282,6 +305,8 @@ class Trainer:
                 tick = now
                 if self.step % t.checkpoint_every == 0 or self.step == self.total_steps:
                     last = self._checkpoint()
+                if t.validate_every and (self.step % t.validate_every == 0 or self.step == self.total_steps):
+                    self._validate()
         if progress is not None:
             progress.close()
         if last is None and self.world.is_main:
@@ -289,9 +314,10 @@ class Trainer:
         return last
 
 
-def train(config: RunConfig, out: str | Path, resume: str | None = None) -> Path | None:
-    """Train to the end; returns the final checkpoint (rank 0) ."""
+def train(config: RunConfig, out: str | Path, resume: str | None = None,
+          on_validation: Callable[[int, dict[str, float]], None] | None = None) -> Path | None:
+    """Train to the end; returns the final checkpoint (rank 0)."""
     try:
-        return Trainer(config, Path(out), resume).fit()
+        return Trainer(config, Path(out), resume, on_validation).fit()
     finally:
         distributed.shutdown()

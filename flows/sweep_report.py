@@ -1,0 +1,144 @@
+"""A study's report: best (or Pareto) trials, parameter importances, the objective against each searched
+setting and over time. Plain files (`summary.json`, `trials.csv`, PNGs) that MLflow and the dashboard show.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import optuna
+
+from flows.study import SweepConfig, pick_trial
+
+COMPLETE = optuna.trial.TrialState.COMPLETE
+STATE_COLOURS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red", "RUNNING": "tab:gray"}
+
+
+def importances(study: optuna.Study, config: SweepConfig) -> dict[str, dict[str, float]]:
+    """Per objective, fANOVA importances (a random forest's variance decomposition: steadier than Optuna's
+    default PED-ANOVA on the dozen trials of a CPU sweep); empty until enough trials completed."""
+    complete = study.get_trials(deepcopy=False, states=(COMPLETE,))
+    out = {}
+    for i, objective in enumerate(config.objectives):
+        if len(complete) < 4:
+            out[objective.metric] = {}
+            continue
+        try:
+            out[objective.metric] = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                target=lambda t, i=i: t.values[i])
+        except (RuntimeError, ValueError, ZeroDivisionError):  # e.g. every trial scored the same
+            out[objective.metric] = {}
+    return out
+
+
+def summarize(study: optuna.Study, config: SweepConfig) -> dict:
+    trials = study.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for trial in trials:
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    summary = {"study": config.study, "objectives": [o.model_dump() for o in config.objectives],
+               "states": counts, "importances": importances(study, config), "best": None, "pareto": []}
+    if any(t.state == COMPLETE for t in trials):
+        best = pick_trial(study, config)
+        summary["best"] = {"number": best.number, "values": best.values, "params": best.params}
+        if len(config.objectives) > 1:
+            summary["pareto"] = [{"number": t.number, "values": t.values, "params": t.params}
+                                 for t in sorted(study.best_trials, key=lambda t: t.number)]
+    summary["trials"] = [{"number": t.number, "state": t.state.name, "values": t.values, "params": t.params,
+                          "last_step": t.last_step,
+                          "seconds": t.duration.total_seconds() if t.duration else None,
+                          "started": t.datetime_start.isoformat() if t.datetime_start else None}
+                         for t in trials]
+    return summary
+
+
+def plot_objective_vs_params(summary: dict, config: SweepConfig, out: Path) -> list[Path]:
+    """One scatter per searched setting (finished trials; pruned ones at their last reported value)."""
+    paths = []
+    objective = config.objectives[0].metric
+    for key in config.space:
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        for trial in summary["trials"]:
+            if key in trial["params"] and trial["values"]:
+                value = trial["params"][key]
+                ax.scatter([str(value) if isinstance(value, str | bool) else value], [trial["values"][0]],
+                           color=STATE_COLOURS.get(trial["state"], "black"), s=22)
+        ax.set_xlabel(key)
+        ax.set_ylabel(objective.split("/", 1)[-1], fontsize=8)
+        ax.set_title(f"{objective.split('/')[1]} vs {key}", fontsize=9)
+        fig.tight_layout()
+        path = out / f"objective_vs_{key.replace('.', '_')}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_importances(summary: dict, out: Path) -> Path | None:
+    values = next(iter(summary["importances"].values()), {})
+    if not values:
+        return None
+    fig, ax = plt.subplots(figsize=(4.5, 0.5 + 0.45 * len(values)))
+    names = list(values)[::-1]
+    ax.barh(names, [values[n] for n in names], color="tab:blue")
+    ax.set_xlabel("importance (fANOVA, normalised)")
+    fig.tight_layout()
+    path = out / "importances.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_history(summary: dict, config: SweepConfig, out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for trial in summary["trials"]:
+        if trial["values"]:
+            ax.scatter(trial["number"], trial["values"][0], color=STATE_COLOURS.get(trial["state"], "black"), s=22)
+    if len(config.objectives) > 1:
+        xs = [t["values"][0] for t in summary["trials"] if t["state"] == "COMPLETE"]
+        ys = [t["values"][1] for t in summary["trials"] if t["state"] == "COMPLETE"]
+        ax.clear()
+        ax.scatter(xs, ys, color="tab:gray", s=18, label="trials")
+        front = sorted(summary["pareto"], key=lambda t: t["values"][0])
+        ax.plot([t["values"][0] for t in front], [t["values"][1] for t in front], "o-", color="tab:red",
+                label="Pareto front")
+        ax.set_xlabel(config.objectives[0].metric.split("/", 1)[-1], fontsize=8)
+        ax.set_ylabel(config.objectives[1].metric.split("/", 1)[-1], fontsize=8)
+        ax.legend(fontsize=7)
+        name = "pareto.png"
+    else:
+        ax.set_xlabel("trial")
+        ax.set_ylabel(config.objectives[0].metric.split("/", 1)[-1], fontsize=8)
+        name = "history.png"
+    fig.tight_layout()
+    path = out / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(study: optuna.Study, config: SweepConfig) -> tuple[dict, list[Path]]:
+    out = Path(config.report_dir) / config.study
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(study, config)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    with open(out / "trials.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        names = [o.metric for o in config.objectives]
+        writer.writerow(["number", "state", *names, *config.space, "last_step", "seconds"])
+        for t in summary["trials"]:
+            values = t["values"] or [None] * len(names)
+            writer.writerow([t["number"], t["state"], *values, *(t["params"].get(k) for k in config.space),
+                             t["last_step"], t["seconds"]])
+    files = [out / "summary.json", out / "trials.csv", plot_history(summary, config, out),
+             *plot_objective_vs_params(summary, config, out)]
+    if (path := plot_importances(summary, out)) is not None:
+        files.append(path)
+    return summary, files

@@ -1,0 +1,64 @@
+"""A scratch copy of the repo on the tiny preset with the services up and deployments served: what the flow
+tests run against (a real Prefect server, MLflow server and S3 store on free loopback ports)."""
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+from tests.test_services import service_ports
+
+REPO = Path(__file__).resolve().parents[2]
+PY = sys.executable
+BIN = Path(PY).parent
+
+
+@contextlib.contextmanager
+def scratch_platform(folder: Path, deployments: dict[str, str]):
+    """`deployments`: flow module -> deployment name (e.g. {"flows.pretrain_eval": "pretrain-eval/test"}).
+    Yields (repo, env); the MLflow/S3 client settings are also in os.environ meanwhile."""
+    from flows.services import LocalServices
+
+    repo = folder / "repo"
+    top_level = {".venv", ".git", "runs", "data", "eval", "reports", ".services", "sweeps"}  # outputs, not sources
+    shutil.copytree(REPO, repo, ignore=lambda parent, names: [
+        n for n in names if (Path(parent) == REPO and n in top_level) or n == "__pycache__" or n.endswith(".egg-info")])
+    shutil.copy(repo / "params" / "pipeline.yaml", repo / "params" / "cpu.yaml")
+    for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "scratch"]):
+        subprocess.run(command, cwd=repo, check=True)
+    services = LocalServices(root=repo / ".services", **service_ports())
+    services.start()
+    env = {**os.environ, **services.client_env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    log = open(repo / ".services" / "serve.log", "w")  # noqa: SIM115 - open for the serve processes' lifetime
+    served = [subprocess.Popen([PY, "-m", module, "serve", "--name", name.split("/")[1]], cwd=repo, env=env,
+                               stdout=log, stderr=subprocess.STDOUT) for module, name in deployments.items()]
+    try:
+        deadline = time.time() + 120
+        for name in deployments.values():
+            while subprocess.run([BIN / "prefect", "deployment", "inspect", name], env=env, capture_output=True,
+                                 check=False).returncode != 0:
+                assert all(p.poll() is None for p in served) and time.time() < deadline, \
+                    (repo / ".services" / "serve.log").read_text()
+                time.sleep(1)
+        clients = {k: v for k, v in env.items() if k.startswith(("MLFLOW", "AWS"))}
+        with mock.patch.dict(os.environ, clients):
+            yield repo, env
+    finally:
+        for process in served:  # before the server, or its shutdown hangs
+            process.terminate()
+        for process in served:
+            process.wait(30)
+        log.close()
+        services.stop()
+
+
+def deployment_run(env: dict, name: str, *params: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    command = [BIN / "prefect", "deployment", "run", name, "--watch"]
+    for p in params:
+        command += ["-p", p]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)

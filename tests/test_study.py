@@ -1,0 +1,139 @@
+"""Sweep configuration, storage and study bookkeeping: the parts of a sweep that need no training."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from flair_core.config import ConfigError
+from flair_core.training.config import load_run_config
+from flows.study import load_sweep_config, open_study, pick_trial, safe_url, write_best_params
+from flows.sweep_report import write_report
+
+REPO = Path(__file__).resolve().parents[1]
+T2I = "retrieval/builtin_fine_grained/flair/t2i_r1"
+LONG = "retrieval/builtin_long/flair/t2i_r1"
+
+
+def sweep_file(tmp_path, **changes) -> Path:
+    sweep = {"study": "s", "storage": f"sqlite:///{tmp_path}/optuna.db", "base_params": [str(REPO / "params/cpu.yaml")],
+             "space": {"sampling.k": {"type": "int", "low": 1, "high": 10},
+                       "method.settings.tcs_weight": {"type": "float", "low": 0.0, "high": 1.0}},
+             "objectives": [{"metric": T2I}], "report_dir": str(tmp_path / "reports"),
+             "best_params_out": str(tmp_path / "best.yaml")}
+    sweep.update(changes)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"sweep": sweep}))
+    return path
+
+
+def test_the_shipped_sweep_file_validates():
+    config = load_sweep_config(REPO / "params/sweep.yaml")
+    assert {"sampling.k", "sampling.max_sentences", "sampling.length_mode", "method.settings.tcs_weight"} <= set(
+        config.space)
+    assert (config.space["sampling.k"].low, config.space["sampling.k"].high) == (1, 10)
+    assert config.n_trials >= 12 and config.objectives[0].metric == T2I
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"space": {}}, "the search space is empty"),
+    ({"space": {"sampling.k": {"type": "int", "low": 5, "high": 2}}}, "low < high"),
+    ({"space": {"sampling.kk": {"type": "int", "low": 1, "high": 2}}}, "sweep.space.sampling.kk = 1 is not a valid"),
+    ({"space": {"sampling.k": {"type": "int", "low": 0, "high": 3}}}, "sweep.space.sampling.k = 0 is not a valid"),
+    ({"space": {"train.lr": {"type": "float", "low": 0, "high": 1, "log": True}}}, "log scale needs low > 0"),
+    ({"space": {"sampling.length_mode": {"type": "categorical"}}}, "non-empty `choices`"),
+    ({"objectives": [{"metric": T2I}, {"metric": LONG}]}, "pruning needs a single objective"),
+    ({"objectives": []}, "sweep.objectives"),
+    ({"study": "a b"}, "sweep.study"),
+])
+def test_bad_sweep_configs_give_one_line(changes, message, tmp_path):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")) as err:
+        load_sweep_config(sweep_file(tmp_path, **changes))
+    assert "\n" not in str(err.value)
+
+
+def test_unreachable_storage_is_one_line_without_the_password(tmp_path):
+    config = load_sweep_config(sweep_file(tmp_path, storage="postgresql://flair:secret@127.0.0.1:1/optuna"))
+    with pytest.raises(ConfigError, match="optuna storage postgresql://flair:\\*\\*\\*@127.0.0.1:1/optuna is not "
+                                          "reachable") as err:
+        open_study(config)
+    assert "secret" not in str(err.value) and "\n" not in str(err.value)
+    assert safe_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_a_study_reopened_with_another_space_is_refused_and_the_same_space_resumes(tmp_path):
+    study = open_study(load_sweep_config(sweep_file(tmp_path)))
+    study.enqueue_trial({"sampling.k": 3, "method.settings.tcs_weight": 0.5})
+    again = open_study(load_sweep_config(sweep_file(tmp_path)))
+    assert again._study_id == study._study_id and len(again.trials) == 1
+    other = sweep_file(tmp_path, space={"sampling.k": {"type": "int", "low": 1, "high": 4}})
+    with pytest.raises(ConfigError, match="study 's' already exists in sqlite:///.* with a different space: choose"):
+        open_study(load_sweep_config(other))
+    objectives = sweep_file(tmp_path, objectives=[{"metric": LONG}])
+    with pytest.raises(ConfigError, match="different objectives"):
+        open_study(load_sweep_config(objectives))
+
+
+def finished(study, values, params):
+    distributions = {"sampling.k": optuna.distributions.IntDistribution(1, 10),
+                     "method.settings.tcs_weight": optuna.distributions.FloatDistribution(0, 1)}
+    study.add_trial(optuna.trial.create_trial(values=values, params=params, distributions=distributions))
+
+
+def test_best_params_file_is_a_complete_params_file_pretrain_eval_accepts(tmp_path):
+    config = load_sweep_config(sweep_file(tmp_path))
+    study = open_study(config)
+    finished(study, [3.0], {"sampling.k": 2, "method.settings.tcs_weight": 0.1})
+    finished(study, [7.5], {"sampling.k": 6, "method.settings.tcs_weight": 0.8})
+    finished(study, [5.0], {"sampling.k": 9, "method.settings.tcs_weight": 0.3})
+    path, number = write_best_params(study, config, config.best_params_out)
+    assert number == 1
+    run = load_run_config([path])
+    base = load_run_config([REPO / "params/cpu.yaml"])
+    assert run.sampling.k == 6 and run.method_settings().tcs_weight == 0.8
+    assert run.train == base.train and run.data == base.data  # only the searched keys differ
+    assert "Best trial 1 of study 's'" in path.read_text().splitlines()[0]
+
+
+def test_multi_objective_export_takes_the_chosen_trade_off_from_the_pareto_front(tmp_path):
+    objectives = [{"metric": T2I}, {"metric": LONG}]
+    config = load_sweep_config(sweep_file(tmp_path, objectives=objectives, pruner="none", trade_off=[0.9, 0.1]))
+    study = open_study(config)
+    finished(study, [9.0, 1.0], {"sampling.k": 1, "method.settings.tcs_weight": 1.0})  # grounding
+    finished(study, [6.0, 6.0], {"sampling.k": 4, "method.settings.tcs_weight": 0.5})
+    finished(study, [1.0, 9.0], {"sampling.k": 8, "method.settings.tcs_weight": 0.0})  # global alignment
+    finished(study, [4.0, 4.0], {"sampling.k": 5, "method.settings.tcs_weight": 0.4})  # dominated
+    assert pick_trial(study, config).number == 0
+    balanced = load_sweep_config(sweep_file(tmp_path, objectives=objectives, pruner="none", study="s"))
+    assert pick_trial(study, balanced).number == 1  # equal weights: the balanced trial
+    summary, files = write_report(study, config)
+    assert sorted(t["number"] for t in summary["pareto"]) == [0, 1, 2]
+    assert (tmp_path / "reports" / "s" / "pareto.png") in files and all(p.is_file() for p in files)
+
+
+def test_report_has_importances_and_a_plot_per_searched_setting(tmp_path):
+    config = load_sweep_config(sweep_file(tmp_path))
+    study = open_study(config)
+    for k in range(1, 9):  # the objective follows K only
+        finished(study, [float(k)], {"sampling.k": k, "method.settings.tcs_weight": (k * 0.37) % 1})
+    summary, files = write_report(study, config)
+    assert summary["best"]["number"] == 7 and summary["states"] == {"COMPLETE": 8}
+    importances = summary["importances"][T2I]
+    assert importances["sampling.k"] > importances["method.settings.tcs_weight"]
+    names = {p.name for p in files}
+    assert {"objective_vs_sampling_k.png", "objective_vs_method_settings_tcs_weight.png", "importances.png",
+            "history.png", "summary.json", "trials.csv"} <= names
+    rows = (tmp_path / "reports" / "s" / "trials.csv").read_text().splitlines()
+    assert rows[0].split(",")[:3] == ["number", "state", T2I] and "sampling.k" in rows[0] and len(rows) == 9
+
+
+def test_cli_errors_are_one_line_with_exit_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "flows.sweep", "worker", "--config",
+                             str(sweep_file(tmp_path, space={}))], cwd=REPO, capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("the search space is empty: give at least one key under `space`")
+    assert result.stderr.count("\n") == 1, result.stderr

@@ -1,0 +1,65 @@
+"""The sweep deployment through a real Prefect server: two workers on one SQLite study, one MLflow parent run
+with a nested run per trial, the report in the S3 store, the best params file; a re-run resumes the study."""
+
+import json
+
+import pytest
+import yaml
+
+from tests.helpers.platform import deployment_run, scratch_platform
+
+pytestmark = pytest.mark.integration
+T2I = "retrieval/builtin_fine_grained/flair/t2i_r1"
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    with scratch_platform(tmp_path_factory.mktemp("sweep"), {"flows.sweep": "sweep/test"}) as (repo, env):
+        sweep = yaml.safe_load((repo / "params" / "sweep.yaml").read_text())["sweep"]
+        sweep.update(study="flow-test", n_trials=4, n_workers=2, pruner="median",
+                     trial_overrides=["train.steps_per_epoch=4", "train.validate_every=2", "loader.workers=0"])
+        (repo / "params" / "sweep_test.yaml").write_text(yaml.safe_dump({"sweep": sweep}))
+        yield repo, env
+
+
+def test_sweep_deployment_logs_nested_trials_reports_and_exports_the_best_params(platform):
+    repo, env = platform
+    from mlflow import MlflowClient
+
+    from flair_core.training.config import load_run_config
+
+    result = deployment_run(env, "sweep/test", "config_file=params/sweep_test.yaml")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("flair-lab-sweeps")
+    parents = client.search_runs([experiment.experiment_id], "tags.sweep_role = 'study'")
+    assert len(parents) == 1 and parents[0].data.tags["sweep_study"] == "flow-test"
+    parent = parents[0]
+    trials = client.search_runs([experiment.experiment_id], "tags.sweep_role = 'trial'")
+    assert sorted(int(r.data.tags["optuna_trial"]) for r in trials) == [0, 1, 2, 3]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
+    status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+    assert all(r.info.status == status[r.data.tags["optuna_state"]] for r in trials)
+    complete = [r for r in trials if r.data.tags["optuna_state"] == "COMPLETE"]
+    assert complete and all(f"objective/{T2I}" in r.data.metrics and "sampling.k" in r.data.params
+                            for r in complete)
+    curve = client.get_metric_history(complete[0].info.run_id, f"val/{T2I}")
+    assert [m.step for m in curve] == [2, 4]  # the intermediate validations the pruner saw
+
+    summary = json.loads((repo / "reports" / "sweeps" / "flow-test" / "summary.json").read_text())
+    best = summary["best"]
+    assert best["values"][0] == max(r.data.metrics[f"objective/{T2I}"] for r in complete)
+    assert parent.data.params["n_trials"] == "4"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/summary.json", "report/trials.csv", "report/history.png", "report/best.yaml",
+            "report/objective_vs_sampling_k.png"} <= artifacts
+    exported = load_run_config([repo / "params" / "best.yaml"])
+    assert exported.sampling.k == best["params"]["sampling.k"]
+    assert exported.method_settings().tcs_weight == pytest.approx(best["params"]["method.settings.tcs_weight"])
+
+    # Running the deployment again resumes the full study: no new trial, the same parent run.
+    again = deployment_run(env, "sweep/test", "config_file=params/sweep_test.yaml")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert len(client.search_runs([experiment.experiment_id], "tags.sweep_role = 'trial'")) == 4
+    assert len(client.search_runs([experiment.experiment_id], "tags.sweep_role = 'study'")) == 1
