@@ -4,12 +4,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-unit lint bench demo sweep services services-down
+.PHONY: help install chromium test test-unit lint bench demo sweep dashboard services services-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed  ## create .venv with the library and the whole platform stack
+install: $(VENV)/.installed chromium  ## create .venv with the library and the whole platform stack, and Chromium
+
+# The dashboard's browser test drives Debian's Chromium (apt, ~25 s the first time; root or sudo needed).
+chromium:
+	@command -v chromium > /dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium > /dev/null \
+	  || echo "could not install chromium: the dashboard's browser test will be skipped"; }
 
 # torch/torchvision are pinned in pyproject.toml to the builds this machine kind keeps on disk.
 $(VENV)/.installed: pyproject.toml
@@ -26,7 +33,7 @@ test-unit: install  ## fast tests only: no services, no multi-process runs
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 lint: install  ## ruff over the code
-	$(VENV)/bin/ruff check flair_core tests benchmarks
+	$(VENV)/bin/ruff check flair_core flows dashboard tests benchmarks
 
 bench: install  ## print the CPU preset's training-step time and parameter count
 	$(PY) benchmarks/train_step.py --model tiny-64
@@ -40,5 +47,9 @@ sweep: services  ## the default Optuna sweep (params/sweep.yaml) through the swe
 services: install  ## start Prefect, MLflow and the S3 store on 127.0.0.1 (state and logs in .services/)
 	$(PY) -m flows.services start
 
-services-down:  ## stop the local services
+dashboard: install  ## start the dashboard on http://127.0.0.1:8501 against the local services
+	eval "$$($(PY) -m flows.services env)" && $(PY) -m dashboard.serve start
+
+services-down:  ## stop the local services and the dashboard
+	$(PY) -m dashboard.serve stop
 	$(PY) -m flows.services stop

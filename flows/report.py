@@ -42,7 +42,7 @@ def rows(methods: list[str]) -> list[list[str]]:
 def urls() -> dict[str, str]:
     prefect = os.environ.get("PREFECT_API_URL", "").removesuffix("/api")
     return {"Prefect UI": prefect, "MLflow UI": os.environ.get("MLFLOW_TRACKING_URI", ""),
-            "Dashboard": "not built yet (the dashboard issue)"}
+            "Dashboard": os.environ.get("FLAIR_DASHBOARD_URL", "http://127.0.0.1:8501")}
 
 
 def main() -> None:

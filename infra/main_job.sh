@@ -31,7 +31,9 @@ for method in $METHODS; do
   .venv/bin/prefect deployment run "pretrain-eval/$NAME" -p method="$method" --watch
 done
 
+$PY -m dashboard.serve start --root "$ROOT"
 $PY -m flows.report --methods $METHODS
 echo "main job took $(( $(date +%s) - start )) s"
 $PY -m flows.services status --root "$ROOT"
-echo "Stop the services with: make services-down"
+echo "Open the dashboard at http://127.0.0.1:8501 (Compare, Paper, Sweeps, Registry, Inspect);"
+echo "from another machine: ssh -L 8501:127.0.0.1:8501 <this host>. Stop everything with: make services-down"

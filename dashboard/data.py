@@ -1,0 +1,288 @@
+"""Every read the dashboard makes, cached; pages only render what these return.
+
+Settings come from the environment (what `python -m flows.services env` prints, plus FLAIR_* overrides):
+MLflow from MLFLOW_TRACKING_URI, Optuna storage from FLAIR_SWEEP_STORAGE (default: the storage named in
+params/sweep.yaml), the built-in data from FLAIR_DATA_ROOT. Read-only: nothing here writes to MLflow,
+the registry or a study. A service that is down raises `Unavailable` with one line for the page to show.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = os.environ.get("FLAIR_EXPERIMENT", "flair-lab")
+SWEEP_EXPERIMENT = "flair-lab-sweeps"
+METHODS = ("flair", "clip", "filip", "dreamlip")
+TTL = 30  # seconds: new runs show up without a restart
+# A dashboard should say "MLflow is down" in seconds, not after MLflow's default minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+class Unavailable(RuntimeError):
+    """A source the page needs cannot be read (service down, nothing logged yet); the message is one line."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    tracking_uri: str
+    sweep_storage: str
+    data_root: Path
+    paper_file: Path
+
+
+def settings() -> Settings:
+    storage = os.environ.get("FLAIR_SWEEP_STORAGE")
+    if not storage:
+        sweep = yaml.safe_load((REPO / "params" / "sweep.yaml").read_text())["sweep"]
+        storage = sweep["storage"]
+        if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
+            storage = f"sqlite:///{REPO / storage.removeprefix('sqlite:///')}"  # relative to the repo
+    return Settings(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", ""), sweep_storage=storage,
+                    data_root=Path(os.environ.get("FLAIR_DATA_ROOT", REPO / "data" / "builtin")),
+                    paper_file=Path(os.environ.get("FLAIR_PAPER_NUMBERS", REPO / "dashboard" / "paper_numbers.yaml")))
+
+
+def _client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    if not tracking_uri:
+        raise Unavailable("MLFLOW_TRACKING_URI is not set: start the services (make services) and "
+                          'eval "$(.venv/bin/python -m flows.services env)" before starting the dashboard')
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _reachable(call, what: str, uri: str):
+    try:
+        return call()
+    except Unavailable:
+        raise
+    except Exception as err:  # noqa: BLE001 - refused connection, timeout, bad URI: all mean "unavailable" here
+        line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise Unavailable(f"cannot read {what} from {uri}: {line[:200]}") from None
+
+
+# ---------------------------------------------------------------------------------------------------- runs
+@st.cache_data(ttl=TTL, show_spinner="Reading runs from MLflow…")
+def runs(tracking_uri: str, experiment: str = EXPERIMENT) -> pd.DataFrame:
+    """One row per pretrain-eval run: method, preset, data hash, commit, start time, link and every metric."""
+    def read():
+        client = _client(tracking_uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            return pd.DataFrame()
+        rows = []
+        for run in client.search_runs([found.experiment_id], "tags.method != ''", max_results=5000):
+            tags, params = run.data.tags, run.data.params
+            rows.append({"run_id": run.info.run_id, "run": run.info.run_name, "method": tags.get("method", ""),
+                         "model": params.get("train.model", ""), "train_images": params.get("data.train_images", ""),
+                         "image_size": params.get("data.image_size", ""), "epochs": params.get("train.epochs", ""),
+                         "batch_size": params.get("train.batch_size", ""),
+                         "preset": tags.get("preset", ""), "data_hash": tags.get("data_hash", "")[:12],
+                         "git_commit": tags.get("git_commit", "")[:12], "promotion": tags.get("promotion", ""),
+                         "started": pd.Timestamp(run.info.start_time, unit="ms"),
+                         "link": f"{tracking_uri}/#/experiments/{found.experiment_id}/runs/{run.info.run_id}",
+                         **run.data.metrics})
+        return pd.DataFrame(rows)
+    return _reachable(read, "runs", tracking_uri)
+
+
+@st.cache_data(ttl=TTL, show_spinner="Reading the model registry…")
+def registry(tracking_uri: str) -> pd.DataFrame:
+    """One row per registered model version with its aliases, promotion decision and lineage."""
+    def read():
+        client = _client(tracking_uri)
+        rows = []
+        for model in client.search_registered_models(max_results=1000):
+            for version in client.search_model_versions(f"name = '{model.name}'"):
+                run = client.get_run(version.run_id) if version.run_id else None
+                params = run.data.params if run else {}
+                experiment_id = run.info.experiment_id if run else ""
+                rows.append({
+                    "model": model.name, "version": int(version.version),
+                    "aliases": ", ".join(sorted(client.get_model_version(model.name, version.version).aliases)),
+                    "decision": version.description or "", "git_commit": version.tags.get("git_commit", ""),
+                    "data_hash": version.tags.get("data_hash", ""), "preset": version.tags.get("preset", ""),
+                    "run_key": version.tags.get("run_key", "")[:12], "run_id": version.run_id,
+                    "created": pd.Timestamp(version.creation_timestamp, unit="ms"),
+                    "link": f"{tracking_uri}/#/experiments/{experiment_id}/runs/{version.run_id}",
+                    "params": {k: params[k] for k in sorted(params)},
+                })
+        return pd.DataFrame(rows)
+    return _reachable(read, "the model registry", tracking_uri)
+
+
+# ---------------------------------------------------------------------------------------------------- sweeps
+@st.cache_data(ttl=TTL, show_spinner="Reading Optuna studies…")
+def studies(storage: str) -> list[str]:
+    import optuna
+
+    def read():
+        return sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+    return _reachable(read, "Optuna studies", storage)
+
+
+@st.cache_data(ttl=TTL, show_spinner="Reading the study…")
+def study(storage: str, name: str) -> dict:
+    """Trials as a table, the objectives, the best trial(s) and fANOVA importances of one study."""
+    import optuna
+
+    def read():
+        loaded = optuna.load_study(study_name=name, storage=storage)
+        signature = loaded.user_attrs.get("signature", {})
+        objectives = [o["metric"] for o in signature.get("objectives", [])] or [
+            f"objective {i}" for i in range(len(loaded.directions))]
+        rows = []
+        for t in loaded.get_trials(deepcopy=False):
+            row = {"number": t.number, "state": t.state.name, "started": t.datetime_start,
+                   "finished": t.datetime_complete, "last_step": t.last_step, **t.params}
+            for i, metric in enumerate(objectives):
+                row[metric] = t.values[i] if t.values else (t.intermediate_values.get(t.last_step)
+                                                            if i == 0 and t.last_step is not None else None)
+            rows.append(row)
+        complete = [t for t in loaded.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        best = []
+        if complete:
+            best = [loaded.best_trial] if len(objectives) == 1 else loaded.best_trials
+        importances = {}
+        if len(complete) >= 4:
+            for i, metric in enumerate(objectives):
+                try:
+                    importances[metric] = optuna.importance.get_param_importances(
+                        loaded, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                        target=lambda t, i=i: t.values[i])
+                except (RuntimeError, ValueError, ZeroDivisionError):
+                    importances[metric] = {}
+        return {"trials": pd.DataFrame(rows), "objectives": objectives,
+                "directions": [d.name.lower() for d in loaded.directions],
+                "space": list(signature.get("space", {})) or sorted({k for t in loaded.trials for k in t.params}),
+                "best": [{"number": t.number, "values": t.values, "params": t.params} for t in best],
+                "importances": importances}
+    return _reachable(read, f"study {name}", storage)
+
+
+# ---------------------------------------------------------------------------------------------------- paper
+@st.cache_data(ttl=TTL)
+def paper(path: Path) -> dict:
+    if not path.is_file():
+        raise Unavailable(f"the published-numbers file {path} is missing")
+    return yaml.safe_load(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------------------- inspect
+@st.cache_data(ttl=TTL)
+def test_images(data_root: Path, limit: int = 64) -> list[dict]:
+    """The first built-in test images: key, PNG bytes and sentences."""
+    import webdataset as wds
+
+    shards = sorted(str(p) for p in (Path(data_root) / "test").glob("*.tar"))
+    if not shards:
+        raise Unavailable(f"no built-in test shards in {data_root}/test: run `flair prepare` (or the main job)")
+    out = []
+    for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False, nodesplitter=None,
+                                 workersplitter=None):
+        out.append({"key": sample["__key__"], "png": sample["png"],
+                    "sentences": json.loads(sample["json"])["sentences"]})
+        if len(out) == limit:
+            break
+    return out
+
+
+@st.cache_resource(show_spinner="Loading the model from the registry…", max_entries=4)
+def model(tracking_uri: str, name: str, version: int):
+    """A registered version's model, from the checkpoint its run logged."""
+    import mlflow
+
+    from flair_core.training.checkpoints import load_trained
+
+    client = _client(tracking_uri)
+    run_id = _reachable(lambda: client.get_model_version(name, str(version)).run_id, f"{name} v{version}",
+                        tracking_uri)
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint",
+                                                tracking_uri=tracking_uri)
+    files = sorted(Path(local).glob("*.pt"))
+    if not files:
+        raise Unavailable(f"{name} v{version}: its run logged no checkpoint")
+    net, method = load_trained(files[-1])
+    return net.eval(), method
+
+
+def _task(images: list[bytes], texts: list[str]):
+    from PIL import Image
+
+    from flair_core.evaluation.retrieval import RetrievalTask
+
+    return RetrievalTask(name="inspect", texts=texts, relevant=None, strict=None, num_images=len(images),
+                         images=lambda: (Image.open(io.BytesIO(png)).convert("RGB") for png in images))
+
+
+@st.cache_resource(show_spinner="Encoding the test images…", max_entries=4)
+def gallery(tracking_uri: str, name: str, version: int, data_root: Path, limit: int) -> dict:
+    """Projected features of the first `limit` built-in test images under one model."""
+    from flair_core import get_tokenizer, get_transform
+    from flair_core.evaluation.retrieval import encode
+
+    net, method = model(tracking_uri, name, version)
+    pngs = [x["png"] for x in test_images(data_root, limit)]
+    return encode(net, get_tokenizer(net.config), get_transform(net.config, train=False), _task(pngs, []), method)
+
+
+def caption_ranks(tracking_uri: str, name: str, version: int, data_root: Path, limit: int, caption: str,
+                  upload: bytes | None = None) -> pd.DataFrame:
+    """Every gallery image (and the upload, if any) ranked for the caption in the method's own scoring mode."""
+    import torch
+
+    from flair_core import get_tokenizer, get_transform
+    from flair_core.evaluation.retrieval import PRIMARY_MODE, encode, score
+
+    net, method = model(tracking_uri, name, version)
+    tokenizer, transform = get_tokenizer(net.config), get_transform(net.config, train=False)
+    features = dict(gallery(tracking_uri, name, version, data_root, limit))
+    keys = [x["key"] for x in test_images(data_root, limit)]
+    if upload is not None:
+        extra = encode(net, tokenizer, transform, _task([upload], []), method)
+        features = {k: torch.cat([v, extra[k]]) if v.ndim and k in extra else v for k, v in features.items()}
+        keys.append("upload")
+    text = encode(net, tokenizer, transform, _task([], [caption]), method)
+    features.update({k: v for k, v in text.items() if k.startswith("text")})
+    with torch.no_grad():
+        _, t2i = score(net, features, PRIMARY_MODE[method])  # (I, 1)
+    values = t2i[:, 0].tolist()
+    table = pd.DataFrame({"image": keys, "score": values})
+    # rank 1 = best; ties count against the image, as in the retrieval metrics
+    table["rank"] = [sum(other >= value for other in values) for value in values]
+    return table.sort_values(["rank", "image"]).reset_index(drop=True)
+
+
+def attention_overlay(tracking_uri: str, name: str, version: int, png: bytes, caption: str) -> tuple[bytes, float]:
+    """The text-conditioned attention of the caption over the image as a PNG overlay, and the zero-slot mass."""
+    from PIL import Image
+
+    from flair_core import get_tokenizer, get_transform
+    from flair_core.evaluation.attention import attention_maps, overlay
+
+    net, _ = model(tracking_uri, name, version)
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    maps, zero = attention_maps(net, get_tokenizer(net.config), get_transform(net.config, False)(image), [caption])
+    out = io.BytesIO()
+    factor = max(1, 256 // min(image.size))  # small synthetic images: scaled up, pixels kept sharp
+    overlay(image.resize((image.width * factor, image.height * factor), Image.NEAREST), maps[0]).save(out, "PNG")
+    return out.getvalue(), float(zero[0])
+
+
+def or_stop(read, *args):
+    """Call a loader; when its source is unavailable show the one-line reason and end the page there."""
+    try:
+        return read(*args)
+    except Unavailable as err:
+        st.warning(str(err), icon=":material/cloud_off:")
+        st.stop()

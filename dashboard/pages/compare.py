@@ -1,0 +1,75 @@
+"""Compare: FLAIR and the CLIP, FILIP and DreamLIP baselines on every benchmark and mode."""
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import data
+from flair_core.evaluation.retrieval import PRIMARY_MODE
+from flows.report import COLUMNS
+
+st.title("Compare runs")
+st.caption("Each method in its own scoring mode (FLAIR text-conditioned, FILIP token-wise, CLIP and DreamLIP "
+           "global) on the built-in test split. R@1, mIoU and top-1 in percent.")
+settings = data.settings()
+runs = data.or_stop(data.runs, settings.tracking_uri)
+if runs.empty:
+    st.info("No pretrain-eval runs logged yet: run the main job (`make demo`) or a `pretrain-eval` deployment.")
+    st.stop()
+
+left, middle, right = st.columns(3)
+presets = left.multiselect("Preset", sorted(runs["preset"].unique()), default=sorted(runs["preset"].unique()))
+versions = middle.multiselect("Data version", sorted(runs["data_hash"].unique()),
+                              default=sorted(runs["data_hash"].unique()))
+first, last = runs["started"].min().date(), runs["started"].max().date()
+dates = right.date_input("Started between", (first, last), min_value=first, max_value=last)
+newest = st.toggle("Newest run per method only", value=True)
+
+shown = runs[runs["preset"].isin(presets) & runs["data_hash"].isin(versions)]
+if isinstance(dates, tuple) and len(dates) == 2:
+    shown = shown[(shown["started"].dt.date >= dates[0]) & (shown["started"].dt.date <= dates[1])]
+shown = shown.sort_values("started", ascending=False)
+if newest:
+    shown = shown.drop_duplicates("method")
+if shown.empty:
+    st.info("No run matches these filters.")
+    st.stop()
+
+rows = []
+for _, run in shown.iterrows():
+    mode = PRIMARY_MODE.get(run["method"], "global")
+    row = {"method": run["method"], "run": run["run"], "preset": run["preset"], "data": run["data_hash"],
+           "started": run["started"].strftime("%Y-%m-%d %H:%M")}
+    row.update({name: run.get(key.format(mode=mode)) for name, key in COLUMNS})
+    rows.append(row)
+table = pd.DataFrame(rows)
+metric_names = [name for name, _ in COLUMNS]
+
+baselines = [m for m in ("clip", "filip", "dreamlip", "flair") if m in set(table["method"])]
+baseline = st.selectbox("Deltas against", baselines, help="the newest shown run of this method")
+reference = table[table["method"] == baseline].iloc[0]
+for name in metric_names:
+    table[f"Δ {name}"] = table[name] - reference[name]
+
+
+def colour(value):
+    if pd.isna(value) or abs(value) < 1e-9:
+        return ""
+    return "color: #0a7d32; font-weight: 600" if value > 0 else "color: #b3261e; font-weight: 600"
+
+
+deltas = [f"Δ {name}" for name in metric_names]
+st.subheader(f"Key metrics, deltas against {baseline}")
+st.dataframe(table.style.format(precision=2, subset=metric_names + deltas).map(colour, subset=deltas),
+             hide_index=True, width="stretch")
+
+chart = table.melt(id_vars=["method"], value_vars=metric_names, var_name="metric", value_name="value").dropna()
+st.subheader("Side by side")
+st.bar_chart(chart, x="metric", y="value", color="method", stack=False, horizontal=True, height=420)
+
+st.subheader("Every benchmark and mode")
+metric_columns = sorted(c for c in runs.columns if c.count("/") >= 3 and c.endswith(("r1", "/miou", "/top1"))
+                        and "/strict_" not in c)
+full = shown.set_index("run")[metric_columns].T.dropna(how="all")
+full.columns = [f"{shown.set_index('run').loc[r, 'method']} · {r}" for r in full.columns]
+st.dataframe(full.style.format(precision=2), width="stretch")
+st.caption("MLflow runs: " + " · ".join(f"[{r['run']}]({r['link']})" for _, r in shown.iterrows()))

@@ -1,0 +1,45 @@
+"""Inspect: a registered model's text-conditioned attention over an image and the caption's retrieval ranks."""
+
+import streamlit as st
+
+from dashboard import data
+
+GALLERY = 512  # built-in test images ranked per caption
+
+st.title("Inspect a model")
+settings = data.settings()
+versions = data.or_stop(data.registry, settings.tracking_uri)
+if versions.empty:
+    st.info("No registered model yet: run the main job (`make demo`).")
+    st.stop()
+images = data.or_stop(data.test_images, settings.data_root, GALLERY)
+
+labels = {f"{r['model']} v{r['version']}" + (f" ({r['aliases']})" if r["aliases"] else ""): (r["model"], r["version"])
+          for _, r in versions.sort_values(["model", "version"], ascending=[True, False]).iterrows()}
+left, right = st.columns(2)
+name, version = labels[left.selectbox("Model", list(labels))]
+keys = [x["key"] for x in images]
+key = right.selectbox("Built-in test image", keys)
+upload = st.file_uploader("…or upload an image", type=["png", "jpg", "jpeg"])
+picked = next(x for x in images if x["key"] == key)
+caption = st.text_input("Caption", value=picked["sentences"][0])
+png = upload.getvalue() if upload is not None else picked["png"]
+target = "upload" if upload is not None else key
+
+net, method = data.or_stop(data.model, settings.tracking_uri, name, version)
+image_column, rank_column = st.columns(2)
+with image_column:
+    if method == "flair":
+        overlay, zero = data.attention_overlay(settings.tracking_uri, name, version, png, caption)
+        st.image(overlay, caption=f"attention of the caption over the image (zero-slot mass {zero:.2f})",
+                 width=320)
+    else:
+        st.image(png, width=320)
+        st.info(f"{method} has no text-conditioned attention: the image is shown as is.")
+with rank_column:
+    ranks = data.caption_ranks(settings.tracking_uri, name, version, settings.data_root, GALLERY, caption,
+                               png if upload is not None else None)
+    rank = int(ranks.loc[ranks["image"] == target, "rank"].iloc[0])
+    st.metric(f"rank of {target} for the caption", f"{rank} / {len(ranks)}")
+    st.caption(f"{method}'s own scoring mode over {len(ranks)} images (1 = best; ties count against the image)")
+    st.dataframe(ranks.head(10).style.format({"score": "{:.3f}"}), hide_index=True, width="stretch")

@@ -1,0 +1,66 @@
+"""A seeded MLflow store (SQLite, file artifacts) and Optuna study for the dashboard's tests."""
+
+from pathlib import Path
+
+import optuna
+
+FINE = "retrieval/builtin_fine_grained/{mode}/t2i_r1"
+SEEDED = {  # method -> (fine-grained t2i R@1, long t2i R@1) in its own mode
+    "flair": (12.5, 30.0), "clip": (10.0, 35.0), "filip": (11.0, 20.0), "dreamlip": (9.0, 40.0)}
+MODE = {"flair": "flair", "clip": "global", "dreamlip": "global", "filip": "filip"}
+
+
+def seed_platform(root: Path, tiny_data: Path) -> dict:
+    """An MLflow store with one run per method, two registered FLAIR versions (champion, challenger) with a
+    real checkpoint, and an Optuna study with complete, pruned and failed trials."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from flair_core.training.config import load_run_config
+    from flair_core.training.loop import Trainer
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.create_experiment("flair-lab", artifact_location=(root / "artifacts").as_uri())
+    config = load_run_config([], ["train.model=micro-32", f"train.shards={tiny_data / 'train'}", "train.batch_size=8",
+                                  "train.steps_per_epoch=2", "loader.workers=0", "train.warmup_steps=1"])
+    Trainer(config, root / "run").fit()
+    checkpoint = next((root / "run" / "checkpoints").glob("*.pt"))
+    run_ids = {}
+    for method, (fine, long) in SEEDED.items():
+        run = client.create_run(experiment, run_name=f"{method}-seeded", tags={
+            "method": method, "preset": "micro-32", "data_hash": "d0d0d0d0d0d0beef", "git_commit": "c0ffee"})
+        mode = MODE[method]
+        for key, value in {FINE.format(mode=mode): fine, f"retrieval/builtin_long/{mode}/t2i_r1": long,
+                           f"retrieval/builtin_standard/{mode}/t2i_r1": fine + 1,
+                           f"retrieval/builtin_standard/{mode}/i2t_r1": fine + 2}.items():
+            client.log_metric(run.info.run_id, key, value)
+        for key, value in {"train.model": "micro-32", "data.train_images": "512", "data.image_size": "32",
+                           "train.epochs": "1", "train.batch_size": "8"}.items():
+            client.log_param(run.info.run_id, key, value)
+        run_ids[method] = run.info.run_id
+    client.log_artifact(run_ids["flair"], str(checkpoint), "checkpoint")
+    client.create_registered_model("flair-lab-flair")
+    for version, (alias, reason) in enumerate([("champion", "champion: first version: t2i R@1 = 12.50"),
+                                               ("challenger", "challenger: t2i R@1 11.00 does not beat 12.50")], 1):
+        client.create_model_version("flair-lab-flair", f"runs:/{run_ids['flair']}/model", run_ids["flair"],
+                                    tags={"git_commit": f"c0ffee{version}", "data_hash": "d0d0d0d0d0d0beef",
+                                          "preset": "micro-32"}, description=reason)
+        client.set_registered_model_alias("flair-lab-flair", alias, str(version))
+
+    storage = f"sqlite:///{root / 'optuna.db'}"
+    study = optuna.create_study(study_name="seeded-sweep", storage=storage, direction="maximize")
+    metric = FINE.format(mode="flair")
+    study.set_user_attr("signature", {"space": {"sampling.k": {}, "method.settings.tcs_weight": {}},
+                                      "objectives": [{"metric": metric, "direction": "maximize"}]})
+    distributions = {"sampling.k": optuna.distributions.IntDistribution(1, 10),
+                     "method.settings.tcs_weight": optuna.distributions.FloatDistribution(0, 1)}
+    for k in range(1, 8):  # the objective follows K
+        study.add_trial(optuna.trial.create_trial(value=k * 1.5, params={"sampling.k": k,
+                                                                         "method.settings.tcs_weight": k / 10},
+                                                  distributions=distributions, intermediate_values={16: k * 1.0}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={
+        "sampling.k": 9, "method.settings.tcs_weight": 0.9}, distributions=distributions, intermediate_values={16: 0.1}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    mlflow.set_tracking_uri("")  # nothing global left behind
+    return {"uri": uri, "storage": storage, "data": tiny_data, "run_ids": run_ids}

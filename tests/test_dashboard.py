@@ -1,0 +1,137 @@
+"""Every dashboard page through Streamlit's AppTest against a seeded MLflow store (SQLite, file artifacts) and a
+seeded Optuna study: the right numbers appear, empty states and a down service show one line, no traceback."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.helpers.dashboard_seed import FINE, SEEDED, seed_platform
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = REPO / "dashboard" / "pages"
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory, tiny_data):
+    return seed_platform(tmp_path_factory.mktemp("dashboard"), tiny_data)
+
+
+@pytest.fixture
+def env(seeded, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", seeded["uri"])
+    monkeypatch.setenv("FLAIR_SWEEP_STORAGE", seeded["storage"])
+    monkeypatch.setenv("FLAIR_DATA_ROOT", str(seeded["data"]))
+    return seeded
+
+
+def run(page: str) -> AppTest:
+    app = AppTest.from_file(str(PAGES / f"{page}.py"), default_timeout=120)
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+def texts(app: AppTest) -> str:
+    parts = [e.value for kind in ("title", "subheader", "markdown", "caption", "info", "warning") for e in app.get(kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def frame(element) -> pd.DataFrame:
+    return element.value if isinstance(element.value, pd.DataFrame) else element.value.data
+
+
+def test_compare_shows_every_method_and_the_deltas_against_the_chosen_baseline(env):
+    app = run("compare")
+    key = frame(app.dataframe[0]).set_index("method")
+    assert set(key.index) == set(SEEDED)
+    assert key.loc["flair", "fine-grained t2i R@1"] == 12.5 and key.loc["clip", "long t2i R@1"] == 35.0
+    assert key.loc["flair", "Δ fine-grained t2i R@1"] == pytest.approx(2.5)  # against CLIP, the default
+    app.selectbox[0].select("dreamlip").run()  # the baseline selector is the only selectbox
+    key = frame(app.dataframe[0]).set_index("method")
+    assert key.loc["flair", "Δ fine-grained t2i R@1"] == pytest.approx(3.5)
+    assert key.loc["flair", "Δ long t2i R@1"] == pytest.approx(-10.0)
+    assert "deltas against dreamlip" in texts(app)
+    full = frame(app.dataframe[1])
+    assert full.loc[FINE.format(mode="filip")].dropna().tolist() == [11.0]
+    assert len(app.get("vega_lite_chart")) == 1
+
+
+def test_compare_filters_by_preset(env):
+    app = run("compare")
+    app.multiselect[0].set_value([]).run()
+    assert "No run matches these filters." in texts(app)
+
+
+def test_paper_page_shows_the_published_numbers_with_their_source_and_our_scale(env):
+    app = run("paper")
+    published = frame(app.dataframe[0])
+    cc3m = published[published["data"] == "CC3M-recap"].iloc[0]
+    assert (cc3m["coco_t2i_r1"], cc3m["coco_i2t_r1"], cc3m["flickr_t2i_r1"]) == (37.7, 51.6, 65.7)
+    text = texts(app)
+    assert "arxiv.org/abs/2412.03561" in text and "Not comparable number for number" in text
+    ours = frame(app.dataframe[1]).set_index("method")
+    assert ours.loc["flair", "fine-grained t2i R@1"] == 12.5 and ours.loc["flair", "model"] == "micro-32"
+    assert "no primary source for this table" in text  # tables the data file lacks are said to be missing
+
+
+def test_sweeps_page_shows_best_trial_importances_and_states(env):
+    app = run("sweeps")
+    assert [m.value for m in app.metric] == ["7", "1", "1", "0"]  # complete, pruned, fail, running
+    best = frame(app.dataframe[0])
+    assert best.iloc[0]["trial"] == 6 and best.iloc[0]["sampling.k"] == 7
+    assert best.iloc[0][FINE.format(mode="flair")] == pytest.approx(10.5)
+    assert len(app.get("vega_lite_chart")) >= 4  # importances, one per setting, the timeline
+    trials = frame(app.dataframe[-1])
+    assert sorted(trials["state"]) == ["COMPLETE"] * 7 + ["FAIL", "PRUNED"]
+
+
+def test_registry_page_shows_aliases_decisions_and_lineage(env):
+    app = run("registry")
+    assert [(m.label, m.value) for m in app.metric] == [("champion", "v1"), ("challenger", "v2")]
+    text = texts(app)
+    assert "champion: first version: t2i R@1 = 12.50" in text
+    assert "challenger: t2i R@1 11.00 does not beat 12.50" in text
+    versions = frame(app.dataframe[0])
+    assert versions["git_commit"].tolist() == ["c0ffee2", "c0ffee1"]
+    assert versions["link"].str.contains(env["run_ids"]["flair"]).all()
+
+
+def test_inspect_page_shows_the_attention_map_and_the_rank_the_library_computes(env):
+    from dashboard import data
+
+    app = run("inspect")
+    assert len(app.get("image")) == 1
+    caption = app.text_input[0].value
+    key = app.selectbox[1].value
+    expected = data.caption_ranks(env["uri"], "flair-lab-flair", 2, env["data"], 512, caption)
+    rank = int(expected.loc[expected["image"] == key, "rank"].iloc[0])
+    assert app.metric[0].value == f"{rank} / 64"
+    app.text_input[0].set_value("a large red circle in the centre").run()
+    assert not app.exception
+    changed = data.caption_ranks(env["uri"], "flair-lab-flair", 2, env["data"], 512,
+                                 "a large red circle in the centre")
+    assert app.metric[0].value == f"{int(changed.loc[changed['image'] == key, 'rank'].iloc[0])} / 64"
+
+
+@pytest.mark.parametrize("page", ["compare", "paper", "sweeps", "registry", "inspect"])
+def test_a_service_that_is_down_is_one_warning_not_a_traceback(page, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("FLAIR_SWEEP_STORAGE", "postgresql://flair@127.0.0.1:9/optuna")
+    app = run(page)
+    warnings = [w.value for w in app.warning]
+    assert len(warnings) == 1 and "\n" not in warnings[0] and "127.0.0.1:9" in warnings[0], warnings
+
+
+def test_no_runs_yet_is_an_explanation(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    app = run("compare")
+    assert "No pretrain-eval runs logged yet" in texts(app)
+
+
+def test_the_router_opens_on_compare(env):
+    app = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=120)
+    app.run()
+    assert not app.exception and app.title[0].value == "Compare runs"
+
