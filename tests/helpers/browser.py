@@ -133,3 +133,24 @@ def _run(binary, profile, log, startup_timeout):
         with contextlib.suppress(ProcessLookupError):  # stragglers (renderers, zygote), if any
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
+
+
+def main() -> None:
+    """Screenshots of a running dashboard for the docs:
+    python -m tests.helpers.browser http://127.0.0.1:8501 docs/screenshots compare= paper sweeps registry inspect"""
+    import sys
+    import tempfile
+
+    base, out, *pages = sys.argv[1:]
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, headless_chromium(tmp) as browser:
+        for page in pages:
+            name, _, path = page.partition("=")
+            shot = browser.render(f"{base}/{path if _ else name}", absent_selector='[data-testid="stStatusWidget"]',
+                                  timeout=180).screenshot
+            (Path(out) / f"{name}.png").write_bytes(shot)
+            print(f"{name}: {len(shot)} bytes")
+
+
+if __name__ == "__main__":
+    main()
