@@ -8,8 +8,8 @@ import time
 import pytest
 from PIL import Image
 
-from tests.helpers.platform import deployment_run as run_deployment
-from tests.helpers.platform import scratch_platform
+from tests.helpers.scratch_repo import deployment_run as run_deployment
+from tests.helpers.scratch_repo import scratch_platform
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from tests.helpers.platform import deployment_run, scratch_platform
+from tests.helpers.scratch_repo import deployment_run, scratch_platform
 
 pytestmark = pytest.mark.integration
 T2I = "retrieval/builtin_fine_grained/flair/t2i_r1"

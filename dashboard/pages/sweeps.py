@@ -29,7 +29,8 @@ else:
     st.subheader("Best trial" if len(objectives) == 1 else "Pareto front")
     best = pd.DataFrame([{"trial": b["number"], **dict(zip(objectives, b["values"], strict=True)), **b["params"]}
                          for b in result["best"]])
-    st.dataframe(best.style.format(precision=3), hide_index=True, width="stretch")
+    st.dataframe(best.style.format("{:.4g}", subset=best.select_dtypes("float").columns), hide_index=True,
+                 width="stretch")
 
 st.subheader("Parameter importances (fANOVA)")
 for metric, values in result["importances"].items():
@@ -56,4 +57,5 @@ timeline = trials.dropna(subset=["started"]).copy()
 if not timeline.empty:
     timeline["started"] = pd.to_datetime(timeline["started"])
     st.scatter_chart(timeline, x="started", y="number", color="state", height=260)
-st.dataframe(trials.style.format(precision=3), hide_index=True, width="stretch")
+st.dataframe(trials.style.format("{:.4g}", subset=trials.select_dtypes("float").columns, na_rep="—"),
+             hide_index=True, width="stretch")
