@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -28,7 +29,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flair_core.config import ConfigError
 from flows import tracking
 from flows.pretrain_eval import REPO, check_services, data_version, git_commit
-from flows.study import SweepConfig, load_sweep_config, open_study, safe_url, space_signature
+from flows.study import (
+    SweepConfig,
+    load_sweep_config,
+    open_study,
+    safe_url,
+    space_signature,
+    write_best_params,
+)
 from flows.sweep_report import write_report
 
 EXPERIMENT = "flair-lab-sweeps"
@@ -67,13 +75,8 @@ def run_worker_process(index: int, config_file: str, overrides: list[str], data_
 
 def report_and_export(config: SweepConfig, parent_run_id: str | None) -> dict:
     """Fail trials of dead workers, log any trial not yet in MLflow, write the report and the best params."""
-    import optuna
-
-    from flows.study import write_best_params
-
     study = open_study(config)
-    optuna.storages.fail_stale_trials(study)
-    study = open_study(config)
+    optuna.storages.fail_stale_trials(study)  # trials of killed workers: FAIL, once their heartbeat is stale
     objectives = [o.metric for o in config.objectives]
     if parent_run_id:
         for trial in study.get_trials(deepcopy=False):
