@@ -23,9 +23,6 @@ EXPERIMENT = os.environ.get("FLAIR_EXPERIMENT", "flair-lab")
 SWEEP_EXPERIMENT = "flair-lab-sweeps"
 METHODS = ("flair", "clip", "filip", "dreamlip")
 TTL = 30  # seconds: new runs show up without a restart
-# A dashboard should say "MLflow is down" in seconds, not after MLflow's default minutes of retries.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 class Unavailable(RuntimeError):

@@ -18,6 +18,8 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# A dashboard should say "MLflow is down" in seconds, not after MLflow's default minutes of retries.
+QUICK_FAILURE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
 
 
@@ -32,7 +34,7 @@ def start(port: int, log_path: Path, env: dict | None = None, timeout: float = 6
     """The dashboard in its own session on 127.0.0.1:`port`; returns once its health check answers."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(command(port), cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,
+        process = subprocess.Popen(command(port), cwd=REPO, env={**QUICK_FAILURE, **(env or os.environ)}, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout
     while True:

@@ -118,6 +118,7 @@ def test_inspect_page_shows_the_attention_map_and_the_rank_the_library_computes(
 @pytest.mark.parametrize("page", ["compare", "paper", "sweeps", "registry", "inspect"])
 def test_a_service_that_is_down_is_one_warning_not_a_traceback(page, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # as dashboard.serve starts it: fail fast
     monkeypatch.setenv("FLAIR_SWEEP_STORAGE", "postgresql://flair@127.0.0.1:9/optuna")
     app = run(page)
     warnings = [w.value for w in app.warning]

@@ -13,7 +13,6 @@ MODE = {"flair": "flair", "clip": "global", "dreamlip": "global", "filip": "fili
 def seed_platform(root: Path, tiny_data: Path) -> dict:
     """An MLflow store with one run per method, two registered FLAIR versions (champion, challenger) with a
     real checkpoint, and an Optuna study with complete, pruned and failed trials."""
-    import mlflow
     from mlflow import MlflowClient
 
     from flair_core.training.config import load_run_config
@@ -62,5 +61,4 @@ def seed_platform(root: Path, tiny_data: Path) -> dict:
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={
         "sampling.k": 9, "method.settings.tcs_weight": 0.9}, distributions=distributions, intermediate_values={16: 0.1}))
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
-    mlflow.set_tracking_uri("")  # nothing global left behind
     return {"uri": uri, "storage": storage, "data": tiny_data, "run_ids": run_ids}
