@@ -32,7 +32,8 @@ for table_id, title in EXPECTED.items():
         continue
     st.caption(f"{table.get('title', '')} · {table.get('source_table', '')} · {table.get('metric_unit', '')}")
     frame = pd.DataFrame([{"method": r["method"], "data": r.get("data", ""), **r["values"]} for r in table["rows"]])
-    st.dataframe(frame, hide_index=True, width="stretch")
+    st.dataframe(frame.style.format(precision=1, subset=frame.select_dtypes("number").columns), hide_index=True,
+                 width="stretch")
     if table.get("notes"):
         st.caption(table["notes"])
 
