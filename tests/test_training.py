@@ -163,6 +163,13 @@ def test_validation_runs_every_n_steps_and_a_callback_can_stop_the_run(tiny_data
         if step == 4:
             raise Stop
 
+    mixed = run_config(tiny_data, **{"train.steps_per_epoch": 2, "train.validate_every": 2,
+                                     "train.validate_on": "[builtin_fine_grained, builtin_segmentation]"})
+    both = Trainer(mixed, tmp_path / "mixed")
+    both.fit()
+    assert {"retrieval/builtin_fine_grained/flair/t2i_r1", "segmentation/builtin_segmentation/attention/miou",
+            "segmentation/builtin_segmentation/patch/miou"} <= set(both.val_metrics)
+
     with pytest.raises(Stop):
         Trainer(run_config(tiny_data, **{"train.steps_per_epoch": 6, "train.validate_every": 2}),
                 tmp_path / "stopped", on_validation=stop_at_four).fit()

@@ -27,13 +27,14 @@ from flair_core.checkpoint import CheckpointError, load_checked
 from flair_core.config import ConfigError
 from flair_core.data.loader import train_loader
 from flair_core.evaluation.retrieval import PRIMARY_MODE
-from flair_core.evaluation.runner import EvalOptions, run_benchmark
+from flair_core.evaluation.runner import CLASSIFICATION, SEGMENTATION, EvalOptions, run_benchmark
 from flair_core.methods import get_method
 from flair_core.training import checkpoints
 from flair_core.training.config import RunConfig, dump_run_config
 from flair_core.training.optim import clamp_logit_scale, param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
+NOT_RETRIEVAL = {*SEGMENTATION, *CLASSIFICATION, "ade20k"}
 
 
 def shard_urls(spec: str) -> list[str] | str:
@@ -262,12 +263,14 @@ class Trainer:
         metrics = [None]
         if self.world.is_main:
             root = t.validate_root or str(Path(t.shards).parent)
-            mode = PRIMARY_MODE.get(self.config.method.name)
-            options = EvalOptions(modes=(mode,) if mode else (), device=str(self.world.device))
+            # retrieval in the method's own mode only (the fast one that matters); other families: their defaults
+            own = EvalOptions(modes=(PRIMARY_MODE[self.config.method.name],), device=str(self.world.device))
+            default = EvalOptions(device=str(self.world.device))
             self.head.eval()
             with torch.no_grad():
                 values = {}
                 for benchmark in t.validate_on:
+                    options = default if benchmark in NOT_RETRIEVAL else own
                     values.update(run_benchmark(self.head, self.config.method.name, benchmark, root,
                                                 t.validate_split, options))
             self.head.train()
