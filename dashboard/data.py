@@ -253,10 +253,10 @@ def caption_ranks(tracking_uri: str, name: str, version: int, data_root: Path, l
     features.update({k: v for k, v in text.items() if k.startswith("text")})
     with torch.no_grad():
         _, t2i = score(net, features, PRIMARY_MODE[method])  # (I, 1)
-    values = t2i[:, 0].tolist()
-    table = pd.DataFrame({"image": keys, "score": values})
+    values = t2i[:, 0]
     # rank 1 = best; ties count against the image, as in the retrieval metrics
-    table["rank"] = [sum(other >= value for other in values) for value in values]
+    ranks = (values[None, :] >= values[:, None]).sum(1)
+    table = pd.DataFrame({"image": keys, "score": values.tolist(), "rank": ranks.tolist()})
     return table.sort_values(["rank", "image"]).reset_index(drop=True)
 
 

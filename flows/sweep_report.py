@@ -97,14 +97,11 @@ def plot_importances(summary: dict, out: Path) -> Path | None:
 
 
 def plot_history(summary: dict, config: SweepConfig, out: Path) -> Path:
+    """Single objective: the objective per trial number; several: the first two objectives and the front."""
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for trial in summary["trials"]:
-        if trial["values"]:
-            ax.scatter(trial["number"], trial["values"][0], color=STATE_COLOURS.get(trial["state"], "black"), s=22)
     if len(config.objectives) > 1:
         xs = [t["values"][0] for t in summary["trials"] if t["state"] == "COMPLETE"]
         ys = [t["values"][1] for t in summary["trials"] if t["state"] == "COMPLETE"]
-        ax.clear()
         ax.scatter(xs, ys, color="tab:gray", s=18, label="trials")
         front = sorted(summary["pareto"], key=lambda t: t["values"][0])
         ax.plot([t["values"][0] for t in front], [t["values"][1] for t in front], "o-", color="tab:red",
@@ -114,6 +111,10 @@ def plot_history(summary: dict, config: SweepConfig, out: Path) -> Path:
         ax.legend(fontsize=7)
         name = "pareto.png"
     else:
+        for trial in summary["trials"]:
+            if trial["values"]:
+                ax.scatter(trial["number"], trial["values"][0], color=STATE_COLOURS.get(trial["state"], "black"),
+                           s=22)
         ax.set_xlabel("trial")
         ax.set_ylabel(config.objectives[0].metric.split("/", 1)[-1], fontsize=8)
         name = "history.png"

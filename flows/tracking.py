@@ -173,9 +173,9 @@ def log_trial(parent_run_id: str, study: str, trial, objectives: list[str]) -> s
     now = int(time.time() * 1000)
     metrics = [Metric(f"val/{objectives[0]}", float(v), now, int(step))
                for step, v in sorted(trial.intermediate_values.items())]
-    run_dir = Path(trial.user_attrs.get("run_dir", ""))
-    val_file = run_dir / "val_metrics.jsonl"
-    if trial.user_attrs.get("run_dir") and val_file.is_file():
+    run_dir = trial.user_attrs.get("run_dir")
+    val_file = Path(run_dir) / "val_metrics.jsonl" if run_dir else None
+    if val_file is not None and val_file.is_file():
         lines = [json.loads(line) for line in val_file.read_text().splitlines()]
         if lines:
             step = int(lines[-1]["step"])
