@@ -72,6 +72,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     import torch
 
+    from flair_core.compare import format_cell, noise_of
     from flair_core.evaluation.runner import EvalOptions, run_benchmark
     from flair_core.training.checkpoints import load_trained
 
@@ -93,7 +94,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         tmp.replace(out)
     for key, value in metrics.items():
         if key.endswith(("t2i_r1", "i2t_r1", "/miou", "/top1")) and "strict" not in key:
-            print(f"{key:60s} {value:7.2f}")
+            print(f"{key:60s} {format_cell(value, *noise_of(metrics, key))}")
     if args.out:
         print(f"wrote {args.out}")
 

@@ -9,6 +9,8 @@ one mode per (run, benchmark), named in the notes:
   highest mean of t2i and i2t R@1 (e.g. FILIP: `filip` or `global`);
 * segmentation and classification: the mode with the highest mIoU / top-1.
 The choice is made on the evaluated split itself, so for baselines with several modes it is optimistic.
+Where the eval files record them, a retrieval cell also shows its 95 % bootstrap interval and chance level
+(`40.00 [36.10, 43.90] (chance 1.56)`); the CSV and JSON carry them as `<key>_ci_low`, `_ci_high`, `_chance`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from flair_core.evaluation import UNCERTAINTY
 
 # The metric each family contributes, its label, and how a mode is picked (mean of these metrics).
 FAMILY_METRICS = {
@@ -28,6 +33,8 @@ FAMILY_METRICS = {
 PREFERRED_MODE = {"retrieval": "flair"}  # FLAIR is reported in its own scoring mode
 METHOD_ORDER = ("flair", "clip", "filip", "dreamlip")
 BENCHMARK_ORDER = ("builtin_fine_grained", "builtin_long", "builtin_standard")
+NOTE = ("Percent; best per column in **bold**; where recorded, [95 % bootstrap interval over queries] and "
+        "(chance level: a random ranking's expected value).")
 
 
 class CompareError(ValueError):
@@ -47,11 +54,41 @@ class Column:
 class Table:
     runs: tuple[str, ...]
     columns: tuple[Column, ...]
-    values: dict[tuple[str, str], float]   # (run, column key) -> value in percent
+    values: dict[tuple[str, str], float]   # (run, column key or key + "_ci_low" etc.) -> value in percent
     modes: dict[tuple[str, str], str]      # (run, benchmark) -> the scoring mode shown
 
     def value(self, run: str, key: str) -> float | None:
         return self.values.get((run, key))
+
+    def noise(self, run: str, key: str) -> tuple[float | None, float | None, float | None]:
+        """(interval low, interval high, chance level) of a cell, None where not recorded."""
+        return tuple(self.values.get((run, key + suffix)) for suffix in UNCERTAINTY)
+
+
+def noise_of(metrics: Mapping[str, float], key: str) -> tuple[float | None, float | None, float | None]:
+    """(interval low, interval high, chance level) of a flat metric, None where not recorded (old runs)."""
+    return tuple(metrics.get(key + suffix) for suffix in UNCERTAINTY)
+
+
+def format_cell(value: float | None, low: float | None = None, high: float | None = None,
+                chance: float | None = None, bold: bool = False) -> str:
+    """`6.70 [5.90, 7.50] (chance 0.40)`: a value with its 95 % interval and chance level where recorded."""
+    if value is None:
+        return "—"
+    text = f"**{value:.2f}**" if bold else f"{value:.2f}"
+    if low is not None and high is not None:
+        text += f" [{low:.2f}, {high:.2f}]"
+    if chance is not None:
+        text += f" (chance {chance:.2f})"
+    return text
+
+
+def _base_metric(metric: str) -> str:
+    """`t2i_r1_ci_low` -> `t2i_r1`: the metric an interval or chance level belongs to."""
+    for suffix in UNCERTAINTY:
+        if metric.endswith(suffix):
+            return metric.removesuffix(suffix)
+    return metric
 
 
 def load_evals(eval_dir: str | Path) -> dict[str, dict[str, float]]:
@@ -83,7 +120,7 @@ def _by_mode(metrics: dict[str, float]) -> dict[tuple[str, str], dict[str, dict[
         if len(parts) != 4 or parts[0] not in FAMILY_METRICS:
             continue  # per-class IoUs, counts, timings
         family, benchmark, mode, metric = parts
-        if metric in dict(FAMILY_METRICS[family]):
+        if _base_metric(metric) in dict(FAMILY_METRICS[family]):
             out.setdefault((family, benchmark), {}).setdefault(mode, {})[metric] = value
     return out
 
@@ -116,8 +153,9 @@ def build_table(evals: dict[str, dict[str, float]]) -> Table:
             modes[(run, benchmark)] = mode
             seen.add((family, benchmark))
             for metric, _ in FAMILY_METRICS[family]:
-                if metric in by_mode[mode]:
-                    values[(run, f"{benchmark}/{metric}")] = by_mode[mode][metric]
+                for name in (metric, *(metric + suffix for suffix in UNCERTAINTY)):
+                    if name in by_mode[mode]:
+                        values[(run, f"{benchmark}/{name}")] = by_mode[mode][name]
     columns = []
     for family, metrics in FAMILY_METRICS.items():
         for benchmark in _order([b for f, b in seen if f == family], BENCHMARK_ORDER):
@@ -133,14 +171,14 @@ def to_markdown(table: Table) -> str:
     best = {c.key: max((v for r in table.runs if (v := table.value(r, c.key)) is not None), default=None)
             for c in table.columns}
     lines = ["# Method comparison", "",
-             "Percent; best per column in **bold**.", "",
+             NOTE, "",
              "| method | " + " | ".join(c.label for c in table.columns) + " |",
              "|---|" + "---:|" * len(table.columns)]
     for run in table.runs:
         cells = []
         for c in table.columns:
             v = table.value(run, c.key)
-            cells.append("—" if v is None else f"**{v:.2f}**" if v == best[c.key] else f"{v:.2f}")
+            cells.append(format_cell(v, *table.noise(run, c.key), bold=v is not None and v == best[c.key]))
         lines.append(f"| {run} | " + " | ".join(cells) + " |")
     lines += ["", "Scoring modes (`flair` mode for FLAIR, otherwise each run's best):", ""]
     benchmarks = list(dict.fromkeys(c.benchmark for c in table.columns))
@@ -152,21 +190,25 @@ def to_markdown(table: Table) -> str:
 
 
 def to_rows(table: Table) -> list[dict[str, object]]:
-    """CSV rows: the run, every column's value (blank if missing), then the mode of every benchmark."""
+    """CSV rows: the run, every column's value (blank if missing) followed, for retrieval, by its interval and
+    chance level, then the mode of every benchmark."""
     benchmarks = list(dict.fromkeys(c.benchmark for c in table.columns))
     rows = []
     for run in table.runs:
         row: dict[str, object] = {"method": run}
-        row.update({c.key: _round(table.value(run, c.key)) for c in table.columns})
+        for c in table.columns:
+            row[c.key] = _round(table.value(run, c.key))
+            if c.family == "retrieval":  # always these columns, so the CSV's header does not depend on the runs
+                row.update({c.key + s: _round(v) for s, v in zip(UNCERTAINTY, table.noise(run, c.key), strict=True)})
         row.update({f"{b}/mode": table.modes.get((run, b), "") for b in benchmarks})
         rows.append(row)
     return rows
 
 
 def to_json(table: Table) -> dict[str, dict[str, float]]:
-    """Numbers only (for `dvc metrics show/diff`): run -> column key -> value."""
-    return {run: {c.key: _round(v) for c in table.columns if (v := table.value(run, c.key)) is not None}
-            for run in table.runs}
+    """Numbers only (for `dvc metrics show/diff`): run -> column key (and `<key>_ci_low` etc.) -> value."""
+    keys = [c.key + s for c in table.columns for s in ("", *UNCERTAINTY)]
+    return {run: {k: _round(v) for k in keys if (v := table.value(run, k)) is not None} for run in table.runs}
 
 
 def _round(value: float | None):
@@ -207,12 +249,14 @@ def write_reports(table: Table, out: str | Path, curves: dict[str, dict[int, flo
         writer.writeheader()
         writer.writerows(rows)
     written[2].write_text(json.dumps(to_json(table), indent=1) + "\n")
-    for name, families, title in (("compare_retrieval.png", ("retrieval",), "Retrieval R@1 (%)"),
+    for name, families, title in (("compare_retrieval.png", ("retrieval",),
+                                   "Retrieval R@1 (%; black lines: 95 % intervals where recorded)"),
                                   ("compare_dense.png", ("segmentation", "classification"),
                                    "Zero-shot segmentation mIoU and classification top-1 (%)")):
         columns = [c for c in table.columns if c.family in families]
         series = {run: [table.value(run, c.key) for c in columns] for run in table.runs}
-        bar_chart(out / name, title, [c.label for c in columns], series)
+        intervals = {run: [table.noise(run, c.key)[:2] for c in columns] for run in table.runs}
+        bar_chart(out / name, title, [c.label for c in columns], series, intervals)
         written.append(out / name)
     if curves is not None:
         steps = sorted({s for curve in curves.values() for s in curve})
@@ -238,17 +282,31 @@ def _matplotlib():
     return Figure
 
 
-def bar_chart(path: Path, title: str, groups: list[str], series: dict[str, list[float | None]]) -> None:
-    """Grouped bars: one group per column, one bar per run."""
+Interval = tuple[float | None, float | None]
+
+
+def _error_bars(values: list[float | None], intervals: list[Interval] | None) -> list[tuple[int, float, float]]:
+    """(group, low, high) of every bar with a recorded interval."""
+    return [(g, low, high) for g, (v, (low, high)) in enumerate(zip(values, intervals or [], strict=False))
+            if v is not None and low is not None and high is not None]
+
+
+def bar_chart(path: Path, title: str, groups: list[str], series: dict[str, list[float | None]],
+              intervals: dict[str, list[Interval]] | None = None) -> None:
+    """Grouped bars: one group per column, one bar per run; a 95 % interval as an error bar where recorded."""
+    intervals = intervals or {}
     Figure = _matplotlib()
     if Figure is None:
-        return _pil_bars(path, title, groups, series)
+        return _pil_bars(path, title, groups, series, intervals)
     fig = Figure(figsize=(max(6.0, 1.3 * len(groups) + 2), 4.0), dpi=100)
     ax = fig.add_subplot()
     width = 0.8 / max(len(series), 1)
     for i, (run, values) in enumerate(series.items()):
-        xs = [g + (i - (len(series) - 1) / 2) * width for g, v in enumerate(values) if v is not None]
+        offset = (i - (len(series) - 1) / 2) * width
+        xs = [g + offset for g, v in enumerate(values) if v is not None]
         ax.bar(xs, [v for v in values if v is not None], width, label=run, color=COLOURS[i % len(COLOURS)])
+        for g, low, high in _error_bars(values, intervals.get(run)):
+            ax.plot([g + offset] * 2, [low, high], color="black", linewidth=1)
     ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
     ax.set_title(title)
     if groups:
@@ -292,10 +350,13 @@ def _pil_legend(draw, names, x: int, y: int = 36) -> None:
         draw.text((x + 14, y + 14 * i), name, fill="black")
 
 
-def _pil_bars(path: Path, title: str, groups: list[str], series: dict[str, list[float | None]]) -> None:
+def _pil_bars(path: Path, title: str, groups: list[str], series: dict[str, list[float | None]],
+              intervals: dict[str, list[Interval]]) -> None:
     image, draw = _pil_canvas(title)
     left, top, right, bottom = 50, 40, 600, 340  # plot area
-    top_value = max([v for vs in series.values() for v in vs if v is not None] + [1e-9])
+    bars = {run: _error_bars(values, intervals.get(run)) for run, values in series.items()}
+    top_value = max([v for vs in series.values() for v in vs if v is not None]
+                    + [high for b in bars.values() for _, _, high in b] + [1e-9])
     draw.line((left, bottom, right, bottom), fill="black")
     group_w = (right - left) / max(len(groups), 1)
     bar_w = 0.8 * group_w / max(len(series), 1)
@@ -307,6 +368,11 @@ def _pil_bars(path: Path, title: str, groups: list[str], series: dict[str, list[
                 draw.rectangle((x0 + i * bar_w, bottom - h, x0 + (i + 1) * bar_w - 1, bottom),
                                fill=COLOURS[i % len(COLOURS)])
         draw.text((left + (g + 0.5) * group_w, bottom + 6), label, fill="black", anchor="mt")
+    for i, run in enumerate(series):
+        for g, low, high in bars[run]:
+            x = left + g * group_w + 0.1 * group_w + (i + 0.5) * bar_w
+            y0, y1 = (bottom - (bottom - top) * v / top_value for v in (low, high))
+            draw.line((x, y0, x, y1), fill="black")
     draw.text((left - 6, top), f"{top_value:.1f}", fill="black", anchor="rm")
     draw.text((left - 6, bottom), "0", fill="black", anchor="rm")
     if not groups:

@@ -33,6 +33,14 @@ class MethodLoss(nn.Module, abc.ABC):
     def advance(self) -> None:
         """Per-step state change; none by default."""
 
+    def positive_rate(self, global_batch: int, k: int) -> float | None:
+        """Share of positive pairs in the sigmoid loss at this batch and K (None: no sigmoid term).
+
+        A logit bias of log(p / (1 − p)) makes the constant prediction optimal at step 0, instead of the
+        billion-pair −10 that a short run cannot move away from.
+        """
+        return None
+
     def own_parameters(self, head: nn.Module) -> list[nn.Parameter]:
         """Model parameters the loss itself uses (outside the model's forward); none by default."""
         return []

@@ -24,6 +24,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import INPUTS
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flair_core.compare import format_cell, noise_of
 from flair_core.evaluation.retrieval import PRIMARY_MODE
 from flows import tracking
 
@@ -178,12 +179,13 @@ def pretrain_eval(method: str = "flair", params_file: str = "params/cpu.yaml", o
     primary = primary_metric or f"retrieval/builtin_fine_grained/{PRIMARY_MODE[method]}/t2i_r1"
     decision = promote(method, version, run_id, primary, regression_tolerance)
     logger.info("%s v%s → %s: %s", tracking.registered_name(method), version, decision["alias"], decision["reason"])
-    rows = "\n".join(f"| {k} | {v:.2f} |" for k, v in sorted(tracking.compared(metrics).items()))
+    rows = "\n".join(f"| {k} | {format_cell(v, *noise_of(metrics, k))} |"
+                     for k, v in sorted(tracking.compared(metrics).items()))
     link = f"{os.environ.get('MLFLOW_TRACKING_URI', '')}/#/experiments/{tracking.experiment_id(experiment)}/runs/{run_id}"
     create_markdown_artifact(
         key=f"pretrain-eval-{method}",
         markdown=(f"## {method}: version {version} → **{decision['alias']}**\n\n{decision['reason']}\n\n"
-                  f"MLflow run: {link}\n\n| metric | value |\n|---|---|\n{rows}\n"),
+                  f"MLflow run: {link}\n\n| metric | value [95 % interval] (chance) |\n|---|---|\n{rows}\n"),
         description=f"pretrain-eval of {method}",
     )
     total = time.perf_counter() - started

@@ -10,6 +10,7 @@ import os
 
 from mlflow import MlflowClient
 
+from flair_core.compare import format_cell, noise_of
 from flair_core.evaluation.retrieval import PRIMARY_MODE
 from flows.tracking import registered_name
 
@@ -34,9 +35,14 @@ def rows(methods: list[str]) -> list[list[str]]:
         newest = max(versions, key=lambda v: int(v.version))
         metrics = client.get_run(newest.run_id).data.metrics
         aliases = ",".join(client.get_model_version(newest.name, newest.version).aliases) or "-"
-        values = [metrics.get(key.format(mode=PRIMARY_MODE[method])) for _, key in COLUMNS]
-        table.append([method, newest.version, aliases] + [f"{v:.2f}" if v is not None else "-" for v in values])
+        table.append([method, newest.version, aliases] + cells(metrics, method))
     return table
+
+
+def cells(metrics: dict[str, float], method: str) -> list[str]:
+    """Each column in the method's own mode: value, [95 % interval] and (chance) where recorded, else '-'."""
+    keys = [key.format(mode=PRIMARY_MODE[method]) for _, key in COLUMNS]
+    return [format_cell(metrics[k], *noise_of(metrics, k)) if k in metrics else "-" for k in keys]
 
 
 def urls() -> dict[str, str]:
@@ -55,7 +61,7 @@ def main() -> None:
     for row in [header, ["-" * w for w in widths], *table]:
         print("  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)))
     print("(R@1 in percent, each method in its own scoring mode: FLAIR text-conditioned, FILIP token-wise, "
-          "CLIP and DreamLIP global)")
+          "CLIP and DreamLIP global; [95 % bootstrap interval over queries], (chance level))")
     for name, url in urls().items():
         print(f"{name:11s} {url}")
 

@@ -15,6 +15,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
+from flair_core.compare import noise_of
 from flair_core.training.checkpoints import newest
 from flows.pyfunc_model import ImageTextScorer
 
@@ -98,23 +99,44 @@ def compared(metrics: dict[str, float]) -> dict[str, float]:
 
 def decide(candidate: dict[str, float], champion: dict[str, float] | None, primary: str,
            tolerance: float) -> tuple[str, str]:
-    """("champion" | "challenger", reason). Pure: the promotion rule on two metric dicts."""
+    """("champion" | "challenger", reason). Pure: the promotion rule on two metric dicts.
+
+    A candidate takes the title only if its gain on the primary metric is beyond noise: the low end of its own
+    95 % bootstrap interval must exceed the champion's value (the champion's value is the fixed bar; a gain
+    inside the interval could be a different draw of queries). A primary metric whose interval reaches down to
+    its chance level is no evidence of learning: such a candidate never displaces a champion. Runs logged
+    before intervals existed fall back to the plain comparison, and the reason says so.
+    """
     if primary not in candidate:
         raise ValueError(f"primary metric {primary!r} was not evaluated")
-    if champion is None:
-        return "champion", f"first version: {primary} = {candidate[primary]:.2f}"
+    value = candidate[primary]
+    low, high, chance = noise_of(candidate, primary)
+    interval = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+    at_chance = low is not None and chance is not None and low <= chance
+    if champion is None:  # the first version is champion whatever it scores, but the reason says so
+        note = f", not beyond chance ({chance:.2f})" if at_chance else ""
+        return "champion", f"first version: {primary} = {value:.2f}{interval}{note}"
+    if at_chance:
+        return "challenger", f"{primary} {value:.2f}{interval} is not beyond chance ({chance:.2f}): stays challenger"
     if primary not in champion:
         return "champion", f"the champion has no {primary}"
-    gain = candidate[primary] - champion[primary]
+    best = champion[primary]
+    gain = value - best
+    if gain <= 0:
+        return "challenger", f"{primary} {value:.2f} does not beat the champion's {best:.2f}"
+    if interval and low <= best:
+        return "challenger", (f"{primary} gain +{gain:.2f} over {best:.2f} is within the interval{interval}: "
+                              "stays challenger")
     regressions = {k: champion[k] - v for k, v in compared(candidate).items()
                    if k in champion and champion[k] - v > tolerance}
-    if gain <= 0:
-        return "challenger", f"{primary} {candidate[primary]:.2f} does not beat the champion's {champion[primary]:.2f}"
     if regressions:
         worst = max(regressions, key=regressions.get)
         return "challenger", (f"{primary} +{gain:.2f} but {worst} drops {regressions[worst]:.2f} "
                               f"(tolerance {tolerance:.2f})")
-    return "champion", f"{primary} {candidate[primary]:.2f} beats {champion[primary]:.2f} (+{gain:.2f}), no regression"
+    if not interval:
+        return "champion", f"{primary} {value:.2f} beats {best:.2f} (+{gain:.2f}), no regression; no interval recorded"
+    return "champion", (f"{primary} {value:.2f}{interval} beats {best:.2f} beyond its interval (+{gain:.2f}), "
+                        "no regression")
 
 
 def promote(method: str, version: str, run_id: str, primary: str, tolerance: float) -> dict:

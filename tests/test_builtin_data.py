@@ -124,13 +124,16 @@ def brute_force(fact, scene):
 
 def test_ground_truth_is_the_exact_set_of_satisfying_images():
     scenes = [s for _, s, _ in builtin.split_scenes(SMALL, "test")]
-    extras = [builtin.scene_sample(SMALL, "test", k, s, o)[1] for k, s, o in builtin.split_scenes(SMALL, "test")]
+    shares = builtin.FactShares(scenes)
+    samples = [builtin.scene_sample(SMALL, "test", k, s, o, shares) for k, s, o in builtin.split_scenes(SMALL, "test")]
+    extras = [extra for _, extra in samples]
     queries = builtin.build_queries(scenes, extras, SMALL.merged_queries_per_image)
     index = FactIndex(scenes)
-    for extra in extras[:10]:
-        for fact in extra["facts"]:
+    for (sample, extra) in samples[:10]:
+        for fact, share in zip(extra["facts"], sample["json"]["sentence_share"], strict=True):
             expected = [i for i, s in enumerate(scenes) if brute_force(fact, s)]
             assert index.positives([fact]).tolist() == expected, fact
+            assert share == pytest.approx(len(expected) / len(scenes), abs=1e-6), fact  # what training filters on
     fine = queries["fine_grained"]
     assert all(src in pos for src, pos in zip(fine["source"], fine["positives"], strict=True))
     assert any(len(p) > 1 for p in fine["positives"])  # a sentence true of its twin too
@@ -186,3 +189,13 @@ def test_region_names_partition_the_grid():
     assert names[0] == ["top left", "top", "top", "top right"]
     assert names[1] == names[2] == ["left", "centre", "centre", "right"]
     assert names[3] == ["bottom left", "bottom", "bottom", "bottom right"]
+
+
+def test_difficulty_levels_fill_the_layout_and_explicit_settings_win():
+    easy = BuiltinDataConfig(level="easy")
+    assert (easy.grid, easy.min_objects, easy.max_objects, easy.relations_per_caption) == (3, 2, 4, 1)
+    hard = BuiltinDataConfig()
+    assert (hard.level, hard.grid, hard.min_objects, hard.max_objects) == ("hard", 4, 5, 8)
+    assert BuiltinDataConfig(level="easy", max_objects=3).max_objects == 3
+    with pytest.raises(ConfigError, match="data.level"):
+        load_section(BuiltinDataConfig, "data", None, ["level=medium"])

@@ -95,3 +95,14 @@ def test_empty_or_malformed_records_are_data_errors(record):
 def test_invalid_sampling_parameters_name_the_field(field, value):
     with pytest.raises(ValidationError, match=field):
         SamplingConfig(**{field: value})
+
+
+def test_sentences_true_of_many_images_can_be_left_out_of_the_pool():
+    record = {"sentences": ["a red circle", "the background is gray", "three shapes"],
+              "sentence_share": [0.01, 0.2, 0.33]}
+    assert sentence_pool(record) == record["sentences"]
+    assert sentence_pool(record, max_share=0.05) == ["a red circle"]
+    assert sentence_pool(record, max_share=0.25) == ["a red circle", "the background is gray"]
+    # never empty, and records without shares (other data sets) keep every sentence
+    assert sentence_pool({**record, "sentence_share": [0.5, 0.5, 0.5]}, max_share=0.05) == record["sentences"]
+    assert sentence_pool({"sentences": record["sentences"]}, max_share=0.05) == record["sentences"]

@@ -185,3 +185,39 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case, message):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("flair compare: error: ") and message in err
     assert not (tmp_path / "out" / "compare.md").exists()  # nothing written on bad input
+
+
+def test_interval_and_chance_in_markdown_csv_and_json(eval_dir, tmp_path, monkeypatch):
+    path = eval_dir / "flair" / "builtin_fine_grained.json"
+    metrics = json.loads(path.read_text())
+    for mode, shift in (("flair", 0.0), ("global", 5.0)):  # only the shown mode's numbers may appear
+        metrics |= {f"retrieval/builtin_fine_grained/{mode}/t2i_r1_ci_low": 36.1 + shift,
+                    f"retrieval/builtin_fine_grained/{mode}/t2i_r1_ci_high": 43.9 + shift,
+                    f"retrieval/builtin_fine_grained/{mode}/t2i_r1_chance": 1.56 + shift,
+                    f"retrieval/builtin_fine_grained/{mode}/strict_t2i_r1_chance": 9.0}
+    path.write_text(json.dumps(metrics))
+    table = compare.build_table(compare.load_evals(eval_dir))
+    assert table.value("flair", "builtin_fine_grained/t2i_r1") == 40.0  # the mode choice is unchanged
+    for use_matplotlib in (True, False):
+        if not use_matplotlib:
+            monkeypatch.setattr(compare, "_matplotlib", lambda: None)
+        compare.write_reports(table, tmp_path / "r")
+        with Image.open(tmp_path / "r" / "compare_retrieval.png") as image:
+            assert image.format == "PNG"
+    out = tmp_path / "r"
+
+    md = (out / "compare.md").read_text()
+    assert "| flair | **40.00** [36.10, 43.90] (chance 1.56) | **41.00** |" in md
+    assert "| clip | 30.00 | 31.00 |" in md  # no interval recorded: the value alone
+
+    with (out / "compare.csv").open() as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    key = "builtin_fine_grained/t2i_r1"
+    assert (rows["flair"][key], rows["flair"][f"{key}_ci_low"], rows["flair"][f"{key}_ci_high"],
+            rows["flair"][f"{key}_chance"]) == ("40.0", "36.1", "43.9", "1.56")
+    assert rows["clip"][f"{key}_ci_low"] == "" and "builtin_segmentation/miou_chance" not in rows["clip"]
+
+    data = json.loads((out / "compare.json").read_text())
+    assert {k: v for k, v in data["flair"].items() if k.startswith(key)} == {
+        key: 40.0, f"{key}_ci_low": 36.1, f"{key}_ci_high": 43.9, f"{key}_chance": 1.56}
+    assert data["clip"] == EXPECTED["clip"]

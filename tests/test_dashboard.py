@@ -48,6 +48,9 @@ def test_compare_shows_every_method_and_the_deltas_against_the_chosen_baseline(e
     assert set(key.index) == set(SEEDED)
     assert key.loc["flair", "fine-grained t2i R@1"] == 12.5 and key.loc["clip", "long t2i R@1"] == 35.0
     assert key.loc["flair", "Δ fine-grained t2i R@1"] == pytest.approx(2.5)  # against CLIP, the default
+    noise = "fine-grained t2i R@1 95 % CI · chance"
+    assert key.loc["flair", noise] == "[10.94, 14.06] · chance 1.56"
+    assert key.loc["clip", noise] == ""  # logged before intervals existed
     app.selectbox[0].select("dreamlip").run()  # the baseline selector is the only selectbox
     key = frame(app.dataframe[0]).set_index("method")
     assert key.loc["flair", "Δ fine-grained t2i R@1"] == pytest.approx(3.5)
@@ -91,8 +94,9 @@ def test_registry_page_shows_aliases_decisions_and_lineage(env):
     app = run("registry")
     assert [(m.label, m.value) for m in app.metric] == [("champion", "v1"), ("challenger", "v2")]
     text = texts(app)
-    assert "champion: first version: t2i R@1 = 12.50" in text
-    assert "challenger: t2i R@1 11.00 does not beat 12.50" in text
+    fine = FINE.format(mode="flair")
+    assert f"champion: first version: {fine} = 12.50 [10.94, 14.06]" in text
+    assert f"challenger: {fine} gain +0.50 over 12.50 is within the interval [11.20, 14.80]: stays challenger" in text
     versions = frame(app.dataframe[0])
     assert versions["git_commit"].tolist() == ["c0ffee2", "c0ffee1"]
     assert versions["link"].str.contains(env["run_ids"]["flair"]).all()

@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from flair_core import create_model
+from flair_core import create_model, get_tokenizer, get_transform
+from flair_core.evaluation.metrics import relevance_matrix
+from flair_core.evaluation.retrieval import EvaluationError, RetrievalTask, evaluate_retrieval
 from flair_core.evaluation.runner import EvalOptions, run_benchmark
 from flair_core.training.config import load_run_config
 from flair_core.training.loop import Trainer
@@ -89,3 +91,35 @@ def test_missing_root_and_mismatched_weights(trained_run, tmp_path):
     result = evaluate(str(tmp_path / "w.pt"), "--model", "tiny-64", "--root", str(tmp_path), "--benchmark",
                       "builtin_long")
     assert result.returncode == 2 and "does not match the model" in result.stderr
+
+
+def toy_task(n: int = 4) -> RetrievalTask:
+    """n flat-coloured images, one caption each: a retrieval task without any files."""
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)][:n]
+    return RetrievalTask("toy", [f"a colour {i}" for i in range(n)], relevance_matrix(n, [[i] for i in range(n)]),
+                         None, lambda: (Image.new("RGB", (32, 32), c) for c in colours), n)
+
+
+def test_retrieval_metrics_come_with_interval_and_chance():
+    model = create_model("micro-32", "flair").eval()
+    metrics = evaluate_retrieval(model, "flair", get_tokenizer(model.config), get_transform(model.config, False),
+                                 toy_task(), modes=("global", "topk"), topk=2)
+    for mode in ("global", "topk"):
+        prefix = f"retrieval/toy/{mode}"
+        assert metrics[f"{prefix}/t2i_r1_chance"] == pytest.approx(25.0)  # one image in four
+        assert metrics[f"{prefix}/i2t_r5_chance"] == 100.0  # five picks from four texts
+        assert metrics[f"{prefix}/t2i_mean_rank_chance"] == pytest.approx(2.5)
+        low, high = metrics[f"{prefix}/i2t_r1_ci_low"], metrics[f"{prefix}/i2t_r1_ci_high"]
+        assert low <= metrics[f"{prefix}/i2t_r1"] <= high
+
+
+def test_nan_weights_are_an_error_naming_benchmark_mode_and_count():
+    model = create_model("micro-32", "flair").eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))
+    with pytest.raises(EvaluationError) as caught:  # before, every query ranked first: R@1 = 100
+        evaluate_retrieval(model, "flair", get_tokenizer(model.config), get_transform(model.config, False),
+                           toy_task(), modes=("flair",))
+    message = str(caught.value)
+    assert message.startswith("toy, flair mode: 16 of 16 scores are not finite") and "\n" not in message

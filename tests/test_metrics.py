@@ -1,12 +1,22 @@
-"""Retrieval metrics: the original's values on the fixture, and hand-checked multi-positive cases."""
+"""Retrieval metrics: the original's values on the fixture, hand-checked multi-positive cases, chance levels
+against brute force, bootstrap intervals, non-finite scores refused."""
 
+import itertools
 import json
+import math
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from flair_core.evaluation.metrics import ranks, relevance_matrix, retrieval_metrics
+from flair_core.evaluation.metrics import (
+    bootstrap_recall,
+    chance_mean_rank,
+    chance_recall,
+    ranks,
+    relevance_matrix,
+    retrieval_metrics,
+)
 
 
 @pytest.mark.parametrize("mode,key", [("flair", "retrieval_scores_flair"), ("global", "retrieval_scores_global")])
@@ -70,3 +80,66 @@ def test_ties_with_wrong_items_count_against_the_query():
     m = retrieval_metrics(scores, scores, torch.eye(3, dtype=torch.bool))
     assert m["t2i_r1"] == 0.0 and m["i2t_r1"] == 0.0
     assert m["t2i_mean_rank"] == 3.0
+
+
+def test_chance_recall_by_hand():
+    one, two = torch.tensor([1]), torch.tensor([2])
+    assert chance_recall(one, 4, 1) == pytest.approx(25.0)
+    assert chance_recall(two, 4, 1) == pytest.approx(50.0)
+    assert chance_recall(two, 4, 2) == pytest.approx(100 * (1 - 1 / 6))  # 1 - C(2,2)/C(4,2)
+    assert chance_recall(two, 4, 3) == 100.0  # three picks out of four must hit one of two positives
+    assert chance_recall(one, 4, 10) == 100.0  # k beyond the gallery
+    assert chance_recall(torch.tensor([1, 2]), 4, 1) == pytest.approx(37.5)  # mean over queries
+    assert chance_mean_rank(torch.tensor([1, 3]), 5) == pytest.approx((3 + 1.5) / 2)
+
+
+@pytest.mark.parametrize("gallery,positives", [(6, 1), (6, 2), (7, 3)])
+def test_chance_levels_equal_every_ranking_enumerated(gallery, positives):
+    orders = list(itertools.permutations(range(gallery)))  # item at position p; items < positives are correct
+    best = torch.tensor([min(order.index(i) for i in range(positives)) for order in orders])  # 0-based
+    n = torch.tensor([positives])
+    for k in (1, 2, 3, 5, 10):
+        assert chance_recall(n, gallery, k) == pytest.approx(100 * (best < k).double().mean().item())
+    assert chance_mean_rank(n, gallery) == pytest.approx(best.double().mean().item() + 1)
+
+
+def test_retrieval_metrics_carry_chance_and_interval_of_every_recall():
+    relevant = relevance_matrix(4, [[0], [1], [2], [3], [0, 1]])  # (I=4, T=5): text 4 has two images
+    scores = torch.arange(20.0).reshape(4, 5).sin()
+    m = retrieval_metrics(scores, scores, relevant)
+    # t2i: 5 texts over 4 images, positives 1,1,1,1,2; i2t: image 0 and 1 have two texts of 5, 2 and 3 one
+    assert m["t2i_r1_chance"] == pytest.approx(100 * (4 * 0.25 + 0.5) / 5)
+    assert m["i2t_r1_chance"] == pytest.approx(100 * (2 * 0.4 + 2 * 0.2) / 4)
+    assert m["t2i_mean_rank_chance"] == pytest.approx((4 * 2.5 + 5 / 3) / 5)
+    for direction in ("t2i", "i2t"):
+        for k in (1, 5, 10):
+            name = f"{direction}_r{k}"
+            assert m[f"{name}_ci_low"] <= m[name] <= m[f"{name}_ci_high"]
+
+
+def test_bootstrap_interval_is_seeded_and_contains_the_estimate():
+    rank = torch.randint(0, 20, (200,), generator=torch.Generator().manual_seed(1))
+    interval = bootstrap_recall(rank)
+    assert interval == bootstrap_recall(rank)  # same seed, same interval
+    assert interval != bootstrap_recall(rank, seed=1)
+    for k, (low, high) in interval.items():
+        assert low < 100 * (rank < k).double().mean().item() < high
+    assert bootstrap_recall(torch.zeros(50, dtype=torch.long))[1] == (100.0, 100.0)  # no variation, no width
+
+
+def test_bootstrap_interval_narrows_with_queries_like_the_binomial():
+    generator = torch.Generator().manual_seed(2)
+    widths = {}
+    for q in (100, 10_000):
+        rank = (torch.rand(q, generator=generator) >= 0.3).long() * 10  # R@1 ~ 30 %
+        low, high = bootstrap_recall(rank, ks=(1,))[1]
+        p = (rank < 1).double().mean().item()
+        widths[q] = (high - low, 100 * 2 * 1.96 * math.sqrt(p * (1 - p) / q))  # (bootstrap, normal approx)
+    assert widths[10_000][0] < widths[100][0] / 5  # ~1/sqrt(100) as wide
+    assert widths[10_000][0] == pytest.approx(widths[10_000][1], rel=0.1)
+
+
+def test_non_finite_scores_are_refused_not_ranked_first():
+    scores = torch.tensor([[float("nan"), 0.0], [float("-inf"), 1.0]])
+    with pytest.raises(ValueError, match="2 of 4 scores are not finite"):
+        ranks(scores, torch.eye(2, dtype=torch.bool))

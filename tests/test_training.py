@@ -175,3 +175,49 @@ def test_validation_runs_every_n_steps_and_a_callback_can_stop_the_run(tiny_data
                 tmp_path / "stopped", on_validation=stop_at_four).fit()
     steps = [json.loads(x)["step"] for x in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def test_a_method_trains_with_its_recipe_and_overrides_still_win(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("train: {lr: 1.0e-3, batch_size: 32}\n"
+                      "recipes:\n"
+                      "  clip: {train: {lr: 3.0e-4}, method: {settings: {text: long_caption}}}\n"
+                      "  flair: {method: {settings: {tcs_weight: 1.0}}}\n")
+    clip = load_run_config([params], ["method.name=clip"])
+    assert clip.train.lr == 3e-4 and clip.train.batch_size == 32 and clip.method_settings().text == "long_caption"
+    assert load_run_config([params], ["method.name=flair"]).method_settings().tcs_weight == 1.0
+    assert load_run_config([params], ["method.name=filip"]).train.lr == 1e-3  # no recipe: the file's values
+    assert load_run_config([params], ["method.name=clip", "train.lr=5e-4"]).train.lr == 5e-4
+    assert "recipes" not in load_run_config([params]).model_dump()
+
+
+@pytest.mark.parametrize("recipes,message", [
+    ("recipes: {siglip: {train: {lr: 1.0}}}", "recipes: unknown method 'siglip'"),
+    ("recipes: [clip]", "recipes: expected a mapping"),
+])
+def test_bad_recipes_name_the_problem(recipes, message, tmp_path):
+    from flair_core.config import ConfigError
+
+    params = tmp_path / "params.yaml"
+    params.write_text(recipes + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_run_config([params])
+
+
+@pytest.mark.parametrize("method,settings,expected", [
+    ("flair", "{tcs_weight: 0.5}", 4 / (16 + 4 - 1)),  # TCS: K of B + K − 1 texts are positive
+    ("flair", "{tcs_weight: 0.0}", 1 / 16),  # MPS alone: K of B·K
+    ("clip", "{loss: sigmoid}", 1 / 16),
+])
+def test_auto_logit_bias_starts_at_the_constant_optimum(method, settings, expected, tiny_data, tmp_path):
+    import math
+
+    config = run_config(tiny_data, **{"method.name": method, "method.settings": settings, "sampling.k": 4,
+                                      "train.init_logit_bias": "auto", "train.init_logit_scale": 10,
+                                      "train.steps_per_epoch": 1})
+    trainer = Trainer(config, tmp_path / "run")
+    assert trainer.head.logit_bias.item() == pytest.approx(math.log(expected / (1 - expected)), rel=1e-5)
+    assert trainer.head.logit_scale.exp().item() == pytest.approx(10, rel=1e-5)
+    # at that bias, a constant prediction's gradient on the bias vanishes: the base rate is already right
+    p = torch.sigmoid(trainer.head.logit_bias).item()
+    assert p == pytest.approx(expected, rel=1e-5)

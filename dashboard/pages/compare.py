@@ -4,12 +4,24 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
+from flair_core.evaluation import UNCERTAINTY
 from flair_core.evaluation.retrieval import PRIMARY_MODE
 from flows.report import COLUMNS
 
 st.title("Compare runs")
 st.caption("Each method in its own scoring mode (FLAIR text-conditioned, FILIP token-wise, CLIP and DreamLIP "
-           "global) on the built-in test split. R@1, mIoU and top-1 in percent.")
+           "global) on the built-in test split. R@1, mIoU and top-1 in percent; beside each R@1 its 95 % "
+           "bootstrap interval over queries and its chance level, so a gap inside the noise reads as one.")
+
+
+def noise(run, key: str) -> str:
+    """`[low, high] · chance c` of a retrieval metric; blank for runs logged before intervals existed."""
+    low, high, chance = (run.get(key + suffix) for suffix in UNCERTAINTY)
+    if pd.isna(low) or pd.isna(high):
+        return ""
+    return f"[{low:.2f}, {high:.2f}]" + ("" if pd.isna(chance) else f" · chance {chance:.2f}")
+
+
 settings = data.settings()
 runs = data.or_stop(data.runs, settings.tracking_uri)
 if runs.empty:
@@ -39,7 +51,10 @@ for _, run in shown.iterrows():
     mode = PRIMARY_MODE.get(run["method"], "global")
     row = {"method": run["method"], "run": run["run"], "preset": run["preset"], "data": run["data_hash"],
            "started": run["started"].strftime("%Y-%m-%d %H:%M")}
-    row.update({name: run.get(key.format(mode=mode)) for name, key in COLUMNS})
+    for name, key in COLUMNS:
+        row[name] = run.get(key.format(mode=mode))
+        if key.startswith("retrieval/"):
+            row[f"{name} 95 % CI · chance"] = noise(run, key.format(mode=mode))
     rows.append(row)
 table = pd.DataFrame(rows)
 metric_names = [name for name, _ in COLUMNS]

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import webdataset as wds
@@ -53,11 +54,19 @@ from flair_core.data.scenes import (
 SPLITS = ("train", "val", "test")
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "classification": 3}
 QUERY_SETS = ("fine_grained", "long", "standard")
+# Named difficulty levels: the layout settings a level fixes unless a params file sets them itself.
+# "hard" is the original set (5–8 objects of ~8 px at 64 px); "easy" has 2–4 objects of ~12–18 px and one
+# relation per caption, which tiny CPU models learn within minutes (docs/recipes.md has the runs).
+LEVELS = {
+    "hard": {"grid": 4, "min_objects": 5, "max_objects": 8, "relations_per_caption": 2},
+    "easy": {"grid": 3, "min_objects": 2, "max_objects": 4, "relations_per_caption": 1},
+}
 
 
 class BuiltinDataConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    level: Literal["easy", "hard"] = Field("hard", description="named difficulty: fills the layout settings below")
     image_size: int = Field(64, ge=16, description="pixels per side")
     grid: int = Field(4, ge=2, le=8, description="layout cells per side")
     min_objects: int = Field(5, ge=1)
@@ -70,6 +79,14 @@ class BuiltinDataConfig(BaseModel):
     merged_queries_per_image: int = Field(2, ge=0, description="fine-grained queries merging 2-3 sentences")
     shard_size: int = Field(1000, ge=1)
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_level(cls, data):
+        if isinstance(data, dict):
+            level = data.get("level", "hard")
+            data = {**LEVELS.get(level, {}), **data}  # settings given explicitly win over the level's
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> BuiltinDataConfig:
@@ -138,7 +155,21 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def scene_sample(config: BuiltinDataConfig, split: str, key: str, scene: Scene, origin: str) -> tuple[dict, dict]:
+class FactShares:
+    """The share of a split's images where a fact holds; facts repeat across images, so each is counted once."""
+
+    def __init__(self, scenes: list[Scene]):
+        self.index = FactIndex(scenes)
+        self.cache: dict[Fact, float] = {}
+
+    def __call__(self, fact: Fact) -> float:
+        if fact not in self.cache:
+            self.cache[fact] = round(float(self.index.satisfied(fact).mean()), 6)
+        return self.cache[fact]
+
+
+def scene_sample(config: BuiltinDataConfig, split: str, key: str, scene: Scene, origin: str,
+                 shares: FactShares) -> tuple[dict, dict]:
     """The shard sample of one scene and what the query builder needs (facts, short caption)."""
     rng = np.random.default_rng([config.seed, SPLIT_IDS[split], int(key.rsplit("-", 1)[1]), 1])
     rendered = render(scene, config.image_size, rng)
@@ -146,6 +177,9 @@ def scene_sample(config: BuiltinDataConfig, split: str, key: str, scene: Scene, 
     short, short_facts = short_caption(scene, rng)
     record = {
         "sentences": sentences,
+        # per sentence, the share of the split's images it is true of: lets training leave out sentences
+        # (background, count) that are false negatives for most of a batch (`sampling.max_sentence_share`)
+        "sentence_share": [shares(f) for f in facts],
         "caption": ". ".join(sentences) + ".",
         "short_caption": short,
         "scene": {**asdict(scene), "origin": origin},
@@ -194,13 +228,15 @@ def generate(config: BuiltinDataConfig, out: Path, splits: tuple[str, ...] = SPL
         counts = {}
         for split in splits:
             (tmp / split).mkdir()
-            scenes, extras = [], []
+            listed = list(split_scenes(config, split))
+            scenes = [scene for _, scene, _ in listed]
+            shares = FactShares(scenes)
+            extras = []
             with wds.ShardWriter(str(tmp / split / "shard-%06d.tar"), maxcount=config.shard_size, verbose=0) as sink:
-                for key, scene, origin in split_scenes(config, split):
-                    sample, extra = scene_sample(config, split, key, scene, origin)
+                for key, scene, origin in listed:
+                    sample, extra = scene_sample(config, split, key, scene, origin, shares)
                     sink.write(sample)
                     if split != "train":
-                        scenes.append(scene)
                         extras.append(extra)
             counts[split] = split_size(config, split)
             if split != "train" and scenes:

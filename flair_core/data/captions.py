@@ -38,16 +38,22 @@ def normalise_long_caption(text: str) -> str:
     return ". ".join(split_sentences(text))
 
 
-def sentence_pool(record: dict) -> list[str]:
+def sentence_pool(record: dict, max_share: float | None = None) -> list[str]:
     """The sentences of one caption record, whatever layout it comes in.
 
-    * built-in scenes and pre-split data: `sentences` (a list);
+    * built-in scenes and pre-split data: `sentences` (a list); with `max_share`, those whose
+      `sentence_share` (share of the data set's images the sentence is true of) exceeds it are left out,
+      unless that would leave none;
     * DreamLIP recaptions (CC3M/CC12M/YFCC15M-recap): the seven caption fields, each a list of sentences or a
       string (split here), concatenated in the original's order;
     * PixelProse and plain long captions: `caption` (one string).
     """
     if isinstance(record.get("sentences"), list):
-        pool = [s.strip() for s in record["sentences"] if isinstance(s, str) and s.strip()]
+        sentences, shares = record["sentences"], record.get("sentence_share")
+        if max_share is not None and isinstance(shares, list) and len(shares) == len(sentences):
+            specific = [s for s, share in zip(sentences, shares, strict=True) if share <= max_share]
+            sentences = specific if any(isinstance(s, str) and s.strip() for s in specific) else sentences
+        pool = [s.strip() for s in sentences if isinstance(s, str) and s.strip()]
     elif any(field in record for field in DREAMLIP_FIELDS):
         pool = []
         for field in DREAMLIP_FIELDS:
@@ -74,6 +80,8 @@ class SamplingConfig(BaseModel):
     merge: Literal["mixed", "consecutive", "random"] = Field(
         "mixed", description="mixed: consecutive window or random merge with probability 1/2 each (original)"
     )
+    max_sentence_share: float | None = Field(
+        None, gt=0, le=1, description="leave out sentences true of more than this share of images (built-in data)")
     # The original draws window starts from range(n - m), so the last sentence never appears in a window.
     # False reproduces it bit for bit (only for comparing with the original's outputs).
     include_last_window: bool = True

@@ -156,13 +156,14 @@ class SampleDecoder:
     def decode(self, sample: dict) -> dict:
         record = decode_record(sample)
         pool = sentence_pool(record)
+        sub_pool = sentence_pool(record, self.views.sampling.max_sentence_share)
         rng = sample_rng(self.seed, self.epoch, sample["__key__"])
         # Augmentation randomness per sample too, so a resumed run crops exactly as the uninterrupted one.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(rng.getrandbits(63))
             image = self.transform(decode_image(sample))
         out = {"image": image, "key": sample["__key__"]}
-        out["texts"] = self.tokenizer(sample_sub_captions(pool, self.views.sampling, rng))  # (K, C)
+        out["texts"] = self.tokenizer(sample_sub_captions(sub_pool, self.views.sampling, rng))  # (K, C)
         if self.views.long_caption:
             out["long_text"] = self.tokenizer([normalise_long_caption(". ".join(pool))])[0]  # (C,)
         return out

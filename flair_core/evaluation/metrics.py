@@ -6,19 +6,35 @@ have several positives (an image with several captions; a caption several images
 scoring the same (ties are resolved against the query).
 Recalls are in percent, ranks 1-based (mean rank = mean(rank) + 1, median rank = floor(median) + 1, as the
 original reports them).
+
+Every recall comes with its chance level (what a uniformly random ranking scores, exact from the ground-truth
+sets) and a seeded bootstrap interval over queries, so a difference can be told from noise.
 """
 
 from __future__ import annotations
 
 import torch
 
+from flair_core.evaluation import CHANCE, CI_HIGH, CI_LOW
+
 RECALL_AT = (1, 5, 10)
+BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, BOOTSTRAP_LEVEL = 1000, 0, 0.95
+
+
+def non_finite(scores: torch.Tensor) -> int:
+    """How many entries are NaN or ±inf."""
+    if torch.isfinite(scores.sum()):  # exact fast path: any NaN/inf entry makes the sum non-finite; ~100x cheaper
+        return 0
+    return int((~torch.isfinite(scores)).sum())
 
 
 def ranks(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     """scores (Q, G), positives bool (Q, G), each row with at least one positive -> 0-based ranks (Q,)."""
     if not positives.any(dim=1).all():
         raise ValueError("every query needs at least one positive")
+    bad = non_finite(scores)
+    if bad:  # NaN compares false with everything: every query would rank 0, R@1 = 100
+        raise ValueError(f"{bad} of {scores.numel()} scores are not finite")
     best = scores.masked_fill(~positives, float("-inf")).amax(dim=1, keepdim=True)  # (Q, 1)
     # Ties with wrong items count against the query: a collapsed model scoring everything alike gets no credit.
     return (scores > best).sum(dim=1) + ((scores == best) & ~positives).sum(dim=1)
@@ -32,6 +48,55 @@ def rank_metrics(rank: torch.Tensor, prefix: str) -> dict[str, float]:
     return out
 
 
+def chance_recall(num_positives: torch.Tensor, gallery: int, k: int) -> float:
+    """R@k (percent) of a uniformly random ranking: mean over queries of 1 - C(G-n, k) / C(G, k).
+
+    num_positives (Q,): each query's n positives among the G gallery items.
+    """
+    n = num_positives.double()
+    miss = torch.ones_like(n)  # P(no positive in the top k) = prod_{i<k} (G-n-i) / (G-i)
+    for i in range(min(k, gallery)):
+        miss *= ((gallery - n - i) / (gallery - i)).clamp(min=0)  # 0 once the top k cannot avoid a positive
+    return 100.0 * (1 - miss).mean().item()
+
+
+def chance_mean_rank(num_positives: torch.Tensor, gallery: int) -> float:
+    """1-based mean rank of the best positive under a random ranking: E[min of n of G positions] = (G+1)/(n+1)."""
+    return ((gallery + 1) / (num_positives.double() + 1)).mean().item()
+
+
+def bootstrap_recall(rank: torch.Tensor, ks: tuple[int, ...] = RECALL_AT, resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = BOOTSTRAP_SEED, level: float = BOOTSTRAP_LEVEL) -> dict[int, tuple[float, float]]:
+    """Percentile bootstrap interval of R@k (percent) over queries: rank (Q,) -> {k: (low, high)}.
+
+    Each resample draws Q queries with replacement; one draw serves every k. Seeded, so a re-evaluation of the
+    same scores reports the same interval.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    q = rank.numel()
+    step = max(1, 2**22 // q)  # resamples per chunk: the (step, Q) index matrix stays ~32 MB at any Q
+    means = []
+    for start in range(0, resamples, step):
+        sample = rank[torch.randint(q, (min(step, resamples - start), q), generator=generator)]  # (b, Q)
+        means.append(torch.stack([(sample < k).double().mean(dim=1) for k in ks], dim=1))  # (b, len(ks))
+    tail = (1 - level) / 2
+    bounds = torch.quantile(torch.cat(means), torch.tensor([tail, 1 - tail], dtype=torch.double), dim=0)
+    return {k: (100.0 * bounds[0, i].item(), 100.0 * bounds[1, i].item()) for i, k in enumerate(ks)}
+
+
+def direction_metrics(scores: torch.Tensor, positives: torch.Tensor, prefix: str) -> dict[str, float]:
+    """One direction: scores (Q, G), positives bool (Q, G) -> recalls and ranks, each recall with its interval
+    (`_ci_low`, `_ci_high`) and chance level (`_chance`), and the chance mean rank."""
+    rank = ranks(scores, positives)
+    n, gallery = positives.sum(dim=1), positives.shape[1]
+    out = rank_metrics(rank, prefix)
+    for k, (low, high) in bootstrap_recall(rank).items():
+        name = f"{prefix}_r{k}"
+        out |= {name + CI_LOW: low, name + CI_HIGH: high, name + CHANCE: chance_recall(n, gallery, k)}
+    out[f"{prefix}_mean_rank{CHANCE}"] = chance_mean_rank(n, gallery)
+    return out
+
+
 def retrieval_metrics(i2t: torch.Tensor, t2i: torch.Tensor, relevant: torch.Tensor) -> dict[str, float]:
     """i2t, t2i: (I, T) scores used to rank texts per image and images per text; relevant: bool (I, T).
 
@@ -40,8 +105,8 @@ def retrieval_metrics(i2t: torch.Tensor, t2i: torch.Tensor, relevant: torch.Tens
     """
     texts, images = relevant.any(dim=0), relevant.any(dim=1)
     return {
-        **rank_metrics(ranks(t2i.T[texts], relevant.T[texts]), "t2i"),
-        **rank_metrics(ranks(i2t[images], relevant[images]), "i2t"),
+        **direction_metrics(t2i.T[texts], relevant.T[texts], "t2i"),
+        **direction_metrics(i2t[images], relevant[images], "i2t"),
     }
 
 

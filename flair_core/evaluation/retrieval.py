@@ -2,7 +2,7 @@
 
 Metric names are `retrieval/<benchmark>/<mode>/<metric>` (e.g. `retrieval/builtin_fine_grained/flair/t2i_r1`);
 where a benchmark's texts have several correct images (the built-in sets), the strict single-image variant is
-reported beside it as `strict_t2i_r1` etc.
+reported beside it as `strict_t2i_r1` etc. Every recall also has `_ci_low`, `_ci_high` and `_chance` (metrics.py).
 """
 
 from __future__ import annotations
@@ -21,13 +21,26 @@ from PIL import Image
 from flair_core.data.benchmarks import BENCHMARKS, load_benchmark
 from flair_core.data.errors import DataError
 from flair_core.evaluation import scores
-from flair_core.evaluation.metrics import relevance_matrix, retrieval_metrics
+from flair_core.evaluation.metrics import non_finite, relevance_matrix, retrieval_metrics
 from flair_core.evaluation.templates import batched
 
 BUILTIN_FAMILIES = ("fine_grained", "long", "standard")
 MODES = {"flair": ("global", "flair", "topk"), "clip": ("global",), "dreamlip": ("global",),
          "filip": ("filip", "global")}
 PRIMARY_MODE = {"flair": "flair", "clip": "global", "dreamlip": "global", "filip": "filip"}  # the method's own
+
+
+class EvaluationError(ValueError):
+    """Scores that cannot be ranked (NaN/inf): an error naming benchmark, mode and count, never a metric."""
+
+
+def check_finite(benchmark: str, mode: str, i2t: torch.Tensor, t2i: torch.Tensor) -> None:
+    matrices = [i2t] if i2t is t2i else [i2t, t2i]  # global and flair modes rank both directions by one matrix
+    bad = sum(non_finite(m) for m in matrices)
+    if bad:
+        total = sum(m.numel() for m in matrices)
+        raise EvaluationError(f"{benchmark}, {mode} mode: {bad} of {total} scores are not finite (NaN/inf); "
+                              "no metric reported (are the model's weights finite?)")
 
 
 @dataclass
@@ -148,6 +161,7 @@ def evaluate_retrieval(model, method: str, tokenizer: Callable, transform: Calla
     metrics = {}
     for mode in modes:
         i2t, t2i = score(model, features, mode, topk, dtype, budget_mb)
+        check_finite(task.name, mode, i2t, t2i)
         prefix = f"retrieval/{task.name}/{mode}"
         metrics.update({f"{prefix}/{k}": v for k, v in retrieval_metrics(i2t, t2i, task.relevant).items()})
         if task.strict is not None:

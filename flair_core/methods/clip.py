@@ -60,6 +60,9 @@ class ClipLoss(MethodLoss):
         one = sampling.model_copy(update={"k": 1})
         return TextViews(one, long_caption=self.settings.text == "long_caption")
 
+    def positive_rate(self, global_batch: int, k: int) -> float | None:
+        return 1 / global_batch if self.settings.loss == "sigmoid" else None
+
     def inputs(self, batch: dict) -> tuple[torch.Tensor, ...]:
         texts = batch["long_texts"] if self.settings.text == "long_caption" else batch["texts"][:, 0]
         return batch["images"], texts

@@ -119,6 +119,10 @@ class FlairLoss(MethodLoss):
     def advance(self) -> None:
         self.steps += 1
 
+    def positive_rate(self, global_batch: int, k: int) -> float:
+        # TCS: K positives among B + K − 1 texts per image; MPS alone: K among B·K
+        return k / (global_batch + k - 1) if self.settings.tcs_weight > 0 else 1 / global_batch
+
     def own_parameters(self, head: FlairModel) -> list[nn.Parameter]:
         return list(head.visual_proj.parameters())  # pooling runs in the loss, over the text sets
 

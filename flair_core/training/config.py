@@ -39,6 +39,10 @@ class TrainConfig(_Frozen):
     batch_size: int = Field(64, ge=2, description="per rank")
     epochs: int = Field(1, ge=1)
     steps_per_epoch: int | None = Field(None, gt=0, description="None: samples_per_epoch // global batch")
+    init_logit_scale: float | None = Field(None, gt=0, description="initial logit scale s (not log s); None: model config's")
+    init_logit_bias: float | Literal["auto"] | None = Field(
+        None, description="initial logit bias; 'auto': the method's constant-logit optimum at this batch and K "
+                          "(a sigmoid loss then starts where predicting the base rate is optimal); None: model config's")
     lr: float = Field(5e-4, gt=0)
     scalar_lr: float | None = Field(None, gt=0, description="lr of logit scale/bias; None: lr")
     weight_decay: float = Field(0.5, ge=0)
@@ -80,17 +84,36 @@ class RunConfig(_Frozen):
         return validate(METHODS[self.method.name].settings, self.method.settings, "params", "method.settings")
 
 
+def merge_sections(data: dict, update: dict) -> dict:
+    """Sections of `update` merged into `data`, key by key within a section (later wins)."""
+    data = dict(data)
+    for section, values in update.items():
+        if isinstance(values, dict) and isinstance(data.get(section), dict):
+            data[section] = {**data[section], **values}
+        else:
+            data[section] = values
+    return data
+
+
 def load_run_config(paths: list[str | Path] = (), overrides: list[str] = ()) -> RunConfig:
-    """Params files merged left to right (later wins, section by section), then `section.key=value` overrides."""
+    """Params files merged left to right (later wins, section by section), then the chosen method's recipe,
+    then `section.key=value` overrides.
+
+    A params file may hold `recipes: {<method>: {<section>: {...}}}`: settings that apply only when that
+    method trains (e.g. its learning rate or caption variant), so one file trains every method its own way.
+    """
     data: dict = {}
     for path in paths:
-        for section, values in read_yaml(path).items():
-            if isinstance(values, dict) and isinstance(data.get(section), dict):
-                data[section] = {**data[section], **values}
-            else:
-                data[section] = values
-    data = apply_overrides(data, list(overrides))
+        data = merge_sections(data, read_yaml(path))
     source = ", ".join(str(p) for p in paths) or "params"
+    recipes = data.pop("recipes", None) or {}
+    if not isinstance(recipes, dict) or not all(isinstance(r, dict) for r in recipes.values()):
+        raise ConfigError(f"{source}: recipes: expected a mapping of method name to sections")
+    unknown = sorted(set(recipes) - set(METHODS))
+    if unknown:
+        raise ConfigError(f"{source}: recipes: unknown method {unknown[0]!r} (known: {', '.join(sorted(METHODS))})")
+    method = apply_overrides(data, list(overrides)).get("method", {}).get("name", MethodConfig().name)
+    data = apply_overrides(merge_sections(data, recipes.get(method, {})), list(overrides))
     config = validate(RunConfig, data, source)
     config.method_settings()  # method settings are checked now, not at the first step
     return config

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from flair_core import create_model, distributed, get_tokenizer, get_transform, load_weights
 from flair_core.checkpoint import CheckpointError, load_checked
-from flair_core.config import ConfigError
+from flair_core.config import ConfigError, ModelConfig, load_model_config
 from flair_core.data.loader import train_loader
 from flair_core.evaluation.retrieval import PRIMARY_MODE
 from flair_core.evaluation.runner import CLASSIFICATION, SEGMENTATION, EvalOptions, run_benchmark
@@ -92,21 +92,21 @@ class Trainer:
         random.seed(t.seed + self.world.rank)
         spec = get_method(config.method.name)
         settings = config.method_settings()
-        self.head = create_model(t.model, config.method.name, settings=settings)
+        self.loss_fn = spec.loss(settings, seed=t.seed).to(self.world.device)
+        self.views = self.loss_fn.views(config.sampling)
+        global_batch = t.batch_size * self.world.size
+        self.head = create_model(self._model_config(global_batch), config.method.name, settings=settings)
         if t.init_from:
             load_weights(self.head, t.init_from)
         self.head.to(self.world.device)
         if t.grad_checkpointing:
             self.head.set_grad_checkpointing(True)
-        self.loss_fn = spec.loss(settings, seed=t.seed).to(self.world.device)
-        self.views = self.loss_fn.views(config.sampling)
         self.model = self.head
         if self.world.size > 1:
             self.model = DistributedDataParallel(self.head, device_ids=[self.world.local_rank]
                                                  if self.world.device.type == "cuda" else None)
         if t.compile:
             self.model = torch.compile(self.model)
-        global_batch = t.batch_size * self.world.size
         self.steps_per_epoch = t.steps_per_epoch or samples_per_epoch(config) // global_batch
         if self.steps_per_epoch < 1:
             raise ConfigError(f"train: fewer samples per epoch than one global batch of {global_batch}")
@@ -122,6 +122,20 @@ class Trainer:
         self._start(resume)
 
     # ------------------------------------------------------------------------------------------ set-up
+    def _model_config(self, global_batch: int) -> ModelConfig:
+        """The model config with the run's initial logit scale and bias, where the params set them."""
+        t = self.config.train
+        update = {}
+        if t.init_logit_scale is not None:
+            update["init_logit_scale"] = math.log(t.init_logit_scale)
+        if t.init_logit_bias == "auto":
+            rate = self.loss_fn.positive_rate(global_batch, self.views.sampling.k)
+            if rate is not None:  # softmax losses have no bias
+                update["init_logit_bias"] = math.log(rate / (1 - rate))
+        elif t.init_logit_bias is not None:
+            update["init_logit_bias"] = float(t.init_logit_bias)
+        return load_model_config(t.model).model_copy(update=update)
+
     def _start(self, resume: str | None) -> None:
         # Rank 0 decides which checkpoint (or error) applies and tells the others, so all act alike.
         decision = [self._decide(resume) if self.world.is_main else None]

@@ -8,6 +8,7 @@ FINE = "retrieval/builtin_fine_grained/{mode}/t2i_r1"
 SEEDED = {  # method -> (fine-grained t2i R@1, long t2i R@1) in its own mode
     "flair": (12.5, 30.0), "clip": (10.0, 35.0), "filip": (11.0, 20.0), "dreamlip": (9.0, 40.0)}
 MODE = {"flair": "flair", "clip": "global", "dreamlip": "global", "filip": "filip"}
+FLAIR_NOISE = {"_ci_low": 10.94, "_ci_high": 14.06, "_chance": 1.56}  # FLAIR's fine-grained t2i R@1 only
 
 
 def seed_platform(root: Path, tiny_data: Path) -> dict:
@@ -17,6 +18,7 @@ def seed_platform(root: Path, tiny_data: Path) -> dict:
 
     from flair_core.training.config import load_run_config
     from flair_core.training.loop import Trainer
+    from flows.tracking import decide
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -34,17 +36,24 @@ def seed_platform(root: Path, tiny_data: Path) -> dict:
                            f"retrieval/builtin_standard/{mode}/t2i_r1": fine + 1,
                            f"retrieval/builtin_standard/{mode}/i2t_r1": fine + 2}.items():
             client.log_metric(run.info.run_id, key, value)
+        if method == "flair":  # the others stand for runs logged before intervals existed
+            for suffix, value in FLAIR_NOISE.items():
+                client.log_metric(run.info.run_id, FINE.format(mode=mode) + suffix, value)
         for key, value in {"train.model": "micro-32", "data.train_images": "512", "data.image_size": "32",
                            "train.epochs": "1", "train.batch_size": "8"}.items():
             client.log_param(run.info.run_id, key, value)
         run_ids[method] = run.info.run_id
     client.log_artifact(run_ids["flair"], str(checkpoint), "checkpoint")
     client.create_registered_model("flair-lab-flair")
-    for version, (alias, reason) in enumerate([("champion", "champion: first version: t2i R@1 = 12.50"),
-                                               ("challenger", "challenger: t2i R@1 11.00 does not beat 12.50")], 1):
+    # The promotion rule's own reasons: v1 is the first version, v2 gains less than its interval's width.
+    primary = FINE.format(mode="flair")
+    first = client.get_run(run_ids["flair"]).data.metrics
+    second = {primary: 13.0, primary + "_ci_low": 11.2, primary + "_ci_high": 14.8, primary + "_chance": 1.56}
+    for version, (alias, reason) in enumerate([decide(first, None, primary, 2.0),
+                                               decide(second, first, primary, 2.0)], 1):
         client.create_model_version("flair-lab-flair", f"runs:/{run_ids['flair']}/model", run_ids["flair"],
                                     tags={"git_commit": f"c0ffee{version}", "data_hash": "d0d0d0d0d0d0beef",
-                                          "preset": "micro-32"}, description=reason)
+                                          "preset": "micro-32"}, description=f"{alias}: {reason}")
         client.set_registered_model_alias("flair-lab-flair", alias, str(version))
 
     storage = f"sqlite:///{root / 'optuna.db'}"

@@ -1,0 +1,52 @@
+"""The promotion rule (`decide`) and the main job's table cells: pure functions, no services."""
+
+import pytest
+
+from flows.report import cells
+from flows.tracking import decide
+
+P = "retrieval/builtin_fine_grained/flair/t2i_r1"
+OTHER = "retrieval/builtin_long/flair/t2i_r1"
+
+
+def scored(value: float, low: float | None = None, high: float | None = None, chance: float | None = None,
+           **others: float) -> dict[str, float]:
+    """A run's metrics: the primary with its interval and chance level where given, plus others."""
+    metrics = {P: value, **{OTHER if k == "long" else k: v for k, v in others.items()}}
+    for suffix, v in (("_ci_low", low), ("_ci_high", high), ("_chance", chance)):
+        if v is not None:
+            metrics[P + suffix] = v
+    return metrics
+
+
+@pytest.mark.parametrize("candidate, champion, alias, reason", [
+    (scored(6.7, 5.9, 7.5, 0.4), None, "champion", f"first version: {P} = 6.70 [5.90, 7.50]"),
+    (scored(1.0, 0.0, 2.5, 1.56), None, "champion",
+     f"first version: {P} = 1.00 [0.00, 2.50], not beyond chance (1.56)"),
+    (scored(6.7, 5.9, 7.5, 0.4), scored(4.57), "champion",
+     f"{P} 6.70 [5.90, 7.50] beats 4.57 beyond its interval (+2.13), no regression"),
+    (scored(4.87, 4.1, 5.6, 0.4), scored(4.57), "challenger",
+     f"{P} gain +0.30 over 4.57 is within the interval [4.10, 5.60]: stays challenger"),
+    (scored(5.0, 4.57, 5.5, 0.4), scored(4.57), "challenger",  # the low bound must exceed, not reach, the bar
+     f"{P} gain +0.43 over 4.57 is within the interval [4.57, 5.50]: stays challenger"),
+    (scored(3.0, 1.5, 4.5, 1.56), scored(0.5), "challenger",  # beats a poor champion, but only by chance
+     f"{P} 3.00 [1.50, 4.50] is not beyond chance (1.56): stays challenger"),
+    (scored(4.0, 3.5, 4.5, 0.4), scored(4.57), "challenger", f"{P} 4.00 does not beat the champion's 4.57"),
+    (scored(6.7, 5.9, 7.5, 0.4, long=10.0), scored(4.57, long=20.0), "challenger",
+     f"{P} +2.13 but {OTHER} drops 10.00 (tolerance 2.00)"),
+    (scored(6.7), scored(4.57), "champion", f"{P} 6.70 beats 4.57 (+2.13), no regression; no interval recorded"),
+    (scored(6.7), None, "champion", f"first version: {P} = 6.70"),
+])
+def test_promotion_needs_a_gain_beyond_the_interval_and_says_so(candidate, champion, alias, reason):
+    assert decide(candidate, champion, P, tolerance=2.0) == (alias, reason)
+
+
+def test_a_primary_metric_that_was_not_evaluated_is_an_error():
+    with pytest.raises(ValueError, match="was not evaluated"):
+        decide({OTHER: 1.0}, None, P, 2.0)
+
+
+def test_the_main_jobs_table_shows_interval_and_chance_where_recorded():
+    metrics = {**scored(6.7, 5.9, 7.5, 0.4), "retrieval/builtin_long/flair/t2i_r1": 3.0,
+               "segmentation/builtin_segmentation/patch/miou": 20.0}
+    assert cells(metrics, "flair") == ["6.70 [5.90, 7.50] (chance 0.40)", "-", "3.00", "-", "20.00", "-"]
