@@ -71,7 +71,8 @@ def _reachable(call, what: str, uri: str):
 # ---------------------------------------------------------------------------------------------------- runs
 @st.cache_data(ttl=TTL, show_spinner="Reading runs from MLflow…")
 def runs(tracking_uri: str, experiment: str = EXPERIMENT) -> pd.DataFrame:
-    """One row per pretrain-eval run: method, preset, data hash, commit, start time, link and every metric."""
+    """One row per pretrain-eval run: method, preset, data hash and level, commit, start time, link and every
+    metric. Runs logged before a tag existed have "" in its column."""
     def read():
         client = _client(tracking_uri)
         found = client.get_experiment_by_name(experiment)
@@ -85,6 +86,7 @@ def runs(tracking_uri: str, experiment: str = EXPERIMENT) -> pd.DataFrame:
                          "image_size": params.get("data.image_size", ""), "epochs": params.get("train.epochs", ""),
                          "batch_size": params.get("train.batch_size", ""),
                          "preset": tags.get("preset", ""), "data_hash": tags.get("data_hash", "")[:12],
+                         "data_level": tags.get("data_level", ""),
                          "git_commit": tags.get("git_commit", "")[:12], "promotion": tags.get("promotion", ""),
                          "started": pd.Timestamp(run.info.start_time, unit="ms"),
                          "link": f"{tracking_uri}/#/experiments/{found.experiment_id}/runs/{run.info.run_id}",
@@ -108,7 +110,8 @@ def registry(tracking_uri: str) -> pd.DataFrame:
                     "model": model.name, "version": int(version.version),
                     "aliases": ", ".join(sorted(client.get_model_version(model.name, version.version).aliases)),
                     "decision": version.description or "", "git_commit": version.tags.get("git_commit", ""),
-                    "data_hash": version.tags.get("data_hash", ""), "preset": version.tags.get("preset", ""),
+                    "data_hash": version.tags.get("data_hash", ""), "data_level": version.tags.get("data_level", ""),
+                    "preset": version.tags.get("preset", ""),
                     "run_key": version.tags.get("run_key", "")[:12], "run_id": version.run_id,
                     "created": pd.Timestamp(version.creation_timestamp, unit="ms"),
                     "link": f"{tracking_uri}/#/experiments/{experiment_id}/runs/{version.run_id}",

@@ -174,7 +174,8 @@ def pretrain_eval(method: str = "flair", params_file: str = "params/cpu.yaml", o
     eval_seconds = time.perf_counter() - phase
     pngs = attention_pngs(run_dir, data_root)
     preset = yaml.safe_load(params_text).get("train", {}).get("model", "")
-    tags = {"run_key": run_key, "git_commit": commit, "data_hash": data_hash, "method": method, "preset": preset}
+    tags = {"run_key": run_key, "git_commit": commit, "data_hash": data_hash,
+            "data_level": tracking.data_level(REPO / data_root), "method": method, "preset": preset}
     run_id, version = log_and_register(run_dir, method, metrics, tags, experiment, pngs)
     primary = primary_metric or f"retrieval/builtin_fine_grained/{PRIMARY_MODE[method]}/t2i_r1"
     decision = promote(method, version, run_id, primary, regression_tolerance)

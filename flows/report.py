@@ -30,13 +30,21 @@ def rows(methods: list[str]) -> list[list[str]]:
     for method in methods:
         versions = client.search_model_versions(f"name = '{registered_name(method)}'")
         if not versions:
-            table.append([method, "-", "not registered"] + ["-"] * len(COLUMNS))
+            table.append([method, "-", "not registered", "-"] + ["-"] * len(COLUMNS))
             continue
         newest = max(versions, key=lambda v: int(v.version))
         metrics = client.get_run(newest.run_id).data.metrics
         aliases = ",".join(client.get_model_version(newest.name, newest.version).aliases) or "-"
-        table.append([method, newest.version, aliases] + cells(metrics, method))
+        table.append([method, newest.version, aliases, budget(metrics)] + cells(metrics, method))
     return table
+
+
+def budget(metrics: dict[str, float]) -> str:
+    """What the run spent: optimizer steps, and the wall minutes of those steps where logged."""
+    if "train/steps" not in metrics:
+        return "-"
+    minutes = f", {metrics['train/seconds'] / 60:.1f} min" if "train/seconds" in metrics else ""
+    return f"{int(metrics['train/steps'])} steps{minutes}"
 
 
 def cells(metrics: dict[str, float], method: str) -> list[str]:
@@ -55,7 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(PRIMARY_MODE))
     args = parser.parse_args()
-    header = ["method", "version", "alias"] + [name for name, _ in COLUMNS]
+    header = ["method", "version", "alias", "training"] + [name for name, _ in COLUMNS]
     table = rows(args.methods)
     widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
     for row in [header, ["-" * w for w in widths], *table]:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flair_core.config import ConfigError
 from flair_core.params import apply_overrides, read_yaml, validate
-from flair_core.training.config import RunConfig, load_run_config
+from flair_core.training.config import RunConfig, load_run_config, merge_sections, with_recipe
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 # Heartbeats (how a killed worker's trial gets marked failed) are "experimental" since Optuna 2.9.
@@ -195,6 +195,13 @@ def as_overrides(params: dict[str, object]) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in params.items()]
 
 
+SURPLUS = "surplus"  # user attribute of a trial started after the study was already full (see trials.py)
+
+
+def is_surplus(trial: optuna.trial.FrozenTrial) -> bool:
+    return bool(trial.user_attrs.get(SURPLUS))
+
+
 def finished_or_running(study: optuna.Study) -> int:
     states = (*FINISHED, optuna.trial.TrialState.RUNNING)
     return len(study.get_trials(deepcopy=False, states=states))
@@ -221,9 +228,10 @@ def write_best_params(study: optuna.Study, config: SweepConfig, out: str | Path)
     trial = pick_trial(study, config)
     merged: dict = {}
     for path in config.base_params:
-        for section, values in read_yaml(path).items():
-            merged[section] = {**merged.get(section, {}), **values} if isinstance(values, dict) else values
-    merged = apply_overrides(merged, as_overrides(trial.params))
+        merged = merge_sections(merged, read_yaml(path))
+    # the swept method's recipe is resolved into the file, so the trial's values are the last word
+    overrides = as_overrides(trial.params)
+    merged = apply_overrides(with_recipe(merged, overrides, ", ".join(config.base_params)), overrides)
     validate(RunConfig, merged, str(out))
     values = ", ".join(f"{o.metric} = {v:.2f}" for o, v in zip(config.objectives, trial.values, strict=True))
     header = (f"# Best trial {trial.number} of study {config.study!r} ({safe_url(config.storage)}): {values}.\n"

@@ -31,6 +31,7 @@ from flows import tracking
 from flows.pretrain_eval import REPO, check_services, data_version, git_commit
 from flows.study import (
     SweepConfig,
+    is_surplus,
     load_sweep_config,
     open_study,
     safe_url,
@@ -80,7 +81,7 @@ def report_and_export(config: SweepConfig, parent_run_id: str | None) -> dict:
     objectives = [o.metric for o in config.objectives]
     if parent_run_id:
         for trial in study.get_trials(deepcopy=False):
-            if trial.state.is_finished():
+            if trial.state.is_finished() and not is_surplus(trial):
                 tracking.log_trial(parent_run_id, config.study, trial, objectives)
     summary, files = write_report(study, config)
     if summary["best"] is not None:
@@ -194,7 +195,8 @@ def worker(config: SweepConfig, data_root: str, parent_run_id: str | None, index
     objectives = [o.metric for o in config.objectives]
 
     def log_to_mlflow(study, trial) -> None:
-        tracking.log_trial(parent_run_id, config.study, trial, objectives)
+        if not is_surplus(trial):
+            tracking.log_trial(parent_run_id, config.study, trial, objectives)
 
     numbers = run_worker(config, data_root, log_to_mlflow if parent_run_id else None, index)
     print(f"worker finished: trials {numbers}")

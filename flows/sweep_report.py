@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import optuna
 
-from flows.study import SweepConfig, pick_trial
+from flows.study import SweepConfig, is_surplus, pick_trial
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
 STATE_COLOURS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red", "RUNNING": "tab:gray"}
@@ -39,7 +39,7 @@ def importances(study: optuna.Study, config: SweepConfig) -> dict[str, dict[str,
 
 
 def summarize(study: optuna.Study, config: SweepConfig) -> dict:
-    trials = study.get_trials(deepcopy=False)
+    trials = [t for t in study.get_trials(deepcopy=False) if not is_surplus(t)]
     counts: dict[str, int] = {}
     for trial in trials:
         counts[trial.state.name] = counts.get(trial.state.name, 0) + 1

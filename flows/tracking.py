@@ -46,12 +46,29 @@ def registered_name(method: str) -> str:
     return f"flair-lab-{method}"
 
 
+def data_level(data_root: Path) -> str:
+    """The built-in data's named difficulty, from the config `flair prepare` wrote into its meta.json; data
+    prepared before levels existed is the original set, "hard". "" when the folder has no meta.json."""
+    meta = Path(data_root) / "meta.json"
+    if not meta.is_file():
+        return ""
+    return json.loads(meta.read_text()).get("config", {}).get("level", "hard")
+
+
 def find_existing(client: MlflowClient, name: str, run_key: str):
     """A version already registered for these exact inputs (so a re-run adds no duplicate)."""
     for version in client.search_model_versions(f"name = '{name}'"):
         if version.tags.get("run_key") == run_key:
             return version
     return None
+
+
+def world_size(steps: list[dict], config: dict) -> int:
+    """Ranks of a run, from its logged rate: samples_per_s = batch_size × ranks / seconds."""
+    if not steps or "seconds" not in steps[-1]:
+        return 1
+    last = steps[-1]
+    return max(1, round(last["samples_per_s"] * last["seconds"] / config["train"]["batch_size"]))
 
 
 def log_training_run(run_dir: Path, method: str, eval_metrics: dict[str, float], tags: dict[str, str],
@@ -71,12 +88,26 @@ def log_training_run(run_dir: Path, method: str, eval_metrics: dict[str, float],
         now = int(time.time() * 1000)
         history = [Metric(k, float(v), now, int(s["step"])) for s in steps for k, v in s.items()
                    if k not in ("step", "epoch")]
+        validations = run_dir / "val_metrics.jsonl"  # the validation curve: what says a run learned
+        if validations.is_file():
+            for line in validations.read_text().splitlines():
+                record = json.loads(line)
+                history += [Metric(f"val/{k}", float(v), now, int(record["step"])) for k, v in record.items()
+                            if k != "step"]
         for start in range(0, len(history), 1000):  # log_batch takes at most 1,000 metrics per call
             client.log_batch(run.info.run_id, metrics=history[start : start + 1000])
         final_step = int(steps[-1]["step"]) if steps else 0
         mlflow.log_metrics({k: float(v) for k, v in eval_metrics.items()}, step=final_step)
+        # the budget a run spent, for equal-budget comparisons: steps, samples and wall time of the steps
+        budget = {"train/steps": final_step,
+                  "train/samples": final_step * config["train"]["batch_size"] * world_size(steps, config)}
+        if steps and all("seconds" in s for s in steps):
+            budget["train/seconds"] = sum(s["seconds"] for s in steps)
+        mlflow.log_metrics(budget, step=final_step)
         mlflow.log_artifact(str(run_dir / "config.yaml"))
         mlflow.log_artifact(str(run_dir / "metrics.jsonl"))
+        if validations.is_file():
+            mlflow.log_artifact(str(validations))
         (run_dir / "metrics.json").write_text(json.dumps(eval_metrics, indent=1, sort_keys=True))
         mlflow.log_artifact(str(run_dir / "metrics.json"))
         for png in attention_pngs:
@@ -88,7 +119,7 @@ def log_training_run(run_dir: Path, method: str, eval_metrics: dict[str, float],
             registered_model_name=name,
         )
         version = info.registered_model_version
-        for key in ("run_key", "git_commit", "data_hash", "method", "preset"):
+        for key in ("run_key", "git_commit", "data_hash", "data_level", "method", "preset"):
             client.set_model_version_tag(name, version, key, tags.get(key, ""))
     return run.info.run_id, str(version)
 

@@ -21,7 +21,16 @@ from flair_core import distributed
 from flair_core.config import ConfigError
 from flair_core.training.config import load_run_config
 from flair_core.training.loop import Trainer
-from flows.study import FINISHED, SweepConfig, as_overrides, finished_or_running, open_study, suggest
+from flows.study import (
+    FINISHED,
+    SURPLUS,
+    SweepConfig,
+    as_overrides,
+    finished_or_running,
+    is_surplus,
+    open_study,
+    suggest,
+)
 
 log = logging.getLogger(__name__)
 MAX_FAILURES_IN_A_ROW = 3  # a worker whose every trial fails has a broken set-up, not unlucky parameters
@@ -105,6 +114,13 @@ def _main_rank(config: SweepConfig, data_root: str, on_trial_end, world_size: in
     mine: list[int] = []
 
     def objective(trial: optuna.Trial) -> list[float] | float:
+        # Two workers can both see n − 1 trials and both ask for one more. The storage numbers trials in
+        # order, so the later one finds n counted trials before its own: it stops instead of overshooting.
+        earlier = study.get_trials(deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING))
+        if sum(t.number < trial.number and not is_surplus(t) for t in earlier) >= config.n_trials:
+            trial.set_user_attr(SURPLUS, True)
+            study.stop()
+            raise optuna.TrialPruned("the study already has n_trials trials")
         mine.append(trial.number)
         trial.set_user_attr("run_dir", str(trial_dir(config, trial.number)))
         if world_size > 1:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.helpers.dashboard_seed import FINE, SEEDED, seed_platform
+from tests.helpers.dashboard_seed import FINE, LEVEL, SEEDED, seed_platform
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = REPO / "dashboard" / "pages"
@@ -67,6 +67,18 @@ def test_compare_filters_by_preset(env):
     assert "No run matches these filters." in texts(app)
 
 
+def test_compare_shows_and_filters_by_data_level(env):
+    app = run("compare")
+    key = frame(app.dataframe[0]).set_index("method")
+    assert key["level"].to_dict() == LEVEL
+    levels = app.multiselect[1]  # Preset, Data level, Data version
+    assert levels.label == "Data level" and levels.options == ["easy", "hard"]
+    levels.set_value(["easy"]).run()
+    assert frame(app.dataframe[0])["method"].tolist() == ["flair"]
+    app.multiselect[1].set_value(["hard"]).run()
+    assert sorted(frame(app.dataframe[0])["method"]) == ["clip", "dreamlip", "filip"]
+
+
 def test_paper_page_shows_the_published_numbers_with_their_source_and_our_scale(env):
     app = run("paper")
     published = frame(app.dataframe[0])
@@ -99,6 +111,7 @@ def test_registry_page_shows_aliases_decisions_and_lineage(env):
     assert f"challenger: {fine} gain +0.50 over 12.50 is within the interval [11.20, 14.80]: stays challenger" in text
     versions = frame(app.dataframe[0])
     assert versions["git_commit"].tolist() == ["c0ffee2", "c0ffee1"]
+    assert versions["data_level"].tolist() == ["easy", "easy"]
     assert versions["link"].str.contains(env["run_ids"]["flair"]).all()
 
 

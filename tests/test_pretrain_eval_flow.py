@@ -44,10 +44,15 @@ def test_deployment_trains_evaluates_registers_and_promotes(platform):
     assert champion.version == "1" and champion.description.startswith("champion: first version")
     run = client.get_run(champion.run_id)
     assert run.data.tags["method"] == "flair" and run.data.tags["data_hash"] and run.data.tags["git_commit"]
+    assert run.data.tags["data_level"] in ("easy", "hard")  # from the prepared data's meta.json
+    assert {k: champion.tags[k] for k in ("data_hash", "data_level", "preset")} == {
+        k: run.data.tags[k] for k in ("data_hash", "data_level", "preset")}
     assert "retrieval/builtin_fine_grained/flair/t2i_r1" in run.data.metrics
     assert "segmentation/builtin_segmentation/attention/miou" in run.data.metrics
     assert run.data.params["train.model"] == "micro-32"
     assert len(client.get_metric_history(run.info.run_id, "loss/total")) == 8  # one per training step
+    curve = client.get_metric_history(run.info.run_id, "val/retrieval/builtin_fine_grained/flair/t2i_r1")
+    assert sorted(m.step for m in curve) == [4, 8]  # the validation curve, every validate_every steps
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "metrics.jsonl", "metrics.json", "checkpoint", "attention"} <= artifacts
     s3 = boto3.session.Session().client("s3")  # a fresh session: earlier tests may have cached other keys

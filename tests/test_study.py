@@ -137,3 +137,21 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().endswith("the search space is empty: give at least one key under `space`")
     assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_worker_that_asks_after_the_study_filled_stops_without_overshooting(tmp_path, monkeypatch):
+    from flows import trials
+    from flows.study import is_surplus
+    from flows.sweep_report import summarize
+
+    config = load_sweep_config(sweep_file(tmp_path, n_trials=2))
+    study = open_study(config)
+    for value in (1.0, 2.0):  # another worker's two finished trials
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=value))
+    # this worker counted before the other's last trial existed: the stale read that used to overshoot
+    monkeypatch.setattr(trials, "finished_or_running", lambda study: 1)
+    assert trials._main_rank(config, str(tmp_path), None, 1, 0) == []  # it trained nothing
+    study = open_study(config)
+    extra = study.trials[-1]
+    assert len(study.trials) == 3 and is_surplus(extra) and extra.state == optuna.trial.TrialState.PRUNED
+    assert summarize(study, config)["states"] == {"COMPLETE": 2}  # the surplus trial is not reported

@@ -1,9 +1,11 @@
-"""The promotion rule (`decide`) and the main job's table cells: pure functions, no services."""
+"""The promotion rule (`decide`), the data-level tag and the main job's table cells: no services."""
+
+import json
 
 import pytest
 
 from flows.report import cells
-from flows.tracking import decide
+from flows.tracking import data_level, decide
 
 P = "retrieval/builtin_fine_grained/flair/t2i_r1"
 OTHER = "retrieval/builtin_long/flair/t2i_r1"
@@ -50,3 +52,27 @@ def test_the_main_jobs_table_shows_interval_and_chance_where_recorded():
     metrics = {**scored(6.7, 5.9, 7.5, 0.4), "retrieval/builtin_long/flair/t2i_r1": 3.0,
                "segmentation/builtin_segmentation/patch/miou": 20.0}
     assert cells(metrics, "flair") == ["6.70 [5.90, 7.50] (chance 0.40)", "-", "3.00", "-", "20.00", "-"]
+
+
+def test_the_data_level_comes_from_meta_json_and_old_data_is_hard(tmp_path):
+    assert data_level(tmp_path) == ""  # no built-in data here
+    (tmp_path / "meta.json").write_text(json.dumps({"config": {"level": "easy", "image_size": 64}}))
+    assert data_level(tmp_path) == "easy"
+    (tmp_path / "meta.json").write_text(json.dumps({"config": {"image_size": 64}}))  # before levels existed
+    assert data_level(tmp_path) == "hard"
+
+
+def test_the_report_states_each_run_s_budget():
+    from flows.report import budget
+
+    assert budget({"train/steps": 1024.0, "train/seconds": 306.0}) == "1024 steps, 5.1 min"
+    assert budget({"train/steps": 8.0}) == "8 steps"
+    assert budget({}) == "-"
+
+
+def test_world_size_is_read_back_from_the_logged_rate():
+    from flows.tracking import world_size
+
+    config = {"train": {"batch_size": 32}}
+    assert world_size([{"samples_per_s": 128.0, "seconds": 0.5}], config) == 2  # 64 samples in 0.5 s
+    assert world_size([{"samples_per_s": 64.0}], config) == 1  # older runs: no per-step seconds

@@ -28,15 +28,17 @@ if runs.empty:
     st.info("No pretrain-eval runs logged yet: run the main job (`make demo`) or a `pretrain-eval` deployment.")
     st.stop()
 
-left, middle, right = st.columns(3)
+left, level_column, middle, right = st.columns(4)
 presets = left.multiselect("Preset", sorted(runs["preset"].unique()), default=sorted(runs["preset"].unique()))
+levels = level_column.multiselect("Data level", sorted(runs["data_level"].unique()),
+                                  default=sorted(runs["data_level"].unique()))
 versions = middle.multiselect("Data version", sorted(runs["data_hash"].unique()),
                               default=sorted(runs["data_hash"].unique()))
 first, last = runs["started"].min().date(), runs["started"].max().date()
 dates = right.date_input("Started between", (first, last), min_value=first, max_value=last)
 newest = st.toggle("Newest run per method only", value=True)
 
-shown = runs[runs["preset"].isin(presets) & runs["data_hash"].isin(versions)]
+shown = runs[runs["preset"].isin(presets) & runs["data_level"].isin(levels) & runs["data_hash"].isin(versions)]
 if isinstance(dates, tuple) and len(dates) == 2:
     shown = shown[(shown["started"].dt.date >= dates[0]) & (shown["started"].dt.date <= dates[1])]
 shown = shown.sort_values("started", ascending=False)
@@ -49,8 +51,8 @@ if shown.empty:
 rows = []
 for _, run in shown.iterrows():
     mode = PRIMARY_MODE.get(run["method"], "global")
-    row = {"method": run["method"], "run": run["run"], "preset": run["preset"], "data": run["data_hash"],
-           "started": run["started"].strftime("%Y-%m-%d %H:%M")}
+    row = {"method": run["method"], "run": run["run"], "preset": run["preset"], "level": run["data_level"],
+           "data": run["data_hash"], "started": run["started"].strftime("%Y-%m-%d %H:%M")}
     for name, key in COLUMNS:
         row[name] = run.get(key.format(mode=mode))
         if key.startswith("retrieval/"):

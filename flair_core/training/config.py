@@ -95,6 +95,20 @@ def merge_sections(data: dict, update: dict) -> dict:
     return data
 
 
+def with_recipe(data: dict, overrides: list[str] = (), source: str = "params") -> dict:
+    """Merged params sections with the recipe of the method they (or the overrides) name applied, and the
+    `recipes` section removed; the overrides themselves are not applied."""
+    data = dict(data)
+    recipes = data.pop("recipes", None) or {}
+    if not isinstance(recipes, dict) or not all(isinstance(r, dict) for r in recipes.values()):
+        raise ConfigError(f"{source}: recipes: expected a mapping of method name to sections")
+    unknown = sorted(set(recipes) - set(METHODS))
+    if unknown:
+        raise ConfigError(f"{source}: recipes: unknown method {unknown[0]!r} (known: {', '.join(sorted(METHODS))})")
+    method = (apply_overrides(data, list(overrides)).get("method") or {}).get("name", MethodConfig().name)
+    return merge_sections(data, recipes.get(method, {}))
+
+
 def load_run_config(paths: list[str | Path] = (), overrides: list[str] = ()) -> RunConfig:
     """Params files merged left to right (later wins, section by section), then the chosen method's recipe,
     then `section.key=value` overrides.
@@ -106,14 +120,7 @@ def load_run_config(paths: list[str | Path] = (), overrides: list[str] = ()) -> 
     for path in paths:
         data = merge_sections(data, read_yaml(path))
     source = ", ".join(str(p) for p in paths) or "params"
-    recipes = data.pop("recipes", None) or {}
-    if not isinstance(recipes, dict) or not all(isinstance(r, dict) for r in recipes.values()):
-        raise ConfigError(f"{source}: recipes: expected a mapping of method name to sections")
-    unknown = sorted(set(recipes) - set(METHODS))
-    if unknown:
-        raise ConfigError(f"{source}: recipes: unknown method {unknown[0]!r} (known: {', '.join(sorted(METHODS))})")
-    method = apply_overrides(data, list(overrides)).get("method", {}).get("name", MethodConfig().name)
-    data = apply_overrides(merge_sections(data, recipes.get(method, {})), list(overrides))
+    data = apply_overrides(with_recipe(data, overrides, source), list(overrides))
     config = validate(RunConfig, data, source)
     config.method_settings()  # method settings are checked now, not at the first step
     return config

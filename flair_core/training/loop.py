@@ -111,8 +111,9 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ConfigError(f"train: fewer samples per epoch than one global batch of {global_batch}")
         self.total_steps = t.epochs * self.steps_per_epoch
+        # fused: one kernel per parameter group instead of a chain of element-wise ops (8 % of a CPU step)
         self.optimizer = torch.optim.AdamW(param_groups(self.head, t.lr, t.weight_decay, t.scalar_lr),
-                                           betas=t.betas, eps=t.eps)
+                                           betas=t.betas, eps=t.eps, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(t.warmup_steps,
                                                                                           self.total_steps))
         self.scaler = torch.amp.GradScaler(self.world.device.type,
@@ -259,7 +260,7 @@ class Trainer:
         t = self.config.train
         record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **values,
                   "lr": self.optimizer.param_groups[0]["lr"], "logit_scale": self.head.logit_scale.exp().item(),
-                  "samples_per_s": t.batch_size * self.world.size / seconds}
+                  "samples_per_s": t.batch_size * self.world.size / seconds, "seconds": seconds}
         if not all(math.isfinite(v) for v in values.values()):
             raise FloatingPointError(f"step {self.step}: loss is not finite ({values})")
         with open(self.out / "metrics.jsonl", "a") as f:

@@ -9,6 +9,7 @@ SEEDED = {  # method -> (fine-grained t2i R@1, long t2i R@1) in its own mode
     "flair": (12.5, 30.0), "clip": (10.0, 35.0), "filip": (11.0, 20.0), "dreamlip": (9.0, 40.0)}
 MODE = {"flair": "flair", "clip": "global", "dreamlip": "global", "filip": "filip"}
 FLAIR_NOISE = {"_ci_low": 10.94, "_ci_high": 14.06, "_chance": 1.56}  # FLAIR's fine-grained t2i R@1 only
+LEVEL = {"flair": "easy", "clip": "hard", "filip": "hard", "dreamlip": "hard"}  # built-in data level per run
 
 
 def seed_platform(root: Path, tiny_data: Path) -> dict:
@@ -30,7 +31,8 @@ def seed_platform(root: Path, tiny_data: Path) -> dict:
     run_ids = {}
     for method, (fine, long) in SEEDED.items():
         run = client.create_run(experiment, run_name=f"{method}-seeded", tags={
-            "method": method, "preset": "micro-32", "data_hash": "d0d0d0d0d0d0beef", "git_commit": "c0ffee"})
+            "method": method, "preset": "micro-32", "data_hash": "d0d0d0d0d0d0beef", "data_level": LEVEL[method],
+            "git_commit": "c0ffee"})
         mode = MODE[method]
         for key, value in {FINE.format(mode=mode): fine, f"retrieval/builtin_long/{mode}/t2i_r1": long,
                            f"retrieval/builtin_standard/{mode}/t2i_r1": fine + 1,
@@ -53,7 +55,8 @@ def seed_platform(root: Path, tiny_data: Path) -> dict:
                                                decide(second, first, primary, 2.0)], 1):
         client.create_model_version("flair-lab-flair", f"runs:/{run_ids['flair']}/model", run_ids["flair"],
                                     tags={"git_commit": f"c0ffee{version}", "data_hash": "d0d0d0d0d0d0beef",
-                                          "preset": "micro-32"}, description=f"{alias}: {reason}")
+                                          "data_level": LEVEL["flair"], "preset": "micro-32"},
+                                    description=f"{alias}: {reason}")
         client.set_registered_model_alias("flair-lab-flair", alias, str(version))
 
     storage = f"sqlite:///{root / 'optuna.db'}"
