@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a method (run it under torchrun for several processes or nodes)")
     p.add_argument("--params", action="append", default=[], metavar="FILE",
-                   help="params YAML (repeatable; later files override earlier ones section by section)")
+                   help="params YAML (repeatable; later files override earlier ones section by section; a "
+                        "file's `recipes: {<method>: ...}` applies to the method trained, before --set)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting, e.g. --set train.lr=1e-3 --set method.name=clip")
     p.add_argument("--out", required=True, help="run folder: config.yaml, metrics.jsonl, checkpoints/")
