@@ -33,7 +33,7 @@ test-unit: install  ## fast tests only: no services, no multi-process runs
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 lint: install  ## ruff over the code
-	$(VENV)/bin/ruff check flair_core flows dashboard tests benchmarks
+	$(VENV)/bin/ruff check flair_core flows dashboard services tests benchmarks
 
 bench: install  ## print the CPU preset's training-step time and parameter count
 	$(PY) benchmarks/train_step.py --model tiny-64
@@ -42,14 +42,14 @@ demo: install  ## the main job: services, the pretrain-eval deployment, FLAIR an
 	bash infra/main_job.sh
 
 sweep: services  ## the default Optuna sweep (params/sweep.yaml) through the sweep flow; see docs/sweeps.md
-	eval "$$($(PY) -m flows.services env)" && $(PY) -m flows.sweep run
+	eval "$$($(PY) -m services env)" && $(PY) -m flows.sweep run
 
 services: install  ## start Prefect, MLflow and the S3 store on 127.0.0.1 (state and logs in .services/)
-	$(PY) -m flows.services start
+	$(PY) -m services start
 
 dashboard: install  ## start the dashboard on http://127.0.0.1:8501 against the local services
-	eval "$$($(PY) -m flows.services env)" && $(PY) -m dashboard.serve start
+	eval "$$($(PY) -m services env)" && $(PY) -m dashboard.serve start
 
 services-down:  ## stop the local services and the dashboard
 	$(PY) -m dashboard.serve stop
-	$(PY) -m flows.services stop
+	$(PY) -m services stop

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from flair_core.evaluation.retrieval import PRIMARY_MODE
+from flair_core.evaluation.headline import promotion_metric
 from flair_core.methods import METHODS
 
 
@@ -50,7 +50,7 @@ def summary(method: str, args: argparse.Namespace, timing: dict) -> dict:
     run = Path(args.out) / method
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     validations = [json.loads(line) for line in (run / "val_metrics.jsonl").read_text().splitlines()]
-    key = f"retrieval/{args.benchmark}/{PRIMARY_MODE[method]}/t2i_r1"
+    key = promotion_metric(METHODS[method].primary_mode, args.benchmark)
     last = validations[-1]
     rates = sorted(s["samples_per_s"] for s in steps)
     cpu_min = timing["cpu_s"] / 60

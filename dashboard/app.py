@@ -1,7 +1,7 @@
 """FLAIR Lab dashboard: compare runs with the baselines and the paper, browse sweeps and the registry,
 inspect a model's attention. Read-only.
 
-    eval "$(.venv/bin/python -m flows.services env)"
+    eval "$(.venv/bin/python -m services env)"
     .venv/bin/python -m streamlit run dashboard/app.py --server.address 127.0.0.1
 """
 

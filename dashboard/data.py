@@ -1,6 +1,6 @@
 """Every read the dashboard makes, cached; pages only render what these return.
 
-Settings come from the environment (what `python -m flows.services env` prints, plus FLAIR_* overrides):
+Settings come from the environment (what `python -m services env` prints, plus FLAIR_* overrides):
 MLflow from MLFLOW_TRACKING_URI, Optuna storage from FLAIR_SWEEP_STORAGE (default: the storage named in
 params/sweep.yaml), the built-in data from FLAIR_DATA_ROOT. Read-only: nothing here writes to MLflow,
 the registry or a study. A service that is down raises `Unavailable` with one line for the page to show.
@@ -21,7 +21,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = os.environ.get("FLAIR_EXPERIMENT", "flair-lab")
 SWEEP_EXPERIMENT = "flair-lab-sweeps"
-METHODS = ("flair", "clip", "filip", "dreamlip")
 TTL = 30  # seconds: new runs show up without a restart
 
 
@@ -54,7 +53,7 @@ def _client(tracking_uri: str):
 
     if not tracking_uri:
         raise Unavailable("MLFLOW_TRACKING_URI is not set: start the services (make services) and "
-                          'eval "$(.venv/bin/python -m flows.services env)" before starting the dashboard')
+                          'eval "$(.venv/bin/python -m services env)" before starting the dashboard')
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
@@ -212,28 +211,28 @@ def model(tracking_uri: str, name: str, version: int):
     files = sorted(Path(local).glob("*.pt"))
     if not files:
         raise Unavailable(f"{name} v{version}: its run logged no checkpoint")
-    net, method = load_trained(files[-1])
-    return net.eval(), method
+    return load_trained(files[-1])
 
 
-def _task(images: list[bytes], texts: list[str]):
+def own_mode(method: str) -> str:
+    """The method's own retrieval mode; runs of a method this code does not know are shown in global mode."""
+    from flair_core import METHODS
+
+    return METHODS[method].primary_mode if method in METHODS else "global"
+
+
+def _images(pngs: list[bytes]) -> list:
     from PIL import Image
 
-    from flair_core.evaluation.retrieval import RetrievalTask
-
-    return RetrievalTask(name="inspect", texts=texts, relevant=None, strict=None, num_images=len(images),
-                         images=lambda: (Image.open(io.BytesIO(png)).convert("RGB") for png in images))
+    return [Image.open(io.BytesIO(png)).convert("RGB") for png in pngs]
 
 
 @st.cache_resource(show_spinner="Encoding the test images…", max_entries=4)
 def gallery(tracking_uri: str, name: str, version: int, data_root: Path, limit: int) -> dict:
-    """Projected features of the first `limit` built-in test images under one model."""
-    from flair_core import get_tokenizer, get_transform
-    from flair_core.evaluation.retrieval import encode
+    """The first `limit` built-in test images embedded once under one model, for ranking against captions."""
+    from flair_core import embed_images
 
-    net, method = model(tracking_uri, name, version)
-    pngs = [x["png"] for x in test_images(data_root, limit)]
-    return encode(net, get_tokenizer(net.config), get_transform(net.config, train=False), _task(pngs, []), method)
+    return embed_images(model(tracking_uri, name, version), _images([x["png"] for x in test_images(data_root, limit)]))
 
 
 def caption_ranks(tracking_uri: str, name: str, version: int, data_root: Path, limit: int, caption: str,
@@ -241,22 +240,17 @@ def caption_ranks(tracking_uri: str, name: str, version: int, data_root: Path, l
     """Every gallery image (and the upload, if any) ranked for the caption in the method's own scoring mode."""
     import torch
 
-    from flair_core import get_tokenizer, get_transform
-    from flair_core.evaluation.retrieval import PRIMARY_MODE, encode, score
+    from flair_core import embed_images, rank_images
 
-    net, method = model(tracking_uri, name, version)
-    tokenizer, transform = get_tokenizer(net.config), get_transform(net.config, train=False)
-    features = dict(gallery(tracking_uri, name, version, data_root, limit))
+    net = model(tracking_uri, name, version)
+    images = dict(gallery(tracking_uri, name, version, data_root, limit))
     keys = [x["key"] for x in test_images(data_root, limit)]
     if upload is not None:
-        extra = encode(net, tokenizer, transform, _task([upload], []), method)
-        features = {k: torch.cat([v, extra[k]]) if v.ndim and k in extra else v for k, v in features.items()}
+        extra = embed_images(net, _images([upload]))
+        images = {k: torch.cat([v, extra[k]]) for k, v in images.items()}
         keys.append("upload")
-    text = encode(net, tokenizer, transform, _task([], [caption]), method)
-    features.update({k: v for k, v in text.items() if k.startswith("text")})
-    with torch.no_grad():
-        _, t2i = score(net, features, PRIMARY_MODE[method])  # (I, 1)
-    values = t2i[:, 0]
+    _, scores = rank_images(net, [caption], images)
+    values = scores[0]
     # rank 1 = best; ties count against the image, as in the retrieval metrics
     ranks = (values[None, :] >= values[:, None]).sum(1)
     table = pd.DataFrame({"image": keys, "score": values.tolist(), "rank": ranks.tolist()})
@@ -270,7 +264,7 @@ def attention_overlay(tracking_uri: str, name: str, version: int, png: bytes, ca
     from flair_core import get_tokenizer, get_transform
     from flair_core.evaluation.attention import attention_maps, overlay
 
-    net, _ = model(tracking_uri, name, version)
+    net = model(tracking_uri, name, version)
     image = Image.open(io.BytesIO(png)).convert("RGB")
     maps, zero = attention_maps(net, get_tokenizer(net.config), get_transform(net.config, False)(image), [caption])
     out = io.BytesIO()

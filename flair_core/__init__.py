@@ -1,6 +1,8 @@
 """flair_core: FLAIR and its CLIP-family baselines on shared open_clip towers.
 
-A library: it knows nothing of the orchestrators, trackers or UIs that drive it.
+A library: it knows nothing of the orchestrators, trackers or UIs that drive it. Its public face: models
+(`create_model`, `load_trained`), methods (`METHODS`, `get_method`, `register`) and inference
+(`score_pairs`, `rank_images`, `embed_images`, `embed_texts`, `score_matrix`).
 """
 
 from __future__ import annotations
@@ -12,22 +14,39 @@ from torch import nn
 
 from flair_core.checkpoint import CheckpointError, load_weights, read_state_dict
 from flair_core.config import ConfigError, ModelConfig, builtin_model_names, load_model_config
-from flair_core.methods import METHODS, get_method
+from flair_core.inference import (
+    embed_images,
+    embed_texts,
+    load_trained,
+    rank_images,
+    score_matrix,
+    score_pairs,
+)
+from flair_core.methods import METHODS, Method, get_method, method_of, register
 from flair_core.preprocess import get_tokenizer, get_transform
 
 __all__ = [
     "METHODS",
     "CheckpointError",
     "ConfigError",
+    "Method",
     "ModelConfig",
     "builtin_model_names",
     "create_model",
+    "embed_images",
+    "embed_texts",
     "get_method",
     "get_tokenizer",
     "get_transform",
     "load_model_config",
+    "load_trained",
     "load_weights",
+    "method_of",
+    "rank_images",
     "read_state_dict",
+    "register",
+    "score_matrix",
+    "score_pairs",
 ]
 
 
@@ -44,6 +63,7 @@ def create_model(
     config = model if isinstance(model, ModelConfig) else load_model_config(model)
     spec = get_method(method)
     net = spec.model(config, settings or spec.settings())
+    net.method_name = spec.name  # scoring and evaluation ask the model which method it is
     if pretrained is not None:
         load_weights(net, pretrained)
     return net

@@ -26,6 +26,17 @@ def cmd_models(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_methods(args: argparse.Namespace) -> None:
+    from flair_core import METHODS
+
+    for method in METHODS.values():
+        if args.names:
+            print(method.name)
+        else:
+            print(f"{method.name:10s} retrieval modes {', '.join(method.retrieval_modes)} (own: {method.primary_mode}); "
+                  f"segmentation {', '.join(method.segmentation_modes)}\n{'':10s} {method.summary}")
+
+
 def cmd_check_weights(args: argparse.Namespace) -> None:
     from flair_core import create_model
 
@@ -72,19 +83,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     import torch
 
-    from flair_core.compare import format_cell, noise_of
+    from flair_core.evaluation.comparison import format_cell, noise_of
+    from flair_core.evaluation.headline import headline
     from flair_core.evaluation.runner import EvalOptions, run_benchmark
     from flair_core.training.checkpoints import load_trained
 
     if not Path(args.root).is_dir():  # before loading anything
         raise ValueError(f"benchmark root {args.root} does not exist")
-    model, method = load_trained(args.checkpoint, args.model, args.method)
+    model = load_trained(args.checkpoint, args.model, args.method)
     options = EvalOptions(modes=tuple(args.mode), topk=args.topk, budget_mb=args.budget_mb,
                           dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision],
                           background_threshold=args.background_threshold, class_names=tuple(args.class_name),
                           device=args.device)
     start = time.perf_counter()
-    metrics = run_benchmark(model, method, args.benchmark, args.root, args.split, options)
+    metrics = run_benchmark(model, args.benchmark, args.root, args.split, options)
     metrics[f"seconds/{args.benchmark}"] = time.perf_counter() - start
     if args.out:
         out = Path(args.out)
@@ -92,20 +104,50 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True))
         tmp.replace(out)
-    for key, value in metrics.items():
-        if key.endswith(("t2i_r1", "i2t_r1", "/miou", "/top1")) and "strict" not in key:
-            print(f"{key:60s} {format_cell(value, *noise_of(metrics, key))}")
+    for key, value in headline(metrics).items():
+        print(f"{key:60s} {format_cell(value, *noise_of(metrics, key))}")
     if args.out:
         print(f"wrote {args.out}")
 
 
-def cmd_compare(args: argparse.Namespace) -> None:
-    from flair_core.compare import build_table, load_evals, load_loss_curves, to_markdown, write_reports
+def cmd_attention(args: argparse.Namespace) -> None:
+    import io
+    import json
 
-    table = build_table(load_evals(args.eval_dir))
-    curves = load_loss_curves(args.runs, list(table.runs)) if args.runs else None
-    written = write_reports(table, args.out, curves)
-    print(to_markdown(table))
+    import webdataset as wds
+    from PIL import Image
+
+    from flair_core import get_tokenizer, get_transform, load_trained, method_of
+    from flair_core.evaluation.attention import attention_maps, render_attention_png
+
+    model = load_trained(args.checkpoint, args.model, args.method)
+    method = method_of(model)
+    if "attention" not in method.segmentation_modes:
+        print(f"{method.name} has no text-conditioned attention: nothing written")
+        return
+    shards = sorted(str(p) for p in (Path(args.root) / args.split).glob("*.tar"))
+    if not shards:
+        raise ValueError(f"no {args.split} shards in {args.root}: generate the built-in data with `flair prepare`")
+    out = Path(args.out or Path(args.checkpoint) / "attention")
+    tokenizer, transform = get_tokenizer(model.config), get_transform(model.config, False)
+    for i, sample in enumerate(wds.WebDataset(shards, shardshuffle=False, empty_check=False)):
+        if i == args.count:
+            break
+        image = Image.open(io.BytesIO(sample["png"])).convert("RGB")
+        caption = json.loads(sample["json"])["sentences"][0]
+        maps, _ = attention_maps(model, tokenizer, transform(image), [caption])
+        path = render_attention_png(image.resize((256, 256)), maps[0], out / f"{sample['__key__']}.png")
+        path.with_suffix(".txt").write_text(caption)
+        print(f"wrote {path}: {caption}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from flair_core.evaluation import comparison
+
+    table = comparison.build_table(comparison.load_evals(args.eval_dir))
+    curves = comparison.load_loss_curves(args.runs, list(table.runs)) if args.runs else None
+    written = comparison.write_reports(table, args.out, curves)
+    print(comparison.to_markdown(table))
     print(f"wrote {', '.join(str(p) for p in written)}")
 
 
@@ -117,14 +159,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="flair", help="method whose head is counted (default: flair)")
     p.set_defaults(func=cmd_models)
 
+    p = sub.add_parser("methods", help="list the registered methods, their scoring modes and settings")
+    p.add_argument("--names", action="store_true", help="names only, one per line (for scripts)")
+    p.set_defaults(func=cmd_methods)
+
     p = sub.add_parser("prepare", help="generate the built-in scene data set into webdataset shards")
     p.add_argument("--out", required=True, help="output folder (replaced atomically when complete)")
-    p.add_argument("--params", help="YAML params file; its `data:` section is used")
+    p.add_argument("--params", action="append", default=[], metavar="FILE",
+                   help="YAML params file whose `data:` section is used (repeatable; later files override "
+                        "earlier ones key by key)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a data setting, e.g. --set train_images=1024 (repeatable)")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("train", help="train a method (run it under torchrun for several processes or nodes)")
+    from flair_core.methods import METHODS
+
+    p = sub.add_parser("train", help="train a method (run it under torchrun for several processes or nodes)",
+                       description=f"Train one of the methods {', '.join(METHODS)} (`flair methods` lists them; "
+                                   "their settings, method.settings.*, are in docs/training.md).")
     p.add_argument("--params", action="append", default=[], metavar="FILE",
                    help="params YAML (repeatable; later files override earlier ones section by section; a "
                         "file's `recipes: {<method>: ...}` applies to the method trained, before --set)")
@@ -135,18 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'auto': continue from the newest checkpoint in --out if any; or a checkpoint/run folder")
     p.set_defaults(func=cmd_train)
 
+    from flair_core.evaluation.runner import benchmark_names
+
     p = sub.add_parser("evaluate", help="evaluate a trained model on one benchmark")
     p.add_argument("checkpoint", help="run folder, training checkpoint, or weights file (then give --model)")
-    p.add_argument("--benchmark", required=True,
-                   help="retrieval: builtin_fine_grained, builtin_long, builtin_standard, coco, coco_karpathy_5k, "
-                        "flickr30k, docci_fg, iiw_fg, urban1k, dci, sharegpt4v_1k, sharegpt4v_10k; segmentation: "
-                        "builtin_segmentation, voc, voc20, ade20k, cityscapes; classification: "
-                        "builtin_classification, imagefolder")
+    p.add_argument("--benchmark", required=True, metavar="NAME",
+                   help="; ".join(f"{family}: {', '.join(benchmark_names(family))}"
+                                  for family in ("retrieval", "segmentation", "classification")))
     p.add_argument("--root", default="data/builtin", help="data root of the benchmark")
     p.add_argument("--split", help="benchmark split (built-in: test or val)")
+    modes = {family: sorted({m for method in METHODS.values() for m in getattr(method, f"{family}_modes")})
+             for family in ("retrieval", "segmentation")}
     p.add_argument("--mode", action="append", default=[],
-                   help="scoring mode(s), repeatable; retrieval: global, flair, topk, filip; segmentation: patch, "
-                        "attention; default: all the method offers")
+                   help=f"scoring mode(s), repeatable; retrieval: {', '.join(modes['retrieval'])}; segmentation: "
+                        f"{', '.join(modes['segmentation'])}; default: all the model's method offers (flair methods)")
     p.add_argument("--topk", type=int, default=128, help="k of the top-k retrieval mode")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="FLAIR-mode pooling precision")
     p.add_argument("--budget-mb", type=float, default=512, help="working-memory budget of FLAIR scoring")
@@ -158,10 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="metrics JSON to write (atomically)")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("attention", help="draw a FLAIR model's text-conditioned attention on built-in test images")
+    p.add_argument("checkpoint", help="run folder, training checkpoint, or weights file (then give --model)")
+    p.add_argument("--root", default="data/builtin", help="built-in data root (its webdataset shards)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--count", type=int, default=2, help="images, each with its first sentence")
+    p.add_argument("--out", help="folder for <key>.png and <key>.txt (default: <checkpoint>/attention)")
+    p.add_argument("--model", help="model config for a bare weights file")
+    p.add_argument("--method", default="flair", help="method for a bare weights file")
+    p.set_defaults(func=cmd_attention)
+
     p = sub.add_parser("compare", help="one table of every run's key metrics from eval/<run>/<benchmark>.json files")
     p.add_argument("eval_dir", help="folder of <run>/<benchmark>.json files written by `flair evaluate --out`")
-    p.add_argument("--out", required=True, help="report folder: compare.md/.csv/.json and bar-chart PNGs")
-    p.add_argument("--runs", help="folder of run folders: adds their loss curves (train_loss.csv, compare_loss.png)")
+    p.add_argument("--out", required=True, help="report folder: compare.md/.csv/.json (dvc.yaml plots draw the CSVs)")
+    p.add_argument("--runs", help="folder of run folders: adds their loss curves (train_loss.csv)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("check-weights", help="load a checkpoint (e.g. flair-cc3m-recap.pt) and report")

@@ -14,11 +14,13 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
-class _Frozen(BaseModel):
+class Frozen(BaseModel):
+    """The base of every configuration and settings model: immutable once validated, unknown keys refused."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class VisionConfig(_Frozen):
+class VisionConfig(Frozen):
     image_size: int = Field(224, gt=0)
     patch_size: int = Field(16, gt=0)
     width: int = Field(768, gt=0)
@@ -41,7 +43,7 @@ class VisionConfig(_Frozen):
         return (self.image_size // self.patch_size) ** 2
 
 
-class TextConfig(_Frozen):
+class TextConfig(Frozen):
     context_length: int = Field(77, gt=1)
     vocab_size: int = Field(49408, gt=0)
     width: int = Field(512, gt=0)
@@ -56,7 +58,7 @@ class TextConfig(_Frozen):
         return self
 
 
-class ModelConfig(_Frozen):
+class ModelConfig(Frozen):
     embed_dim: int = Field(512, gt=0)
     init_logit_scale: float = math.log(1 / 0.07)
     init_logit_bias: float | None = -10.0

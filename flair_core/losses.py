@@ -52,8 +52,8 @@ def sigmoid_loss_sum(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tens
     return -F.logsigmoid(signs * logits).sum()
 
 
-def band(rows: int, cols: int, width: int, device: torch.device, step: int, first_row: int = 0) -> torch.Tensor:
-    """Boolean (rows, cols): True where step·r <= col < step·r + width, r = first_row + row index."""
+def positive_mask(rows: int, cols: int, width: int, device: torch.device, step: int, first_row: int = 0) -> torch.Tensor:
+    """Each row's positives as a boolean (rows, cols) mask: the `width` columns from step·r, r = first_row + row."""
     start = (torch.arange(rows, device=device)[:, None] + first_row) * step
     col = torch.arange(cols, device=device)[None, :]
     return (col >= start) & (col < start + width)

@@ -6,6 +6,7 @@ greater than or equal to 1`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -54,8 +55,15 @@ def validate(model: type[M], data: dict, source: str, prefix: str = "") -> M:
         raise ConfigError(one_line_validation_error(err, source, prefix)) from None
 
 
-def load_section(model: type[M], section: str, path: str | Path | None, overrides: list[str] = ()) -> M:
-    """The `section` of a params file (absent file = defaults), overridden by `section.key=value` items."""
-    data = read_yaml(path) if path else {}
-    data = apply_overrides(data, [o if o.startswith(f"{section}.") else f"{section}.{o}" for o in overrides])
-    return validate(model, data.get(section) or {}, str(path or "params"), prefix=section)
+def load_section(model: type[M], section: str, paths: str | Path | Sequence[str | Path] | None,
+                 overrides: list[str] = ()) -> M:
+    """The `section` of one or more params files, merged key by key (later wins; no file = defaults), then
+    overridden by `section.key=value` items."""
+    paths = [paths] if isinstance(paths, str | Path) else list(paths or [])
+    merged: dict = {}
+    for path in paths:
+        values = read_yaml(path).get(section) or {}
+        mapping = isinstance(values, dict) and isinstance(merged, dict)
+        merged = {**merged, **values} if mapping else values  # not a mapping: `validate` names it
+    data = apply_overrides({section: merged}, [o if o.startswith(f"{section}.") else f"{section}.{o}" for o in overrides])
+    return validate(model, data.get(section) or {}, ", ".join(map(str, paths)) or "params", prefix=section)

@@ -1,7 +1,9 @@
 """The shared image and text towers: open_clip's ViT and causal text transformer, returning tokens.
 
 Every method (FLAIR, CLIP, FILIP, DreamLIP) subclasses `DualTowers` and adds its own head on top, so all of
-them train the very same encoder code. Parameter names follow open_clip's CLIP layout (text parts inlined at
+them train the very same encoder code. A head provides `image_post`, `text_post` and `logit_scale`; the
+scoring defaults here (global embeddings, `global` mode) serve every method, and methods that score local
+tokens extend `embed_images`, `embed_texts` and `retrieval_scores`. Parameter names follow open_clip's CLIP layout (text parts inlined at
 the top level, no `text.` prefix), which is also the layout of the released FLAIR checkpoints.
 """
 
@@ -13,6 +15,7 @@ from open_clip.transformer import text_global_pool
 from torch import nn
 
 from flair_core.config import ModelConfig
+from flair_core.evaluation import scores
 
 
 class DualTowers(nn.Module):
@@ -80,6 +83,25 @@ class DualTowers(nn.Module):
         # The EOT id is the largest in the vocabulary, so argmax finds it; the causal mask keeps padding after
         # it from leaking in, so no padding mask is needed.
         return text_global_pool(x, ids, pool_type="argmax"), x
+
+    def embed_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What retrieval keeps per image: images (B, 3, H, W) -> {"image_features": (B, D)}."""
+        image_global, _ = self.encode_image(images)
+        return {"image_features": self.image_post(image_global)}
+
+    def embed_texts(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What retrieval keeps per text: ids (T, C) -> {"text_features": (T, D)}."""
+        text_global, _ = self.encode_text(ids)
+        return {"text_features": self.text_post(text_global)}
+
+    def retrieval_scores(self, features: dict[str, torch.Tensor], mode: str, topk: int = 128,
+                         dtype: torch.dtype | None = None, budget_mb: float = 512
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(i2t, t2i) score matrices (I, T) in one scoring mode, from embedded images and texts + logit_scale."""
+        if mode == "global":
+            g = scores.global_scores(features["image_features"], features["text_features"], features["logit_scale"])
+            return g, g
+        raise ValueError(f"unknown retrieval mode {mode!r} for {type(self).__name__}")
 
 
 class Projection(nn.Module):

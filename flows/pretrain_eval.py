@@ -24,14 +24,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import INPUTS
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flair_core.compare import format_cell, noise_of
-from flair_core.evaluation.retrieval import PRIMARY_MODE
+from flair_core.evaluation.comparison import format_cell, noise_of
+from flair_core.evaluation.headline import headline, promotion_metric
+from flair_core.evaluation.runner import benchmark_names
+from flair_core.methods import get_method
 from flows import tracking
 
 REPO = Path(__file__).resolve().parents[1]
 FLAIR = [sys.executable, "-m", "flair_core.cli"]
-BENCHMARKS = ["builtin_fine_grained", "builtin_long", "builtin_standard", "builtin_segmentation",
-              "builtin_classification"]
+BENCHMARKS = [name for name in benchmark_names() if name.startswith("builtin_")]  # every family, built-in data
 
 
 def run_command(command: list[str], what: str, threads: int | None = None) -> str:
@@ -97,33 +98,10 @@ def evaluate(run_dir: str, benchmark: str, data_root: str, threads: int) -> dict
 @task
 def attention_pngs(run_dir: str, data_root: str, count: int = 2) -> list[str]:
     """Text-conditioned attention maps of a few test images with one of their sentences (FLAIR only)."""
-    import io
-
-    import webdataset as wds
-    from PIL import Image
-
-    from flair_core import get_tokenizer, get_transform
-    from flair_core.evaluation.attention import attention_maps, render_attention_png
-    from flair_core.training.checkpoints import load_trained
-
-    model, method = load_trained(run_dir)
-    if method != "flair":
-        return []
-    shards = sorted(str(p) for p in (Path(data_root) / "test").glob("*.tar"))
-    paths = []
-    for i, sample in enumerate(wds.WebDataset(shards, shardshuffle=False, empty_check=False)):
-        if i == count:
-            break
-        image = Image.open(io.BytesIO(sample["png"])).convert("RGB")
-        caption = json.loads(sample["json"])["sentences"][0]
-        maps, _ = attention_maps(model, get_tokenizer(model.config), get_transform(model.config, False)(image),
-                                 [caption])
-        path = Path(run_dir) / "attention" / f"{sample['__key__']}.png"
-        path.parent.mkdir(exist_ok=True)
-        render_attention_png(image.resize((256, 256)), maps[0], path)
-        (path.with_suffix(".txt")).write_text(caption)
-        paths.append(str(path))
-    return paths
+    out = Path(run_dir) / "attention"
+    run_command([*FLAIR, "attention", run_dir, "--root", data_root, "--count", str(count), "--out", str(out)],
+                "attention maps")
+    return [str(p) for p in sorted(out.glob("*.png"))] if out.is_dir() else []
 
 
 @task(retries=2, retry_delay_seconds=5)
@@ -138,7 +116,7 @@ def promote(method: str, version: str, run_id: str, primary: str, tolerance: flo
 
 
 def check_services() -> None:
-    from flows.services import check_up
+    from services.stack import check_up
 
     problems = check_up(dict(os.environ))
     if problems:
@@ -173,15 +151,15 @@ def pretrain_eval(method: str = "flair", params_file: str = "params/cpu.yaml", o
         metrics.update(result)
     eval_seconds = time.perf_counter() - phase
     pngs = attention_pngs(run_dir, data_root)
-    preset = yaml.safe_load(params_text).get("train", {}).get("model", "")
+    preset = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())["train"]["model"]  # as resolved
     tags = {"run_key": run_key, "git_commit": commit, "data_hash": data_hash,
             "data_level": tracking.data_level(REPO / data_root), "method": method, "preset": preset}
     run_id, version = log_and_register(run_dir, method, metrics, tags, experiment, pngs)
-    primary = primary_metric or f"retrieval/builtin_fine_grained/{PRIMARY_MODE[method]}/t2i_r1"
+    primary = primary_metric or promotion_metric(get_method(method).primary_mode)
     decision = promote(method, version, run_id, primary, regression_tolerance)
     logger.info("%s v%s → %s: %s", tracking.registered_name(method), version, decision["alias"], decision["reason"])
     rows = "\n".join(f"| {k} | {format_cell(v, *noise_of(metrics, k))} |"
-                     for k, v in sorted(tracking.compared(metrics).items()))
+                     for k, v in sorted(headline(metrics).items()))
     link = f"{os.environ.get('MLFLOW_TRACKING_URI', '')}/#/experiments/{tracking.experiment_id(experiment)}/runs/{run_id}"
     create_markdown_artifact(
         key=f"pretrain-eval-{method}",
@@ -194,7 +172,7 @@ def pretrain_eval(method: str = "flair", params_file: str = "params/cpu.yaml", o
               "overhead_seconds": total - train_seconds - eval_seconds}
     logger.info("timing: %s", {k: round(v, 1) for k, v in timing.items()})
     return {"method": method, "run_dir": run_dir, "run_id": run_id, "version": version, **decision,
-            "metrics": tracking.compared(metrics), **timing}
+            "metrics": headline(metrics), **timing}
 
 
 def main() -> None:

@@ -22,23 +22,15 @@ def _image_bytes(value) -> bytes:
 
 class ImageTextScorer(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from flair_core import get_tokenizer, get_transform
-        from flair_core.training.checkpoints import load_trained
+        from flair_core import load_trained
 
-        self.model, self.method = load_trained(context.artifacts["checkpoint"])
-        self.tokenizer = get_tokenizer(self.model.config)
-        self.transform = get_transform(self.model.config, train=False)
+        self.model = load_trained(context.artifacts["checkpoint"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.Series:
-        import torch
         from PIL import Image
 
-        from flair_core.evaluation.retrieval import PRIMARY_MODE, RetrievalTask, encode, score
+        from flair_core import score_pairs
 
         images = [Image.open(io.BytesIO(_image_bytes(v))).convert("RGB") for v in model_input["image"]]
         captions = [str(c) for c in model_input["caption"]]
-        n = len(captions)
-        task = RetrievalTask("predict", captions, torch.eye(n, dtype=torch.bool), None, lambda: iter(images), n)
-        features = encode(self.model, self.tokenizer, self.transform, task, self.method)
-        i2t, _ = score(self.model, features, PRIMARY_MODE[self.method], topk=1)
-        return pd.Series(i2t.diagonal().tolist(), name="score")
+        return pd.Series(score_pairs(self.model, images, captions).tolist(), name="score")

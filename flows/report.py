@@ -1,6 +1,6 @@
 """The main job's closing table: per method, the newest registered version's key metrics and its alias.
 
-    python -m flows.report --methods flair clip filip dreamlip
+    python -m flows.report [--methods flair clip ...]    # default: every registered method
 """
 
 from __future__ import annotations
@@ -10,18 +10,10 @@ import os
 
 from mlflow import MlflowClient
 
-from flair_core.compare import format_cell, noise_of
-from flair_core.evaluation.retrieval import PRIMARY_MODE
+from flair_core.evaluation.comparison import main_table
+from flair_core.evaluation.headline import MAIN_TABLE
+from flair_core.methods import METHODS, get_method
 from flows.tracking import registered_name
-
-COLUMNS = [
-    ("fine-grained t2i R@1", "retrieval/builtin_fine_grained/{mode}/t2i_r1"),
-    ("fine-grained i2t R@1", "retrieval/builtin_fine_grained/{mode}/i2t_r1"),
-    ("long t2i R@1", "retrieval/builtin_long/{mode}/t2i_r1"),
-    ("standard t2i R@1", "retrieval/builtin_standard/{mode}/t2i_r1"),
-    ("seg mIoU", "segmentation/builtin_segmentation/patch/miou"),
-    ("cls top-1", "classification/builtin_classification/zeroshot/top1"),
-]
 
 
 def rows(methods: list[str]) -> list[list[str]]:
@@ -30,7 +22,7 @@ def rows(methods: list[str]) -> list[list[str]]:
     for method in methods:
         versions = client.search_model_versions(f"name = '{registered_name(method)}'")
         if not versions:
-            table.append([method, "-", "not registered", "-"] + ["-"] * len(COLUMNS))
+            table.append([method, "-", "not registered", "-"] + ["-"] * len(MAIN_TABLE))
             continue
         newest = max(versions, key=lambda v: int(v.version))
         metrics = client.get_run(newest.run_id).data.metrics
@@ -48,9 +40,10 @@ def budget(metrics: dict[str, float]) -> str:
 
 
 def cells(metrics: dict[str, float], method: str) -> list[str]:
-    """Each column in the method's own mode: value, [95 % interval] and (chance) where recorded, else '-'."""
-    keys = [key.format(mode=PRIMARY_MODE[method]) for _, key in COLUMNS]
-    return [format_cell(metrics[k], *noise_of(metrics, k)) if k in metrics else "-" for k in keys]
+    """The main table's row of a run (`main_table`: each column in the method's own mode): value, [95 %
+    interval] and (chance) where recorded, else '-'."""
+    table = main_table({method: metrics}, {method: get_method(method).primary_mode})
+    return [table.cell(method, c.key) if table.value(method, c.key) is not None else "-" for c in table.columns]
 
 
 def urls() -> dict[str, str]:
@@ -61,9 +54,9 @@ def urls() -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=list(PRIMARY_MODE))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     args = parser.parse_args()
-    header = ["method", "version", "alias", "training"] + [name for name, _ in COLUMNS]
+    header = ["method", "version", "alias", "training"] + [column.label for column in MAIN_TABLE]
     table = rows(args.methods)
     widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
     for row in [header, ["-" * w for w in widths], *table]:

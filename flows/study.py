@@ -17,22 +17,18 @@ from typing import Literal
 import optuna
 import sqlalchemy.exc
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from flair_core.config import ConfigError
+from flair_core.config import ConfigError, Frozen
 from flair_core.params import apply_overrides, read_yaml, validate
-from flair_core.training.config import RunConfig, load_run_config, merge_sections, with_recipe
+from flair_core.training.config import RunConfig, load_run_config, merged_params
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 # Heartbeats (how a killed worker's trial gets marked failed) are "experimental" since Optuna 2.9.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ParamSpace(_Frozen):
+class ParamSpace(Frozen):
     """One searched setting, named by its params key (e.g. `sampling.k`)."""
 
     type: Literal["int", "float", "categorical"]
@@ -60,12 +56,12 @@ class ParamSpace(_Frozen):
         return [int(self.low), int(self.high)] if self.type == "int" else [self.low, self.high]
 
 
-class Objective(_Frozen):
+class Objective(Frozen):
     metric: str = Field(description="a validation metric name, e.g. retrieval/builtin_fine_grained/flair/t2i_r1")
     direction: Literal["maximize", "minimize"] = "maximize"
 
 
-class SweepConfig(_Frozen):
+class SweepConfig(Frozen):
     study: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     storage: str = Field("sqlite:///sweeps/optuna.db", description="SQLAlchemy URL: sqlite:///… or postgresql://…")
     base_params: tuple[str, ...] = ("params/cpu.yaml",)
@@ -226,12 +222,9 @@ def pick_trial(study: optuna.Study, config: SweepConfig) -> optuna.trial.FrozenT
 def write_best_params(study: optuna.Study, config: SweepConfig, out: str | Path) -> tuple[Path, int]:
     """A complete params file (the base files merged, the trial's values applied) for `pretrain-eval`."""
     trial = pick_trial(study, config)
-    merged: dict = {}
-    for path in config.base_params:
-        merged = merge_sections(merged, read_yaml(path))
-    # the swept method's recipe is resolved into the file, so the trial's values are the last word
-    overrides = as_overrides(trial.params)
-    merged = apply_overrides(with_recipe(merged, overrides, ", ".join(config.base_params)), overrides)
+    # the run config's own merge; the swept method's recipe is resolved into the file, so the trial's values
+    # stay the last word
+    merged = merged_params(list(config.base_params), as_overrides(trial.params))
     validate(RunConfig, merged, str(out))
     values = ", ".join(f"{o.metric} = {v:.2f}" for o, v in zip(config.objectives, trial.values, strict=True))
     header = (f"# Best trial {trial.number} of study {config.study!r} ({safe_url(config.storage)}): {values}.\n"

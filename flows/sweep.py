@@ -105,6 +105,8 @@ def summary_markdown(summary: dict) -> str:
         lines += [f"Best trial {best['number']}: {values}", "", "| setting | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in best["params"].items()]
         lines += ["", f"Params file: `{summary.get('best_params_file')}`"]
+    if summary.get("separation"):
+        lines += ["", f"Separation (95 % validation intervals): {summary['separation']['text']}"]
     for metric, values in summary["importances"].items():
         if values:
             lines += ["", f"Importances for {metric}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items())]
@@ -141,7 +143,7 @@ def sweep(config_file: str = "params/sweep.yaml", overrides: list[str] | None = 
     if failed and not summary["best"]:
         raise RuntimeError(f"all {len(failed)} workers failed and no trial completed")
     return {"parent_run_id": parent, "failed_workers": len(failed),
-            **{k: summary[k] for k in ("study", "states", "best", "importances")},
+            **{k: summary.get(k) for k in ("study", "states", "best", "importances", "separation")},
             "best_params_file": summary.get("best_params_file")}
 
 

@@ -38,6 +38,36 @@ def importances(study: optuna.Study, config: SweepConfig) -> dict[str, dict[str,
     return out
 
 
+def validation_interval(trial: optuna.trial.FrozenTrial, metric: str) -> dict[str, float] | None:
+    """The trial's last validation of `metric`: its bootstrap interval and chance level, read from the trial's
+    `val_metrics.jsonl` (none for a trial that never validated or whose folder is gone)."""
+    path = Path(trial.user_attrs.get("run_dir", "")) / "val_metrics.jsonl"
+    if not trial.user_attrs.get("run_dir") or not path.is_file():
+        return None
+    lines = path.read_text().splitlines()
+    last = json.loads(lines[-1]) if lines else {}
+    if f"{metric}_ci_low" not in last:
+        return None
+    return {"ci_low": last[f"{metric}_ci_low"], "ci_high": last[f"{metric}_ci_high"],
+            "chance": last.get(f"{metric}_chance")}
+
+
+def separation(trials: list[dict], objective) -> dict | None:
+    """Which finished trials the best one beats beyond its own interval: a setting only wins if the others'
+    values lie outside the best trial's 95 % interval (single objective, complete trials with intervals)."""
+    scored = [t for t in trials if t["state"] == "COMPLETE" and t["values"] and t.get("interval")]
+    if len(scored) < 2:
+        return None
+    sign = 1 if objective.direction == "maximize" else -1
+    best = max(scored, key=lambda t: sign * t["values"][0])
+    bound = best["interval"]["ci_low"] if sign > 0 else best["interval"]["ci_high"]
+    beaten = [t["number"] for t in scored if t is not best and sign * (t["values"][0] - bound) < 0]
+    within = [t["number"] for t in scored if t is not best and t["number"] not in beaten]
+    return {"best": best["number"], "bound": bound, "beaten": beaten, "within": within,
+            "text": f"trial {best['number']} is beyond its interval of {len(beaten)} of {len(scored) - 1} other "
+                    f"complete trials; {len(within)} lie within it (not separable from the best)"}
+
+
 def summarize(study: optuna.Study, config: SweepConfig) -> dict:
     trials = [t for t in study.get_trials(deepcopy=False) if not is_surplus(t)]
     counts: dict[str, int] = {}
@@ -54,8 +84,11 @@ def summarize(study: optuna.Study, config: SweepConfig) -> dict:
     summary["trials"] = [{"number": t.number, "state": t.state.name, "values": t.values, "params": t.params,
                           "last_step": t.last_step,
                           "seconds": t.duration.total_seconds() if t.duration else None,
-                          "started": t.datetime_start.isoformat() if t.datetime_start else None}
+                          "started": t.datetime_start.isoformat() if t.datetime_start else None,
+                          "interval": validation_interval(t, config.objectives[0].metric)}
                          for t in trials]
+    if len(config.objectives) == 1:
+        summary["separation"] = separation(summary["trials"], config.objectives[0])
     return summary
 
 
@@ -68,8 +101,7 @@ def plot_objective_vs_params(summary: dict, config: SweepConfig, out: Path) -> l
         for trial in summary["trials"]:
             if key in trial["params"] and trial["values"]:
                 value = trial["params"][key]
-                ax.scatter([str(value) if isinstance(value, str | bool) else value], [trial["values"][0]],
-                           color=STATE_COLOURS.get(trial["state"], "black"), s=22)
+                _point(ax, str(value) if isinstance(value, str | bool) else value, trial)
         ax.set_xlabel(key)
         ax.set_ylabel(objective.split("/", 1)[-1], fontsize=8)
         ax.set_title(f"{objective.split('/')[1]} vs {key}", fontsize=9)
@@ -79,6 +111,18 @@ def plot_objective_vs_params(summary: dict, config: SweepConfig, out: Path) -> l
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _point(ax, x, trial: dict) -> None:
+    """One trial's objective, with its 95 % validation interval as an error bar when known."""
+    y = trial["values"][0]
+    colour = STATE_COLOURS.get(trial["state"], "black")
+    interval = trial.get("interval")
+    if interval:
+        ax.errorbar([x], [y], yerr=[[y - interval["ci_low"]], [interval["ci_high"] - y]], fmt="o",
+                    color=colour, markersize=4, elinewidth=1, capsize=2)
+    else:
+        ax.scatter([x], [y], color=colour, s=22)
 
 
 def plot_importances(summary: dict, out: Path) -> Path | None:
@@ -113,8 +157,7 @@ def plot_history(summary: dict, config: SweepConfig, out: Path) -> Path:
     else:
         for trial in summary["trials"]:
             if trial["values"]:
-                ax.scatter(trial["number"], trial["values"][0], color=STATE_COLOURS.get(trial["state"], "black"),
-                           s=22)
+                _point(ax, trial["number"], trial)
         ax.set_xlabel("trial")
         ax.set_ylabel(config.objectives[0].metric.split("/", 1)[-1], fontsize=8)
         name = "history.png"
@@ -133,10 +176,13 @@ def write_report(study: optuna.Study, config: SweepConfig) -> tuple[dict, list[P
     with open(out / "trials.csv", "w", newline="") as f:
         writer = csv.writer(f)
         names = [o.metric for o in config.objectives]
-        writer.writerow(["number", "state", *names, *config.space, "last_step", "seconds"])
+        writer.writerow(["number", "state", *names, "ci_low", "ci_high", "chance", *config.space, "last_step",
+                         "seconds"])
         for t in summary["trials"]:
             values = t["values"] or [None] * len(names)
-            writer.writerow([t["number"], t["state"], *values, *(t["params"].get(k) for k in config.space),
+            interval = t["interval"] or {}
+            writer.writerow([t["number"], t["state"], *values, interval.get("ci_low"), interval.get("ci_high"),
+                             interval.get("chance"), *(t["params"].get(k) for k in config.space),
                              t["last_step"], t["seconds"]])
     files = [out / "summary.json", out / "trials.csv", plot_history(summary, config, out),
              *plot_objective_vs_params(summary, config, out)]

@@ -6,16 +6,23 @@ JSONs): MLflow records those same files rather than anything computed here.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import time
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+from PIL import Image
 
-from flair_core.compare import noise_of
+from flair_core.evaluation.comparison import noise_of
+from flair_core.evaluation.headline import headline
 from flair_core.training.checkpoints import newest
 from flows.pyfunc_model import ImageTextScorer
 
@@ -23,7 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 # Pinned so that logging never resolves requirements over the network (and takes ~1 s, not ~5 s).
 PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "open_clip_torch==3.3.0", "webdataset==1.0.2",
                     "pydantic>=2.7,<3", "pyyaml", "safetensors", "pandas", "mlflow==3.17.2"]
-COMPARED_SUFFIXES = ("t2i_r1", "i2t_r1", "/miou", "/top1")
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, str]:
@@ -116,7 +122,7 @@ def log_training_run(run_dir: Path, method: str, eval_metrics: dict[str, float],
         info = mlflow.pyfunc.log_model(
             name="model", python_model=ImageTextScorer(), artifacts={"checkpoint": str(checkpoint)},
             pip_requirements=PIP_REQUIREMENTS, code_paths=[str(REPO / "flair_core"), str(REPO / "flows")],
-            registered_model_name=name,
+            registered_model_name=name, signature=SIGNATURE, input_example=input_example(),
         )
         version = info.registered_model_version
         for key in ("run_key", "git_commit", "data_hash", "data_level", "method", "preset"):
@@ -124,8 +130,17 @@ def log_training_run(run_dir: Path, method: str, eval_metrics: dict[str, float],
     return run.info.run_id, str(version)
 
 
-def compared(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if k.endswith(COMPARED_SUFFIXES) and "/strict_" not in k}
+# What `predict` takes and returns, so pyfunc users see it in the registry (flows/pyfunc_model.py).
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "image"), ColSpec("string", "caption")]),  # image: base64 of PNG/JPEG bytes
+    outputs=Schema([ColSpec("double", "score")]),
+)
+
+
+def input_example() -> pd.DataFrame:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(buffer, format="PNG")
+    return pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode()], "caption": ["a red square."]})
 
 
 def decide(candidate: dict[str, float], champion: dict[str, float] | None, primary: str,
@@ -158,7 +173,7 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, prima
     if interval and low <= best:
         return "challenger", (f"{primary} gain +{gain:.2f} over {best:.2f} is within the interval{interval}: "
                               "stays challenger")
-    regressions = {k: champion[k] - v for k, v in compared(candidate).items()
+    regressions = {k: champion[k] - v for k, v in headline(candidate).items()
                    if k in champion and champion[k] - v > tolerance}
     if regressions:
         worst = max(regressions, key=regressions.get)

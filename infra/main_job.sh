@@ -5,14 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 NAME=${FLAIR_DEPLOYMENT:-cpu}
-METHODS=${FLAIR_METHODS:-"flair clip filip dreamlip"}
+METHODS=${FLAIR_METHODS:-$($PY -m flair_core.cli methods --names | tr '\n' ' ')}  # default: every registered method
 ROOT=${FLAIR_SERVICES_ROOT:-.services}
 export DVC_NO_ANALYTICS=1
 export PATH="$PWD/.venv/bin:$PATH"  # DVC stages and the deployment call `flair`, `dvc` and `prefect`
 
 start=$(date +%s)
-$PY -m flows.services start --root "$ROOT"
-eval "$($PY -m flows.services env --root "$ROOT")"
+$PY -m services start --root "$ROOT"
+eval "$($PY -m services env --root "$ROOT")"
 
 # Serve the deployment in the background; stop it before anything else on exit (a serve process left
 # running while the server stops hangs the shutdown).
@@ -34,6 +34,6 @@ done
 $PY -m dashboard.serve start --root "$ROOT"
 $PY -m flows.report --methods $METHODS
 echo "main job took $(( $(date +%s) - start )) s"
-$PY -m flows.services status --root "$ROOT"
+$PY -m services status --root "$ROOT"
 echo "Open the dashboard at http://127.0.0.1:8501 (Compare, Paper, Sweeps, Registry, Inspect);"
 echo "from another machine: ssh -L 8501:127.0.0.1:8501 <this host>. Stop everything with: make services-down"

@@ -9,14 +9,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from flair_core import create_model, get_tokenizer, get_transform, load_model_config
-from flair_core.data.errors import DataError
-from flair_core.evaluation.classification import (
+from flair_core.data.classification_sets import (
     builtin_classification,
-    evaluate_classification,
     imagefolder_classification,
     shard_samples,
-    topk_accuracy,
 )
+from flair_core.data.errors import DataError
+from flair_core.evaluation.classification import evaluate_classification, topk_accuracy
 from flair_core.evaluation.templates import CLIP_BEST, FILIP, class_text_embeddings, resolve_templates
 
 

@@ -35,3 +35,21 @@ def test_check_weights_errors_are_one_line(tmp_path):
     result = run("check-weights", str(tmp_path / "w.pt"), "--model", "tiny-64")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "does not match the model" in result.stderr
+
+
+def test_attention_draws_flair_maps_and_says_why_other_methods_have_none(tmp_path, tiny_data):
+    from flair_core.cli import main
+
+    torch.save(create_model("micro-32").state_dict(), tmp_path / "flair.pt")
+    assert main(["attention", str(tmp_path / "flair.pt"), "--model", "micro-32", "--root", str(tiny_data),
+                 "--count", "2", "--out", str(tmp_path / "maps")]) == 0
+    pngs = sorted((tmp_path / "maps").glob("*.png"))
+    assert len(pngs) == 2 and all(p.with_suffix(".txt").read_text() for p in pngs)
+
+    torch.save(create_model("micro-32", "clip").state_dict(), tmp_path / "clip.pt")
+    result = run("attention", str(tmp_path / "clip.pt"), "--model", "micro-32", "--method", "clip", "--root",
+                 str(tiny_data), "--out", str(tmp_path / "none"))
+    assert result.returncode == 0 and "clip has no text-conditioned attention" in result.stdout
+    assert not (tmp_path / "none").exists()
+    missing = run("attention", str(tmp_path / "flair.pt"), "--model", "micro-32", "--root", str(tmp_path))
+    assert missing.returncode == 2 and "no test shards" in missing.stderr and missing.stderr.count("\n") == 1

@@ -1,13 +1,19 @@
-"""`flair compare`: hand-made eval files -> the right number in the right cell, one mode per cell, bad input."""
+"""The comparison table (`flair_core.evaluation.comparison`): hand-made eval files -> the right number in the
+right cell, one mode per cell, bad input; `flair compare`'s files; the main table of flows.report and the
+dashboard."""
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
-from PIL import Image
+import yaml
 
-from flair_core import compare
 from flair_core.cli import main
+from flair_core.evaluation import comparison as compare
+from flair_core.evaluation.headline import MAIN_TABLE
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def retrieval(benchmark: str, modes: dict[str, tuple[float, float]]) -> dict[str, float]:
@@ -101,13 +107,11 @@ def test_table_cells_modes_and_order(eval_dir):
     assert table.modes[("clip", "builtin_classification")] == "zeroshot"
 
 
-def test_markdown_csv_json_and_charts(eval_dir, runs_dir, tmp_path):
+def test_markdown_csv_json_and_loss_csv(eval_dir, runs_dir, tmp_path):
     table = compare.build_table(compare.load_evals(eval_dir))
     written = compare.write_reports(table, tmp_path / "reports",
                                     compare.load_loss_curves(runs_dir, list(table.runs)))
-    assert sorted(p.name for p in written) == sorted(
-        ["compare.md", "compare.csv", "compare.json", "compare_retrieval.png", "compare_dense.png",
-         "train_loss.csv", "compare_loss.png"])
+    assert sorted(p.name for p in written) == ["compare.csv", "compare.json", "compare.md", "train_loss.csv"]
     out = tmp_path / "reports"
 
     md = (out / "compare.md").read_text().splitlines()
@@ -136,26 +140,14 @@ def test_markdown_csv_json_and_charts(eval_dir, runs_dir, tmp_path):
     with (out / "train_loss.csv").open() as f:
         loss = list(csv.reader(f))
     assert loss == [["step", "flair", "clip"], ["1", "5.0", "2.0"], ["2", "4.0", "1.5"], ["3", "3.0", ""]]
-    for name in ("compare_retrieval.png", "compare_dense.png", "compare_loss.png"):
-        with Image.open(out / name) as image:
-            assert image.format == "PNG" and image.width > 300
-
-
-def test_charts_without_matplotlib(eval_dir, runs_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(compare, "_matplotlib", lambda: None)  # the PIL fallback
-    only_retrieval = {"flair": dict(EVALS["flair"]["builtin_fine_grained"])}
-    table = compare.build_table(only_retrieval)
-    compare.write_reports(table, tmp_path / "r", compare.load_loss_curves(runs_dir, ["flair"]))
-    for name in ("compare_retrieval.png", "compare_dense.png", "compare_loss.png"):  # dense: "no data"
-        with Image.open(tmp_path / "r" / name) as image:
-            assert image.format == "PNG"
 
 
 def test_cli_writes_reports(eval_dir, runs_dir, tmp_path, capsys):
     assert main(["compare", str(eval_dir), "--runs", str(runs_dir), "--out", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
     assert "| flair | **40.00** |" in out and "wrote" in out
-    assert (tmp_path / "rep" / "compare_loss.png").is_file()
+    assert (tmp_path / "rep" / "train_loss.csv").is_file()
+    assert not list((tmp_path / "rep").glob("*.png"))  # drawing is the platform's (dvc.yaml plots)
     assert main(["compare", str(eval_dir), "--out", str(tmp_path / "rep2")]) == 0  # no --runs: no curves
     assert not (tmp_path / "rep2" / "train_loss.csv").exists()
 
@@ -187,7 +179,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case, message):
     assert not (tmp_path / "out" / "compare.md").exists()  # nothing written on bad input
 
 
-def test_interval_and_chance_in_markdown_csv_and_json(eval_dir, tmp_path, monkeypatch):
+def test_interval_and_chance_in_markdown_csv_and_json(eval_dir, tmp_path):
     path = eval_dir / "flair" / "builtin_fine_grained.json"
     metrics = json.loads(path.read_text())
     for mode, shift in (("flair", 0.0), ("global", 5.0)):  # only the shown mode's numbers may appear
@@ -198,12 +190,7 @@ def test_interval_and_chance_in_markdown_csv_and_json(eval_dir, tmp_path, monkey
     path.write_text(json.dumps(metrics))
     table = compare.build_table(compare.load_evals(eval_dir))
     assert table.value("flair", "builtin_fine_grained/t2i_r1") == 40.0  # the mode choice is unchanged
-    for use_matplotlib in (True, False):
-        if not use_matplotlib:
-            monkeypatch.setattr(compare, "_matplotlib", lambda: None)
-        compare.write_reports(table, tmp_path / "r")
-        with Image.open(tmp_path / "r" / "compare_retrieval.png") as image:
-            assert image.format == "PNG"
+    compare.write_reports(table, tmp_path / "r")
     out = tmp_path / "r"
 
     md = (out / "compare.md").read_text()
@@ -221,3 +208,57 @@ def test_interval_and_chance_in_markdown_csv_and_json(eval_dir, tmp_path, monkey
     assert {k: v for k, v in data["flair"].items() if k.startswith(key)} == {
         key: 40.0, f"{key}_ci_low": 36.1, f"{key}_ci_high": 43.9, f"{key}_chance": 1.56}
     assert data["clip"] == EXPECTED["clip"]
+
+
+def test_cells_show_what_is_recorded():
+    assert compare.format_cell(6.7, 5.9, 7.5, 0.4) == "6.70 [5.90, 7.50] (chance 0.40)"
+    assert compare.format_cell(6.7, bold=True) == "**6.70**"
+    assert compare.format_cell(None) == "—"
+    assert compare.format_noise(5.9, 7.5) == "[5.90, 7.50]" and compare.format_noise(chance=0.4) == "(chance 0.40)"
+    assert compare.format_noise() == ""
+    metrics = {"m": 1.0, "m_ci_low": 0.5, "m_chance": 0.1}
+    assert compare.noise_of(metrics, "m") == (0.5, None, 0.1)
+
+
+def test_main_table_shows_each_run_in_the_mode_it_is_given():
+    """flows.report and the dashboard: MAIN_TABLE's columns, each run in its method's own mode, not the best."""
+    flair = EVALS["flair"]["builtin_fine_grained"] | EVALS["flair"]["builtin_segmentation"] | {
+        "retrieval/builtin_fine_grained/flair/t2i_r1_ci_low": 36.1,
+        "retrieval/builtin_fine_grained/flair/t2i_r1_ci_high": 43.9,
+        "retrieval/builtin_fine_grained/global/t2i_r1_chance": 9.0}  # another mode's: not shown
+    filip = EVALS["filip"]["builtin_fine_grained"] | EVALS["filip"]["builtin_long"]
+    table = compare.main_table({"run-b": filip, "run-a": flair}, {"run-b": "filip", "run-a": "flair"})
+    assert table.runs == ("run-b", "run-a")  # as given: the dashboard's order (newest first)
+    assert [c.label for c in table.columns] == [c.label for c in MAIN_TABLE]
+    fine, long_t2i, seg = "builtin_fine_grained/t2i_r1", "builtin_long/t2i_r1", "builtin_segmentation/miou"
+    assert table.value("run-b", fine) == 20.0  # its own `filip` mode, although `global` has the higher mean
+    assert table.value("run-b", long_t2i) == 12.0 and table.modes[("run-b", "builtin_long")] == "filip"
+    assert table.cell("run-a", fine) == "40.00 [36.10, 43.90]"
+    assert table.value("run-a", seg) == 20.0  # MAIN_TABLE's segmentation column is `patch` (best: attention)
+    assert table.cell("run-a", "builtin_long/t2i_r1") == "—" and table.value("run-b", seg) is None
+
+
+def test_dvc_plots_read_columns_compare_writes(eval_dir, runs_dir, tmp_path):
+    """Every column dvc.yaml plots from reports/compare.csv and train_loss.csv is one `flair compare` writes
+    for the pipeline's methods and benchmarks."""
+    pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    methods, benchmarks = pipeline["vars"][0]["methods"], pipeline["vars"][0]["benchmarks"]
+    every = {k: v for metrics in EVALS["flair"].values() for k, v in metrics.items()}
+    every |= retrieval("builtin_standard", {"global": (1.0, 2.0)})
+    table = compare.build_table(dict.fromkeys(methods, every))
+    assert {c.benchmark for c in table.columns} == set(benchmarks)
+    for run in methods:
+        (runs_dir / run).mkdir(parents=True, exist_ok=True)
+        (runs_dir / run / "metrics.jsonl").write_text('{"step": 1, "loss/total": 1.0}\n')
+    compare.write_reports(table, tmp_path / "reports", compare.load_loss_curves(runs_dir, list(table.runs)))
+    headers = {f"reports/{name}": next(csv.reader((tmp_path / "reports" / name).open()))
+               for name in ("compare.csv", "train_loss.csv")}
+    plotted = 0
+    for plot in pipeline["plots"]:
+        [(name, spec)] = plot.items()
+        for axis in ("x", "y"):
+            for path, fields in spec[axis].items():
+                for field in [fields] if isinstance(fields, str) else fields:
+                    assert field in headers[path], (name, path, field)
+                    plotted += 1
+    assert plotted > len(table.columns)

@@ -49,7 +49,7 @@ def test_compare_shows_every_method_and_the_deltas_against_the_chosen_baseline(e
     assert key.loc["flair", "fine-grained t2i R@1"] == 12.5 and key.loc["clip", "long t2i R@1"] == 35.0
     assert key.loc["flair", "Δ fine-grained t2i R@1"] == pytest.approx(2.5)  # against CLIP, the default
     noise = "fine-grained t2i R@1 95 % CI · chance"
-    assert key.loc["flair", noise] == "[10.94, 14.06] · chance 1.56"
+    assert key.loc["flair", noise] == "[10.94, 14.06] (chance 1.56)"  # as in every table (format_noise)
     assert key.loc["clip", noise] == ""  # logged before intervals existed
     app.selectbox[0].select("dreamlip").run()  # the baseline selector is the only selectbox
     key = frame(app.dataframe[0]).set_index("method")

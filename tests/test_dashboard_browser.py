@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from dashboard import serve
+from services.supervisor import terminate
 from tests.helpers.browser import find_chromium, headless_chromium
 from tests.helpers.dashboard_seed import seed_platform
 from tests.helpers.processes import free_port
@@ -17,6 +18,7 @@ pytestmark = [pytest.mark.integration,
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 ERROR = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 BUSY = '[data-testid="stStatusWidget"]'  # shown while a script runs
+DEPLOY = '[data-testid="stAppDeployButton"]'  # developer toolbar: hidden by dashboard/.streamlit/config.toml
 PAGES = {  # url path -> text that only the rendered page shows
     "": "Key metrics, deltas against clip",
     "paper": "This platform's runs, for scale",
@@ -33,9 +35,9 @@ def dashboard(tmp_path_factory, tiny_data):
     env = {**os.environ, "MLFLOW_TRACKING_URI": seeded["uri"], "FLAIR_SWEEP_STORAGE": seeded["storage"],
            "FLAIR_DATA_ROOT": str(seeded["data"])}
     port = free_port()
-    process = serve.start(port, root / "dashboard.log", env)
+    proc = serve.start(port, root / "dashboard.log", env)
     yield f"http://127.0.0.1:{port}"
-    serve.stop(process.pid)
+    terminate(proc, serve.LABEL)
 
 
 def test_every_page_renders_in_chromium_without_an_error_element(dashboard, tmp_path):
@@ -43,10 +45,11 @@ def test_every_page_renders_in_chromium_without_an_error_element(dashboard, tmp_
     with headless_chromium(tmp_path) as browser:
         for path, expected in PAGES.items():
             page = browser.render(f"{dashboard}/{path}", wait_for_text=expected, absent_selector=BUSY, timeout=120,
-                                  count=(ERROR, '[data-testid="stDataFrame"]'))
+                                  count=(ERROR, DEPLOY, '[data-testid="stDataFrame"]'))
             name = path or "compare"
             (ARTIFACTS / f"dashboard_{name}.png").write_bytes(page.screenshot)
             assert page.counts[ERROR] == 0, f"{name}: {page.text[-1500:]}"
+            assert page.counts[DEPLOY] == 0, f"{name}: the developer toolbar is shown to users"
             assert page.screenshot.startswith(b"\x89PNG") and len(page.screenshot) > 20_000
             if name == "compare":  # the comparison itself: every method's row and the chart
                 assert page.counts['[data-testid="stDataFrame"]'] >= 2

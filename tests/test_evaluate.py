@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from flair_core import create_model, get_tokenizer, get_transform
+from flair_core.data.retrieval_sets import RetrievalTask
 from flair_core.evaluation.metrics import relevance_matrix
-from flair_core.evaluation.retrieval import EvaluationError, RetrievalTask, evaluate_retrieval
+from flair_core.evaluation.retrieval import EvaluationError, evaluate_retrieval
 from flair_core.evaluation.runner import EvalOptions, run_benchmark
 from flair_core.training.config import load_run_config
 from flair_core.training.loop import Trainer
@@ -66,7 +67,7 @@ def test_a_real_benchmark_through_the_runner(shared_dir, tmp_path):
     for record in records:
         Image.new("RGB", (40, 30), (record["image_id"] * 7 % 255, 90, 20)).save(root / "images" / record["image"])
     model = create_model("micro-32").eval()
-    metrics = run_benchmark(model, "flair", "urban1k", root, options=EvalOptions(modes=("flair",)))
+    metrics = run_benchmark(model, "urban1k", root, options=EvalOptions(modes=("flair",)))
     assert metrics["retrieval/urban1k/num_images"] == len({r["image_id"] for r in records})
     assert metrics["retrieval/urban1k/num_texts"] == len(records)
     assert "retrieval/urban1k/flair/t2i_r1" in metrics
@@ -102,7 +103,7 @@ def toy_task(n: int = 4) -> RetrievalTask:
 
 def test_retrieval_metrics_come_with_interval_and_chance():
     model = create_model("micro-32", "flair").eval()
-    metrics = evaluate_retrieval(model, "flair", get_tokenizer(model.config), get_transform(model.config, False),
+    metrics = evaluate_retrieval(model, get_tokenizer(model.config), get_transform(model.config, False),
                                  toy_task(), modes=("global", "topk"), topk=2)
     for mode in ("global", "topk"):
         prefix = f"retrieval/toy/{mode}"
@@ -119,7 +120,7 @@ def test_nan_weights_are_an_error_naming_benchmark_mode_and_count():
         for parameter in model.parameters():
             parameter.fill_(float("nan"))
     with pytest.raises(EvaluationError) as caught:  # before, every query ranked first: R@1 = 100
-        evaluate_retrieval(model, "flair", get_tokenizer(model.config), get_transform(model.config, False),
+        evaluate_retrieval(model, get_tokenizer(model.config), get_transform(model.config, False),
                            toy_task(), modes=("flair",))
     message = str(caught.value)
     assert message.startswith("toy, flair mode: 16 of 16 scores are not finite") and "\n" not in message

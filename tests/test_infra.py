@@ -1,7 +1,7 @@
 """Container and multi-node manifests in infra/: linted and checked against the code they launch.
 
 No Docker engine or cluster is needed (none exists on CI machines): hadolint lints the Dockerfiles, and the
-compose file and launch manifests are parsed and compared with flows.services, the params files and the
+compose file and launch manifests are parsed and compared with services.stack, the params files and the
 modules they name.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.services import BUCKETS, DEFAULT_PORTS, LocalServices
+from services.stack import BUCKETS, DEFAULT_PORTS, LocalServices
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
@@ -26,7 +26,7 @@ COMPOSE = INFRA / "compose.yaml"
 SLURM = INFRA / "multinode" / "slurm.sbatch"
 K8S = INFRA / "multinode" / "k8s-pytorchjob.yaml"
 DOCKERFILES = sorted(p for p in (INFRA / "docker").glob("Dockerfile*") if p.suffix != ".dockerignore")
-# published host port of each compose service: flows.services' ports, plus the dashboard's
+# published host port of each compose service: services.stack's ports, plus the dashboard's
 EXPECTED_PORTS = {"seaweedfs": DEFAULT_PORTS["s3"], "mlflow": DEFAULT_PORTS["mlflow"],
                   "prefect": DEFAULT_PORTS["prefect"], "dashboard": 8501}
 SECRETS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
@@ -156,7 +156,7 @@ def test_compose_interpolates_only_known_variables(compose):
     assert required == SECRETS
 
 
-def test_compose_services_mirror_flows_services(compose):
+def test_compose_services_mirror_the_local_stack(compose):
     services = compose["services"]
     assert _argv(services["buckets"])[-len(BUCKETS):] == list(BUCKETS)
     weed = _argv(services["seaweedfs"])

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from flair_core.data.builtin import BuiltinDataConfig, generate
-from flair_core.evaluation.retrieval import PRIMARY_MODE
+from flair_core.evaluation.headline import promotion_metric
+from flair_core.methods import get_method
 from flair_core.params import load_section
 from flair_core.training.config import load_run_config
 from flair_core.training.loop import Trainer
@@ -59,6 +60,6 @@ def test_cpu_recipe_learns_beyond_chance(method, cpu_data, tmp_path):
     assert final_loss < 0.97 * optimum, (method, final_loss, optimum)
 
     val = json.loads((tmp_path / "run" / "val_metrics.jsonl").read_text().splitlines()[-1])
-    key = f"retrieval/builtin_fine_grained/{PRIMARY_MODE[method]}/t2i_r1"
+    key = promotion_metric(get_method(method).primary_mode)
     assert val[key] >= 2 * val[f"{key}_chance"], (method, val[key], val[f"{key}_chance"])
     assert val[f"{key}_ci_low"] > val[f"{key}_chance"], (method, val[f"{key}_ci_low"])

@@ -60,6 +60,7 @@ def test_deployment_trains_evaluates_registers_and_promotes(platform):
     assert any(k.endswith(".pt") for k in keys)  # the artifact store is the S3 server
 
     model = mlflow.pyfunc.load_model("models:/flair-lab-flair@champion")
+    assert model.metadata.get_input_schema().input_names() == ["image", "caption"]  # users see what predict takes
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), (200, 30, 30)).save(buffer, format="PNG")
     import pandas as pd

@@ -8,13 +8,16 @@ from PIL import Image
 
 from flair_core import create_model, get_tokenizer, get_transform, load_model_config
 from flair_core.data.errors import DataError
-from flair_core.evaluation import segmentation as seg
-from flair_core.evaluation.segmentation import (
-    SEGMENTATION_SOURCES,
+from flair_core.data.segmentation_sets import (
     SegmentationSource,
     ade20k_segmentation,
     builtin_segmentation,
     cityscapes_segmentation,
+    voc_segmentation,
+)
+from flair_core.evaluation import segmentation as seg
+from flair_core.evaluation.runner import EvalOptions, get_benchmark
+from flair_core.evaluation.segmentation import (
     class_scorer,
     confusion_matrix,
     evaluate_segmentation,
@@ -23,7 +26,6 @@ from flair_core.evaluation.segmentation import (
     pixel_accuracy,
     predict_labels,
     sliding_window_scores,
-    voc_segmentation,
     window_starts,
 )
 
@@ -219,7 +221,7 @@ def test_voc_and_voc20(voc):
     image, labels = next(source.samples())
     assert image.size == (40, 48) and labels.shape == (48, 40)
     assert labels[0, 0] == 0 and labels[0, -1] == 15 and labels[-1, 0] == 255 and labels[-1, -1] == 20
-    voc20 = SEGMENTATION_SOURCES["voc20"](voc)
+    voc20 = get_benchmark("voc20").load(voc, "val", EvalOptions())  # the registry's VOC without background
     assert len(voc20.class_names) == 20 and "background" not in voc20.class_names
     _, labels = next(voc20.samples())
     assert labels[0, 0] == 255 and labels[0, -1] == 14 and labels[-1, 0] == 255 and labels[-1, -1] == 19

@@ -1,4 +1,4 @@
-"""The local platform services (flows/services.py): real SeaweedFS, MLflow and Prefect servers on free,
+"""The local platform services (services/stack.py): real SeaweedFS, MLflow and Prefect servers on free,
 non-default loopback ports under a temporary root."""
 
 import json
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.services import GRPC_OFFSET, WEED_PARTS, LocalServices, ServiceError, _free, _members, check_up
+from services.stack import GRPC_OFFSET, WEED_PARTS, LocalServices, check_up
+from services.supervisor import ServiceError, free, members
 from tests.helpers.processes import free_port
 
 pytestmark = pytest.mark.integration
@@ -24,7 +25,7 @@ def service_ports() -> dict[str, int]:
     ports: dict[str, int] = {}
     while len(ports) < 3:
         port = free_port()
-        grpc_taken = port + GRPC_OFFSET > 65535 or not _free(port + GRPC_OFFSET)
+        grpc_taken = port + GRPC_OFFSET > 65535 or not free(port + GRPC_OFFSET)
         if port in ports.values() or (not ports and grpc_taken):  # the first one is the S3 port
             continue
         ports[("s3_port", "mlflow_port", "prefect_port")[len(ports)]] = port
@@ -32,7 +33,7 @@ def service_ports() -> dict[str, int]:
 
 
 def cli(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.services", *args, "--root", str(root)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "services", *args, "--root", str(root)], cwd=REPO,
                           capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -70,7 +71,7 @@ def test_start_use_status_stop(tmp_path, monkeypatch, record_property):
         print(f"start took {time.monotonic() - began:.1f} s")
         env, urls = services.client_env(), services.urls()
         state = json.loads((root / "state.json").read_text())
-        groups = {name: _members(proc) for name, proc in state["pids"].items()}
+        groups = {name: members(proc) for name, proc in state["pids"].items()}
         assert set(groups) == {"seaweedfs", "mlflow", "prefect"} and all(groups.values())
         assert urls == {"prefect": f"http://127.0.0.1:{ports['prefect_port']}",
                         "mlflow": f"http://127.0.0.1:{ports['mlflow_port']}",

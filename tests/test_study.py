@@ -1,5 +1,6 @@
 """Sweep configuration, storage and study bookkeeping: the parts of a sweep that need no training."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -150,8 +151,28 @@ def test_a_worker_that_asks_after_the_study_filled_stops_without_overshooting(tm
         study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=value))
     # this worker counted before the other's last trial existed: the stale read that used to overshoot
     monkeypatch.setattr(trials, "finished_or_running", lambda study: 1)
-    assert trials._main_rank(config, str(tmp_path), None, 1, 0) == []  # it trained nothing
+    assert trials.run_worker(config, str(tmp_path), worker=0) == []  # it trained nothing
     study = open_study(config)
     extra = study.trials[-1]
     assert len(study.trials) == 3 and is_surplus(extra) and extra.state == optuna.trial.TrialState.PRUNED
     assert summarize(study, config)["states"] == {"COMPLETE": 2}  # the surplus trial is not reported
+
+
+def test_report_says_which_trials_the_best_beats_beyond_its_validation_interval(tmp_path):
+    config = load_sweep_config(sweep_file(tmp_path))
+    study = open_study(config)
+    for number, (value, low, high) in enumerate([(8.0, 7.0, 9.0), (7.5, 6.5, 8.5), (4.0, 3.0, 5.0), (5.0, 4, 6)]):
+        run_dir = tmp_path / f"trial-{number}"
+        run_dir.mkdir()
+        lines = [{"step": 128, T2I: 1.0}, {"step": 256, T2I: value, f"{T2I}_ci_low": low, f"{T2I}_ci_high": high,
+                                           f"{T2I}_chance": 0.59}]
+        (run_dir / "val_metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+        trial = study.ask({"sampling.k": optuna.distributions.IntDistribution(1, 10)})
+        trial.set_user_attr("run_dir", str(run_dir))
+        study.tell(trial, value)
+    summary, _ = write_report(study, config)
+    assert summary["trials"][0]["interval"] == {"ci_low": 7.0, "ci_high": 9.0, "chance": 0.59}
+    assert summary["separation"]["best"] == 0
+    assert summary["separation"]["beaten"] == [2, 3] and summary["separation"]["within"] == [1]
+    header = (tmp_path / "reports" / "s" / "trials.csv").read_text().splitlines()[0].split(",")
+    assert header[3:6] == ["ci_low", "ci_high", "chance"]

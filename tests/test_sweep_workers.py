@@ -23,7 +23,7 @@ T2I = "retrieval/builtin_fine_grained/flair/t2i_r1"
 
 
 def sweep_file(tmp_path, tiny_data, **changes) -> Path:
-    sweep = {"study": "w", "storage": f"sqlite:///{tmp_path}/optuna.db", "base_params": ["params/pipeline.yaml"],
+    sweep = {"study": "w", "storage": f"sqlite:///{tmp_path}/optuna.db", "base_params": ["params/cpu.yaml", "params/pipeline.yaml"],
              "trial_overrides": ["train.steps_per_epoch=3", "train.validate_every=1", "loader.workers=0",
                                  "train.batch_size=8", f"train.samples_per_epoch={512}"],
              "space": {"sampling.k": {"type": "int", "low": 1, "high": 10},

@@ -42,7 +42,7 @@ def test_gradient_accumulation_equals_the_full_batch(method, tiny_data, tmp_path
                                           "train.steps_per_epoch": 1})
         trainer = Trainer(config, tmp_path / f"a{accum}")
         batch = next(iter(trainer_loader(trainer)))
-        terms = trainer._micro_step(batch)
+        terms = trainer.accumulate_gradients(batch)
         grads.append(({k: v.item() for k, v in terms.items()},
                       {n: p.grad.clone() for n, p in trainer.head.named_parameters() if p.grad is not None}))
     (terms1, g1), (terms4, g4) = grads

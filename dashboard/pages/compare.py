@@ -4,22 +4,13 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
-from flair_core.evaluation import UNCERTAINTY
-from flair_core.evaluation.retrieval import PRIMARY_MODE
-from flows.report import COLUMNS
+from flair_core.evaluation.comparison import format_noise, main_table
+from flair_core.evaluation.headline import is_headline
 
 st.title("Compare runs")
 st.caption("Each method in its own scoring mode (FLAIR text-conditioned, FILIP token-wise, CLIP and DreamLIP "
            "global) on the built-in test split. R@1, mIoU and top-1 in percent; beside each R@1 its 95 % "
            "bootstrap interval over queries and its chance level, so a gap inside the noise reads as one.")
-
-
-def noise(run, key: str) -> str:
-    """`[low, high] · chance c` of a retrieval metric; blank for runs logged before intervals existed."""
-    low, high, chance = (run.get(key + suffix) for suffix in UNCERTAINTY)
-    if pd.isna(low) or pd.isna(high):
-        return ""
-    return f"[{low:.2f}, {high:.2f}]" + ("" if pd.isna(chance) else f" · chance {chance:.2f}")
 
 
 settings = data.settings()
@@ -48,20 +39,23 @@ if shown.empty:
     st.info("No run matches these filters.")
     st.stop()
 
+# The main table, as the main job prints it (flows/report.py): each run in its method's own mode.
+main = main_table({r["run_id"]: {k: v for k, v in r.items() if "/" in k and isinstance(v, float) and not pd.isna(v)}
+                   for _, r in shown.iterrows()},
+                  {r["run_id"]: data.own_mode(r["method"]) for _, r in shown.iterrows()})
 rows = []
 for _, run in shown.iterrows():
-    mode = PRIMARY_MODE.get(run["method"], "global")
     row = {"method": run["method"], "run": run["run"], "preset": run["preset"], "level": run["data_level"],
            "data": run["data_hash"], "started": run["started"].strftime("%Y-%m-%d %H:%M")}
-    for name, key in COLUMNS:
-        row[name] = run.get(key.format(mode=mode))
-        if key.startswith("retrieval/"):
-            row[f"{name} 95 % CI · chance"] = noise(run, key.format(mode=mode))
+    for column in main.columns:
+        row[column.label] = main.value(run["run_id"], column.key)
+        if column.family == "retrieval":  # blank for runs logged before intervals existed
+            row[f"{column.label} 95 % CI · chance"] = format_noise(*main.noise(run["run_id"], column.key))
     rows.append(row)
-table = pd.DataFrame(rows)
-metric_names = [name for name, _ in COLUMNS]
+metric_names = [column.label for column in main.columns]
+table = pd.DataFrame(rows).astype(dict.fromkeys(metric_names, float))  # a metric no shown run has: NaN
 
-baselines = [m for m in ("clip", "filip", "dreamlip", "flair") if m in set(table["method"])]
+baselines = sorted(set(table["method"]), key=lambda m: (m == "flair", m))  # a baseline first, FLAIR last
 baseline = st.selectbox("Deltas against", baselines, help="the newest shown run of this method")
 reference = table[table["method"] == baseline].iloc[0]
 for name in metric_names:
@@ -84,8 +78,7 @@ st.subheader("Side by side")
 st.bar_chart(chart, x="metric", y="value", color="method", stack=False, horizontal=True, height=420)
 
 st.subheader("Every benchmark and mode")
-metric_columns = sorted(c for c in runs.columns if c.count("/") >= 3 and c.endswith(("r1", "/miou", "/top1"))
-                        and "/strict_" not in c)
+metric_columns = sorted(c for c in runs.columns if is_headline(c))  # every mode's R@1, mIoU, top-1
 full = shown.set_index("run")[metric_columns].T.dropna(how="all")
 full.columns = [f"{shown.set_index('run').loc[r, 'method']} · {r}" for r in full.columns]
 st.dataframe(full.style.format(precision=2), width="stretch")

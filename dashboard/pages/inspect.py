@@ -3,6 +3,7 @@
 import streamlit as st
 
 from dashboard import data
+from flair_core import method_of
 
 GALLERY = 512  # built-in test images ranked per caption
 
@@ -26,20 +27,21 @@ caption = st.text_input("Caption", value=picked["sentences"][0])
 png = upload.getvalue() if upload is not None else picked["png"]
 target = "upload" if upload is not None else key
 
-net, method = data.or_stop(data.model, settings.tracking_uri, name, version)
+net = data.or_stop(data.model, settings.tracking_uri, name, version)
+method = method_of(net)
 image_column, rank_column = st.columns(2)
 with image_column:
-    if method == "flair":
+    if "attention" in method.segmentation_modes:
         overlay, zero = data.attention_overlay(settings.tracking_uri, name, version, png, caption)
         st.image(overlay, caption=f"attention of the caption over the image (zero-slot mass {zero:.2f})",
                  width=320)
     else:
         st.image(png, width=320)
-        st.info(f"{method} has no text-conditioned attention: the image is shown as is.")
+        st.info(f"{method.name} has no text-conditioned attention: the image is shown as is.")
 with rank_column:
     ranks = data.caption_ranks(settings.tracking_uri, name, version, settings.data_root, GALLERY, caption,
                                png if upload is not None else None)
     rank = int(ranks.loc[ranks["image"] == target, "rank"].iloc[0])
     st.metric(f"rank of {target} for the caption", f"{rank} / {len(ranks)}")
-    st.caption(f"{method}'s own scoring mode over {len(ranks)} images (1 = best; ties count against the image)")
+    st.caption(f"{method.name}'s own scoring mode ({method.primary_mode}) over {len(ranks)} images (1 = best; ties count against the image)")
     st.dataframe(ranks.head(10).style.format({"score": "{:.3f}"}), hide_index=True, width="stretch")

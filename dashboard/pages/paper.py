@@ -4,7 +4,6 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
-from flair_core.evaluation.retrieval import PRIMARY_MODE
 
 EXPECTED = {  # what the dashboard would show from the paper, in its order
     "standard_retrieval": "COCO / Flickr30k retrieval R@1",
@@ -49,7 +48,7 @@ if runs.empty:
 newest = runs.sort_values("started", ascending=False).drop_duplicates("method")
 rows = []
 for _, run in newest.iterrows():
-    mode = PRIMARY_MODE.get(run["method"], "global")
+    mode = data.own_mode(run["method"])
     rows.append({"method": run["method"], "model": run["model"], "training images": run["train_images"],
                  "image px": run["image_size"], "epochs": run["epochs"], "batch": run["batch_size"],
                  "standard t2i R@1": run.get(f"retrieval/builtin_standard/{mode}/t2i_r1"),

@@ -23,18 +23,19 @@ from typing import Literal
 import numpy as np
 import webdataset as wds
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from flair_core.config import Frozen
 from flair_core.data.facts import (
     BackgroundFact,
     CountFact,
     Fact,
     FactIndex,
     ObjectFact,
+    fact_sentence,
     fact_to_json,
     flip,
     scene_facts,
-    state,
     with_article,
 )
 from flair_core.data.scenes import (
@@ -63,9 +64,7 @@ LEVELS = {
 }
 
 
-class BuiltinDataConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class BuiltinDataConfig(Frozen):
     level: Literal["easy", "hard"] = Field("hard", description="named difficulty: fills the layout settings below")
     image_size: int = Field(64, ge=16, description="pixels per side")
     grid: int = Field(4, ge=2, le=8, description="layout cells per side")
@@ -136,7 +135,7 @@ def long_caption(scene: Scene, relations: int, rng: np.random.Generator) -> tupl
     facts: list[Fact] = [*objects, *picked, *scene_level]
     order = rng.permutation(len(facts))
     facts = [facts[i] for i in order]
-    return [state(f, rng) for f in facts], facts
+    return [fact_sentence(f, rng) for f in facts], facts
 
 
 def short_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, list[Fact]]:

@@ -12,8 +12,9 @@ import re
 import zlib
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from flair_core.config import Frozen
 from flair_core.data.errors import DataError
 
 DREAMLIP_FIELDS = (
@@ -71,9 +72,7 @@ def sentence_pool(record: dict, max_share: float | None = None) -> list[str]:
     return pool
 
 
-class SamplingConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class SamplingConfig(Frozen):
     k: int = Field(8, ge=1, description="sub-captions per image")
     max_sentences: int = Field(3, ge=1, description="sub_caption_length: sentences merged per sub-caption")
     length_mode: Literal["random", "fixed"] = Field("random", description="m ~ U{1..max} or m = max")

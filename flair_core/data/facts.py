@@ -93,7 +93,7 @@ def with_article(word: str) -> str:
     return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 
 
-def state(fact: Fact, rng: np.random.Generator) -> str:
+def fact_sentence(fact: Fact, rng: np.random.Generator) -> str:
     """One sentence stating the fact, in one of several templates (no '.', which splits sentences)."""
     t = int(rng.integers(4))
     if isinstance(fact, ObjectFact):

@@ -22,8 +22,9 @@ import braceexpand
 import torch
 import webdataset as wds
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from flair_core.config import Frozen
 from flair_core.data.captions import (
     SamplingConfig,
     normalise_long_caption,
@@ -38,9 +39,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 
-class LoaderConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class LoaderConfig(Frozen):
     workers: int = Field(2, ge=0, description="DataLoader worker processes per rank")
     shuffle_buffer: int = Field(1000, ge=1)
     resampled: bool = Field(False, description="draw shards with replacement instead of passes over all")

@@ -1,4 +1,5 @@
-"""Methods by name. Each method module pairs its settings, its model (shared towers + its head) and its loss.
+"""Methods by name: the registry every caller reads. Each method module pairs its settings, its model (shared
+towers + its head) and its loss, and ends with its `METHOD` entry (method.py says what an entry holds).
 
 The loss object also says what the method needs from the data (`views`) and which batch entries its model
 takes (`inputs`); its forward turns the model's output dict into named terms that the loop sums.
@@ -6,32 +7,35 @@ takes (`inputs`); its forward turns the model's output dict into named terms tha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from pydantic import BaseModel
 from torch import nn
 
 from flair_core.methods import clip, dreamlip, filip, flair
+from flair_core.methods.method import Method
+
+METHODS: dict[str, Method] = {m.name: m for m in (flair.METHOD, clip.METHOD, filip.METHOD, dreamlip.METHOD)}
 
 
-@dataclass(frozen=True)
-class Method:
-    name: str
-    settings: type[BaseModel]
-    model: type[nn.Module]
-    loss: type[nn.Module]
-
-
-METHODS: dict[str, Method] = {
-    "flair": Method("flair", flair.FlairSettings, flair.FlairModel, flair.FlairLoss),
-    "clip": Method("clip", clip.ClipSettings, clip.ClipModel, clip.ClipLoss),
-    "filip": Method("filip", filip.FilipSettings, filip.FilipModel, filip.FilipLoss),
-    "dreamlip": Method("dreamlip", dreamlip.DreamlipSettings, dreamlip.DreamlipModel, dreamlip.DreamlipLoss),
-}
+def register(method: Method) -> Method:
+    """Add a method defined outside this package (e.g. a plug-in or a test's toy method)."""
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is already registered")
+    METHODS[method.name] = method
+    return method
 
 
 def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r} (known: {', '.join(sorted(METHODS))})") from None
+        raise ValueError(f"unknown method {name!r} (known: {', '.join(METHODS)})") from None
+
+
+def method_of(model: nn.Module) -> Method:
+    """The method a model was built for (`create_model` records it on the model)."""
+    name = getattr(model, "method_name", None)
+    if name is None:
+        raise ValueError(f"{type(model).__name__} records no method: build it with flair_core.create_model")
+    return get_method(name)
+
+
+__all__ = ["METHODS", "Method", "get_method", "method_of", "register"]

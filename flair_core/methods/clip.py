@@ -11,20 +11,18 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from flair_core import distributed
-from flair_core.config import ModelConfig
+from flair_core.config import Frozen, ModelConfig
 from flair_core.data.captions import SamplingConfig
 from flair_core.data.loader import TextViews
-from flair_core.losses import MethodLoss, band, sigmoid_loss_sum, softmax_contrastive
+from flair_core.losses import MethodLoss, positive_mask, sigmoid_loss_sum, softmax_contrastive
+from flair_core.methods.method import Method
 from flair_core.towers import DualTowers, Projection
 
 
-class ClipSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class ClipSettings(Frozen):
     loss: Literal["softmax", "sigmoid"] = "softmax"
     text: Literal["sub_caption", "long_caption"] = "sub_caption"
 
@@ -74,10 +72,14 @@ class ClipLoss(MethodLoss):
         b = images.shape[0]
         all_images, all_texts = distributed.gather_with_grad(images), distributed.gather_with_grad(texts)
         scale = out["logit_scale"]
-        positive = band(b, b * world, 1, images.device, step=1, first_row=rank * b)  # (B, W·B) diagonal
+        positive = positive_mask(b, b * world, 1, images.device, step=1, first_row=rank * b)  # (B, W·B) diagonal
         if self.settings.loss == "sigmoid":
             logits = scale * images @ all_texts.T + out["logit_bias"]
             return {"sigmoid": world * sigmoid_loss_sum(logits, positive) / (b * world)}
         per_image = softmax_contrastive(scale * images @ all_texts.T, positive)
         per_text = softmax_contrastive(scale * texts @ all_images.T, positive)
         return {"contrastive": (per_image + per_text) / 2}
+
+
+METHOD = Method("clip", ClipSettings, ClipModel, ClipLoss,
+                summary="global embeddings; InfoNCE or SigLIP loss (settings: loss, text)")

@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from flair_core import distributed
-from flair_core.config import ModelConfig
+from flair_core.config import Frozen, ModelConfig
 from flair_core.data.captions import SamplingConfig
 from flair_core.data.loader import TextViews
-from flair_core.losses import MethodLoss, band, softmax_contrastive
+from flair_core.losses import MethodLoss, positive_mask, softmax_contrastive
+from flair_core.methods.method import Method
 from flair_core.towers import DualTowers, Projection
 
 
-class DreamlipSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class DreamlipSettings(Frozen):
     long_weight: float = Field(1.0, ge=0)
     sub_caption_weight: float = Field(1.0, ge=0)
     grouping_weight: float = Field(1.0, ge=0)
@@ -90,11 +89,11 @@ class DreamlipLoss(MethodLoss):
         terms = {}
         if s.long_weight:
             all_longs = distributed.gather_with_grad(longs)
-            diagonal = band(b, b * world, 1, device, step=1, first_row=rank * b)
+            diagonal = positive_mask(b, b * world, 1, device, step=1, first_row=rank * b)
             terms["long"] = s.long_weight * (softmax_contrastive(scale * images @ all_longs.T, diagonal)
                                              + softmax_contrastive(scale * longs @ all_images.T, diagonal)) / 2
         if s.sub_caption_weight:
-            own_texts = band(b, b * k * world, k, device, step=k, first_row=rank * b)  # (B, W·B·K)
+            own_texts = positive_mask(b, b * k * world, k, device, step=k, first_row=rank * b)  # (B, W·B·K)
             own_image = (torch.arange(b * world, device=device)[None, :]
                          == (torch.arange(b * k, device=device) // k + rank * b)[:, None])
             terms["sub_captions"] = s.sub_caption_weight * (
@@ -104,6 +103,10 @@ class DreamlipLoss(MethodLoss):
         if s.grouping_weight:
             tokens = F.normalize(out["image_tokens"], dim=-1)
             grouped = grouped_embeddings(tokens, texts, k, s.grouping_threshold)  # (B·K, D)
-            own = band(b * k, b * k * world, 1, device, step=1, first_row=rank * b * k)
+            own = positive_mask(b * k, b * k * world, 1, device, step=1, first_row=rank * b * k)
             terms["grouping"] = s.grouping_weight * softmax_contrastive(scale * grouped @ all_texts.T, own)
         return terms
+
+
+METHOD = Method("dreamlip", DreamlipSettings, DreamlipModel, DreamlipLoss,
+                summary="long caption + sub-captions + sub-caption grouping (settings: *_weight, grouping_threshold)")

@@ -14,22 +14,22 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from flair_core import distributed
-from flair_core.config import ModelConfig
+from flair_core.config import Frozen, ModelConfig
 from flair_core.data.captions import SamplingConfig
 from flair_core.data.loader import TextViews
-from flair_core.losses import MethodLoss, band, softmax_contrastive
+from flair_core.evaluation import scores
+from flair_core.losses import MethodLoss, positive_mask, softmax_contrastive
+from flair_core.methods.method import Method
 from flair_core.towers import DualTowers, Projection
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class FilipSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class FilipSettings(Frozen):
     embed_dim: int | None = Field(None, gt=0, description="token embedding dim; None = the model's embed_dim")
     token_fraction: float = Field(1.0, gt=0.0, le=1.0, description="image tokens kept before gathering")
     similarity_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -57,6 +57,28 @@ class FilipModel(DualTowers):
             "text_mask": texts != 0,  # (N, C): non-padding tokens
             "logit_scale": self.logit_scale.exp(),
         }
+
+    def embed_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """-> normalised image tokens (B, L, d) for late interaction, global features (B, d)."""
+        image_global, image_local = self.encode_image(images)
+        return {"image_tokens": F.normalize(self.image_post(image_local), dim=-1),
+                "image_features": self.image_post(image_global)}
+
+    def embed_texts(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """-> global features (T, d), normalised tokens (T, C, d) padded to the context, mask (T, C)."""
+        text_global, text_local = self.encode_text(ids)
+        text_local = F.pad(text_local, (0, 0, 0, ids.shape[1] - text_local.shape[1]))
+        return {"text_features": self.text_post(text_global),
+                "text_tokens": F.normalize(self.text_post(text_local), dim=-1), "text_mask": ids != 0}
+
+    def retrieval_scores(self, features: dict[str, torch.Tensor], mode: str, topk: int = 128,
+                         dtype: torch.dtype | None = None, budget_mb: float = 512
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`filip`: token-wise late interaction over all pairs."""
+        if mode == "filip":
+            return scores.filip_scores(features["image_tokens"], features["text_tokens"], features["text_mask"],
+                                       features["logit_scale"])
+        return super().retrieval_scores(features, mode, topk, dtype, budget_mb)
 
 
 def select_tokens(tokens: torch.Tensor, anchor: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -100,7 +122,11 @@ class FilipLoss(MethodLoss):
         b = images.shape[0]
         i2t, _ = token_similarities(images.to(dtype), all_texts, all_mask)  # (B, W·B)
         _, t2i = token_similarities(all_images, texts.to(dtype), mask)  # (B texts, W·B images)
-        positive = band(b, b * world, 1, images.device, step=1, first_row=rank * b)
+        positive = positive_mask(b, b * world, 1, images.device, step=1, first_row=rank * b)
         scale = out["logit_scale"]
         loss = (softmax_contrastive(scale * i2t, positive) + softmax_contrastive(scale * t2i, positive)) / 2
         return {"contrastive": loss}
+
+
+METHOD = Method("filip", FilipSettings, FilipModel, FilipLoss, retrieval_modes=("filip", "global"),
+                summary="token-wise late interaction (settings: embed_dim, token_fraction, similarity_dtype, text)")

@@ -10,23 +10,23 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from flair_core import distributed
-from flair_core.config import ModelConfig
+from flair_core.config import Frozen, ModelConfig
 from flair_core.data.captions import SamplingConfig
 from flair_core.data.loader import TextViews
-from flair_core.losses import MethodLoss, band, sigmoid_loss_sum
+from flair_core.evaluation import scores
+from flair_core.losses import MethodLoss, positive_mask, sigmoid_loss_sum
+from flair_core.methods.method import Method
 from flair_core.pooling import TextConditionedPooling
 from flair_core.towers import DualTowers, Projection
 
 POOLING_HEADS = 8  # fixed in the original; not part of the model config
 
 
-class FlairSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class FlairSettings(Frozen):
     tcs_weight: float = Field(0.5, ge=0.0, le=1.0, description="w: weight of TCS; MPS gets 1 - w")
 
 
@@ -52,6 +52,25 @@ class FlairModel(DualTowers):
             "logit_scale": self.logit_scale.exp(),
             "logit_bias": self.logit_bias,
         }
+
+    def embed_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """-> global features (B, D) and projected patch tokens (B, L, D), which texts pool at scoring time."""
+        image_global, image_local = self.encode_image(images)
+        return {"image_features": self.image_post(image_global), "image_tokens": self.image_post(image_local)}
+
+    def retrieval_scores(self, features: dict[str, torch.Tensor], mode: str, topk: int = 128,
+                         dtype: torch.dtype | None = None, budget_mb: float = 512
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`flair`: every text pooled over every image; `topk`: global preselection, FLAIR re-scoring."""
+        s = features["logit_scale"]
+        if mode == "flair":
+            f = scores.flair_scores(self.visual_proj, features["image_tokens"], features["text_features"], s,
+                                    dtype=dtype, budget_mb=budget_mb)
+            return f, f
+        if mode == "topk":
+            return scores.topk_scores(self.visual_proj, features["image_features"], features["image_tokens"],
+                                      features["text_features"], s, topk)
+        return super().retrieval_scores(features, mode, topk, dtype, budget_mb)
 
     def pool(self, texts: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
         """Every text against every image: texts (N, D), image_tokens (B, L, D) -> (B, N, D)."""
@@ -149,12 +168,12 @@ class FlairLoss(MethodLoss):
                 offsets = self.draw_offsets(b_all, k)
             indices = text_set_indices(offsets.to(texts.device), k)[mine]  # (B, M) into the global texts
             m = indices.shape[1]
-            positive = band(b_all, m, k, texts.device, step=1)[mine]
+            positive = positive_mask(b_all, m, k, texts.device, step=1)[mine]
             text_sets = texts[indices]  # (B, M, D)
             tcs = self.text_conditioned_sum(head.visual_proj, image_tokens, text_sets, scale, bias, positive)
             terms["tcs"] = w * world * tcs / m
         if w < 1:
-            positive = band(b_all, b_all * k, k, texts.device, step=k)[mine]
+            positive = positive_mask(b_all, b_all * k, k, texts.device, step=k)[mine]
             logits = scale * F.normalize(image_features, dim=-1) @ F.normalize(texts, dim=-1).T + bias  # (B, W·N)
             terms["mps"] = (1 - w) * world * sigmoid_loss_sum(logits, positive) / (b_all * k)
         return terms
@@ -165,3 +184,8 @@ class FlairLoss(MethodLoss):
         pooled = pooling(text_sets, image_tokens)[0]  # (B, M, D)
         logits = scale * (F.normalize(pooled, dim=-1) * F.normalize(text_sets, dim=-1)).sum(-1) + bias
         return sigmoid_loss_sum(logits, positive)
+
+
+METHOD = Method("flair", FlairSettings, FlairModel, FlairLoss, retrieval_modes=("flair", "global", "topk"),
+                segmentation_modes=("patch", "attention"),
+                summary="text-conditioned attention pooling; TCS + MPS sigmoid losses (settings: tcs_weight)")

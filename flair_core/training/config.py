@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from flair_core.config import ConfigError
+from flair_core.config import ConfigError, Frozen
 from flair_core.data.builtin import BuiltinDataConfig
 from flair_core.data.captions import SamplingConfig
 from flair_core.data.loader import LoaderConfig
@@ -16,11 +16,7 @@ from flair_core.methods import METHODS
 from flair_core.params import apply_overrides, read_yaml, validate
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class MethodConfig(_Frozen):
+class MethodConfig(Frozen):
     name: str = "flair"
     settings: dict = Field(default_factory=dict, description="validated by the method's own settings model")
 
@@ -31,7 +27,7 @@ class MethodConfig(_Frozen):
         return self
 
 
-class TrainConfig(_Frozen):
+class TrainConfig(Frozen):
     model: str = Field("tiny-64", description="built-in model config name or JSON path")
     shards: str = Field("data/builtin/train", description="folder of .tar shards, or a (brace) URL pattern")
     samples_per_epoch: int | None = Field(None, gt=0, description="None: from the built-in data's meta.json")
@@ -72,13 +68,12 @@ class TrainConfig(_Frozen):
         return self
 
 
-class RunConfig(_Frozen):
+class RunConfig(Frozen):
     data: BuiltinDataConfig = BuiltinDataConfig()
     sampling: SamplingConfig = SamplingConfig()
     loader: LoaderConfig = LoaderConfig()
     method: MethodConfig = MethodConfig()
     train: TrainConfig = TrainConfig()
-    evaluate: dict = Field(default_factory=dict)
 
     def method_settings(self) -> BaseModel:
         return validate(METHODS[self.method.name].settings, self.method.settings, "params", "method.settings")
@@ -109,9 +104,9 @@ def with_recipe(data: dict, overrides: list[str] = (), source: str = "params") -
     return merge_sections(data, recipes.get(method, {}))
 
 
-def load_run_config(paths: list[str | Path] = (), overrides: list[str] = ()) -> RunConfig:
+def merged_params(paths: list[str | Path] = (), overrides: list[str] = ()) -> dict:
     """Params files merged left to right (later wins, section by section), then the chosen method's recipe,
-    then `section.key=value` overrides.
+    then `section.key=value` overrides: the plain sections a run is validated from.
 
     A params file may hold `recipes: {<method>: {<section>: {...}}}`: settings that apply only when that
     method trains (e.g. its learning rate or caption variant), so one file trains every method its own way.
@@ -119,9 +114,13 @@ def load_run_config(paths: list[str | Path] = (), overrides: list[str] = ()) -> 
     data: dict = {}
     for path in paths:
         data = merge_sections(data, read_yaml(path))
-    source = ", ".join(str(p) for p in paths) or "params"
-    data = apply_overrides(with_recipe(data, overrides, source), list(overrides))
-    config = validate(RunConfig, data, source)
+    return apply_overrides(with_recipe(data, overrides, ", ".join(str(p) for p in paths) or "params"),
+                           list(overrides))
+
+
+def load_run_config(paths: list[str | Path] = (), overrides: list[str] = ()) -> RunConfig:
+    """The validated run configuration of params files and overrides (`merged_params`)."""
+    config = validate(RunConfig, merged_params(paths, overrides), ", ".join(str(p) for p in paths) or "params")
     config.method_settings()  # method settings are checked now, not at the first step
     return config
 

@@ -26,15 +26,13 @@ from flair_core import create_model, distributed, get_tokenizer, get_transform, 
 from flair_core.checkpoint import CheckpointError, load_checked
 from flair_core.config import ConfigError, ModelConfig, load_model_config
 from flair_core.data.loader import train_loader
-from flair_core.evaluation.retrieval import PRIMARY_MODE
-from flair_core.evaluation.runner import CLASSIFICATION, SEGMENTATION, EvalOptions, run_benchmark
+from flair_core.evaluation.runner import EvalOptions, get_benchmark, run_benchmark
 from flair_core.methods import get_method
 from flair_core.training import checkpoints
 from flair_core.training.config import RunConfig, dump_run_config
 from flair_core.training.optim import clamp_logit_scale, param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
-NOT_RETRIEVAL = {*SEGMENTATION, *CLASSIFICATION, "ade20k"}
 
 
 def shard_urls(spec: str) -> list[str] | str:
@@ -186,7 +184,9 @@ class Trainer:
                 metrics.write_text("".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------------------------------------ training
-    def _micro_step(self, batch: dict) -> dict[str, torch.Tensor]:
+    def accumulate_gradients(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Forward and backward of one batch (in `accum_freq` micro-batches over the whole batch's negatives);
+        the loss terms. The optimizer step is the caller's."""
         t = self.config.train
         inputs = [x.to(self.world.device, non_blocking=True) for x in self.loss_fn.inputs(batch)]
         if t.accum_freq == 1:
@@ -279,15 +279,14 @@ class Trainer:
         if self.world.is_main:
             root = t.validate_root or str(Path(t.shards).parent)
             # retrieval in the method's own mode only (the fast one that matters); other families: their defaults
-            own = EvalOptions(modes=(PRIMARY_MODE[self.config.method.name],), device=str(self.world.device))
+            own = EvalOptions(modes=(get_method(self.config.method.name).primary_mode,), device=str(self.world.device))
             default = EvalOptions(device=str(self.world.device))
             self.head.eval()
             with torch.no_grad():
                 values = {}
                 for benchmark in t.validate_on:
-                    options = default if benchmark in NOT_RETRIEVAL else own
-                    values.update(run_benchmark(self.head, self.config.method.name, benchmark, root,
-                                                t.validate_split, options))
+                    options = own if get_benchmark(benchmark).family == "retrieval" else default
+                    values.update(run_benchmark(self.head, benchmark, root, t.validate_split, options))
             self.head.train()
             metrics = [values]
             with open(self.out / "val_metrics.jsonl", "a") as f:
@@ -315,7 +314,7 @@ class Trainer:
                                    rank=self.world.rank, world=self.world.size, skip_batches=skip)
             tick = time.perf_counter()
             for batch in batches:
-                terms = self._micro_step(batch)
+                terms = self.accumulate_gradients(batch)
                 self._optimizer_step()
                 self.step += 1
                 now = time.perf_counter()  # wall time per step, data waiting included

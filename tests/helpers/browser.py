@@ -39,7 +39,7 @@ def find_chromium() -> str | None:
 class Page:
     text: str  # document.body.innerText
     html: str  # document.documentElement.outerHTML
-    screenshot: bytes  # PNG of the full page
+    screenshot: bytes  # PNG of the viewport (the window size in FLAGS, less the browser's own bar)
     counts: dict[str, int] = field(default_factory=dict)  # CSS selector -> matches, for `count=`
 
 
@@ -98,7 +98,10 @@ class Browser:
                 await asyncio.sleep(0.5)
             html = await js("document.documentElement.outerHTML")
             counts = {sel: await js(f"document.querySelectorAll({json.dumps(sel)}).length") for sel in count}
-            shot = await call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+            # The viewport only: Streamlit scrolls inside its own container, so there is nothing beyond it, and
+            # captureBeyondViewport=True resizes the page for the capture, which starts the sidebar's
+            # collapse/expand transition; the shot then shows the navigation half slid out, its labels clipped.
+            shot = await call("Page.captureScreenshot", format="png", captureBeyondViewport=False)
             return Page(text=text, html=html, screenshot=base64.b64decode(shot["data"]), counts=counts)
 
 

@@ -17,17 +17,33 @@ PY = sys.executable
 BIN = Path(PY).parent
 
 
+def tiny_preset(repo: Path) -> None:
+    """Make the copy's params/cpu.yaml the tiny preset: params/pipeline.yaml merged over it, section by section,
+    as `flair train --params params/cpu.yaml --params params/pipeline.yaml` reads them. The flows take one
+    params file (pretrain-eval's `params_file`, default params/cpu.yaml; its `dvc repro prepare`), so the
+    merge is written in place here; the DVC pipeline test passes the override file instead."""
+    import yaml
+
+    from flair_core.params import read_yaml
+    from flair_core.training.config import merge_sections
+
+    params = repo / "params" / "cpu.yaml"
+    merged = merge_sections(read_yaml(params), read_yaml(repo / "params" / "pipeline.yaml"))
+    params.write_text("# params/cpu.yaml with params/pipeline.yaml over it (tests/helpers/scratch_repo.py)\n"
+                      + yaml.safe_dump(merged, sort_keys=False))
+
+
 @contextlib.contextmanager
 def scratch_platform(folder: Path, deployments: dict[str, str]):
     """`deployments`: flow module -> deployment name (e.g. {"flows.pretrain_eval": "pretrain-eval/test"}).
     Yields (repo, env); the MLflow/S3 client settings are also in os.environ meanwhile."""
-    from flows.services import LocalServices
+    from services.stack import LocalServices
 
     repo = folder / "repo"
     top_level = {".venv", ".git", "runs", "data", "eval", "reports", ".services", "sweeps"}  # outputs, not sources
     shutil.copytree(REPO, repo, ignore=lambda parent, names: [
         n for n in names if (Path(parent) == REPO and n in top_level) or n == "__pycache__" or n.endswith(".egg-info")])
-    shutil.copy(repo / "params" / "pipeline.yaml", repo / "params" / "cpu.yaml")
+    tiny_preset(repo)
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
                     ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "scratch"]):
         subprocess.run(command, cwd=repo, check=True)

@@ -1,36 +1,30 @@
 """The platform's local services: SeaweedFS (S3 object store), an MLflow tracking server and a Prefect server.
 
-    python -m flows.services start [--root .services] [--prefect-port 4200] [--mlflow-port 5000]
-                                   [--s3-port 8333] [--backend-store-uri URI] [--weed-ports M,V,F,A]
-    python -m flows.services stop|status|env [--root .services]
+    python -m services start [--root .services] [--prefect-port 4200] [--mlflow-port 5000]
+                             [--s3-port 8333] [--backend-store-uri URI] [--weed-ports M,V,F,A]
+    python -m services stop|status|env [--root .services]
 
-Everything listens on 127.0.0.1 only. Each service runs detached in its own session, so its pid is also its
-process-group id and one killpg stops it together with its workers. Pids and ports are kept in
+Everything listens on 127.0.0.1 only and runs under services.supervisor. Pids and ports are kept in
 ROOT/state.json, logs in ROOT/logs/<name>.log, the generated S3 identity in ROOT/s3.json (mode 0600).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import http.client
 import importlib.metadata
 import json
 import os
-import random
 import secrets
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import sysconfig
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from services import supervisor
+from services.supervisor import HOST, ServiceError
+
 ORDER = ("seaweedfs", "mlflow", "prefect")  # dependency order; stop goes in reverse
 LABEL = {"seaweedfs": "SeaweedFS S3", "mlflow": "MLflow", "prefect": "Prefect"}
 DEFAULT_PORTS = {"prefect": 4200, "mlflow": 5000, "s3": 8333}
@@ -41,12 +35,6 @@ GRPC_OFFSET = 10000
 BUCKETS = ("mlflow", "dvc")
 BIN = Path(sysconfig.get_path("scripts"))  # weed, mlflow and prefect are installed beside this interpreter
 START_TIMEOUT = {"seaweedfs": 60, "mlflow": 180, "prefect": 120}  # seconds; 2 cores start all three at once
-STOP_TIMEOUT = 30  # seconds between SIGTERM and SIGKILL
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
-
-
-class ServiceError(RuntimeError):
-    """A one-line, user-facing reason why the services could not be started or stopped."""
 
 
 class LocalServices:
@@ -79,14 +67,14 @@ class LocalServices:
         """{service: {"url", "pid", "up"}}; up means our process is alive and the service answers."""
         pids, down, urls = self._load().get("pids", {}), _down(self._probe_env()), self.urls()
         return {name: {"url": urls[key], "pid": pids[name]["pid"] if name in pids else None,
-                       "up": name not in down and name in pids and bool(_members(pids[name]))}
+                       "up": name not in down and name in pids and bool(supervisor.members(pids[name]))}
                 for name, key in zip(ORDER, ("s3", "mlflow", "prefect"), strict=True)}
 
     # ---- start / stop ----------------------------------------------------------------------------------
     def start(self) -> None:
         began = time.monotonic()
         recorded = self._load().get("pids", {})
-        live = {name for name, proc in recorded.items() if _members(proc)}
+        live = {name for name, proc in recorded.items() if supervisor.members(proc)}
         if live == set(ORDER) and not _down(self._probe_env()):
             print("services already running: " + ", ".join(f"{k} {u}" for k, u in self.urls().items()))
             return
@@ -129,8 +117,8 @@ class LocalServices:
                 "--artifacts-destination", f"s3://{BUCKETS[0]}", "--host", HOST, "--port", str(p["mlflow"]),
                 "--workers", "1"], env, started)  # proxies artifacts with env's S3 keys; 1 worker on 2 cores
             self._wait("seaweedfs", started, self._s3_ready)
-            self._wait("mlflow", started, lambda: _answers(self.urls()["mlflow"] + "/health"))
-            self._wait("prefect", started, lambda: _answers(self.urls()["prefect"] + "/api/health"))
+            self._wait("mlflow", started, lambda: supervisor.answers(self.urls()["mlflow"] + "/health"))
+            self._wait("prefect", started, lambda: supervisor.answers(self.urls()["prefect"] + "/api/health"))
         except BaseException:  # includes Ctrl-C: never leave half a platform behind
             self.stop(quiet=True)  # quietly: the one line that matters is the reason
             raise
@@ -141,33 +129,19 @@ class LocalServices:
         pids = self._load().get("pids", {})
         for name in reversed(ORDER):
             if name in pids:
-                if _members(pids[name]):
-                    _terminate(pids[name], LABEL[name])
-                    if not quiet:
-                        print(f"stopped {LABEL[name]}")
+                if supervisor.terminate(pids[name], LABEL[name]) and not quiet:
+                    print(f"stopped {LABEL[name]}")
                 del pids[name]
                 self._save(pids=pids)
 
     # ---- helpers ---------------------------------------------------------------------------------------
     def _spawn(self, name: str, cmd: list[str], env: dict, started: dict) -> dict:
-        with open(self._log(name), "a") as log:
-            log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
-            log.flush()
-            pid = subprocess.Popen(cmd, env=env, cwd=self.root, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True).pid
-        proc = {"pid": pid, "started": _stat(pid)[19]}
+        proc = supervisor.spawn(cmd, self._log(name), env, cwd=self.root)
         self._save(pids={**started, name: proc})  # recorded at once, so `stop` can clean up after a crash
         return proc
 
     def _wait(self, name: str, started: dict, healthy) -> None:
-        deadline = time.monotonic() + START_TIMEOUT[name]
-        while not healthy():
-            if not _members(started[name]):
-                raise ServiceError(f"{LABEL[name]} exited during start-up; see {self._log(name)}")
-            if time.monotonic() > deadline:
-                raise ServiceError(f"{LABEL[name]} did not pass its health check within "
-                                   f"{START_TIMEOUT[name]} s; see {self._log(name)}")
-            time.sleep(0.25)
+        supervisor.wait_until(healthy, started[name], LABEL[name], self._log(name), START_TIMEOUT[name])
 
     def _migrate(self, env: dict) -> None:
         """Create or upgrade the tracking database in one process, while the others boot: server workers
@@ -210,10 +184,7 @@ class LocalServices:
     def _pick_weed_ports(self) -> None:
         taken = {self.ports[k] for k in DEFAULT_PORTS} | {self.ports["s3"] + GRPC_OFFSET}
         for part in WEED_PARTS:
-            while not self.ports[part]:  # below the ephemeral range, so outgoing connections don't take them
-                port = random.randint(20000, 32767)
-                if {port, port + GRPC_OFFSET}.isdisjoint(taken) and _free(port) and _free(port + GRPC_OFFSET):
-                    self.ports[part] = port
+            self.ports[part] = self.ports[part] or supervisor.pick_port(taken, (0, GRPC_OFFSET))
             taken |= {self.ports[part], self.ports[part] + GRPC_OFFSET}
 
     def _check_ports(self) -> None:
@@ -225,7 +196,7 @@ class LocalServices:
                    for part in WEED_PARTS for off in (0, GRPC_OFFSET)]
         seen = set()
         for port, label, flag in wanted:
-            if port in seen or not 0 < port < 65536 or not _free(port):
+            if port in seen or not 0 < port < 65536 or not supervisor.free(port):
                 raise ServiceError(f"port {port} for {label} is already in use (or invalid) on {HOST}; "
                                    f"choose another with {flag}")
             seen.add(port)
@@ -239,7 +210,7 @@ class LocalServices:
                     "secretKey": secrets.token_urlsafe(30)}
             config = {"identities": [{"name": "flair", "credentials": [cred],
                                       "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
-            _write_private(path, config)
+            supervisor.write_private(path, config)
         cred = json.loads(path.read_text())["identities"][0]["credentials"][0]
         return cred["accessKey"], cred["secretKey"]
 
@@ -252,11 +223,10 @@ class LocalServices:
         return self.root / "logs" / f"{name}.log"
 
     def _load(self) -> dict:
-        path = self.root / "state.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        return supervisor.load(self.root / "state.json")
 
     def _save(self, **changes) -> None:
-        _write_private(self.root / "state.json", {**self._load(), **changes})  # may hold a database URI
+        supervisor.save(self.root / "state.json", **changes)
 
 
 def check_up(env: dict) -> list[str]:
@@ -271,75 +241,12 @@ def _down(env: dict) -> dict[str, str]:
               "mlflow": (env.get("MLFLOW_TRACKING_URI"), "/health"),
               "seaweedfs": (env.get("AWS_ENDPOINT_URL") or env.get("MLFLOW_S3_ENDPOINT_URL"), "")}
     # S3 answers an anonymous request with 403: any HTTP reply shows it is up
-    return {name: url for name, (url, path) in probes.items()
-            if url and url.startswith("http") and not _answers(url.rstrip("/") + path, any_reply=not path)}
-
-
-def _answers(url: str, any_reply: bool = False) -> bool:
-    try:
-        with _HTTP.open(url, timeout=3) as reply:
-            return reply.status == 200
-    except urllib.error.HTTPError:
-        return any_reply
-    except (OSError, http.client.HTTPException):  # refused, reset, timed out, half-started: not (yet) up
-        return False
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is not "in use"
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def _write_private(path: Path, data: dict) -> None:
-    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(path.with_suffix(".tmp"), path)
-
-
-def _stat(pid: int) -> list[str]:
-    """Fields 3.. of /proc/PID/stat (state, ppid, pgrp, ..., start time at index 19)."""
-    return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-
-
-def _members(proc: dict) -> list[int]:
-    """The live processes of a service's group. A leader with another start time is an unrelated process
-    that reused the pid (e.g. after a reboot): then the service is gone."""
-    pid = proc["pid"]
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if we started it, or it lingers as a zombie that looks alive
-    members = []
-    for entry in Path("/proc").iterdir():
-        try:
-            fields = _stat(int(entry.name)) if entry.name.isdigit() else None
-        except OSError:  # exited while we looked
-            continue
-        if fields and int(fields[2]) == pid and fields[0] != "Z":
-            if int(entry.name) == pid and fields[19] != proc["started"]:
-                return []
-            members.append(int(entry.name))
-    return members
-
-
-def _terminate(proc: dict, label: str) -> None:
-    for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, 10)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc["pid"], sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not _members(proc):
-                return
-            time.sleep(0.1)
-    raise ServiceError(f"{label} (process group {proc['pid']}) survived SIGKILL")
+    return {name: url for name, (url, path) in probes.items() if url and url.startswith("http")
+            and not supervisor.answers(url.rstrip("/") + path, any_reply=not path)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.services", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m services", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("start", "start SeaweedFS, MLflow and Prefect; return once all are healthy"),
                        ("stop", "stop them (Prefect, MLflow, SeaweedFS)"), ("status", "show each service"),
@@ -374,7 +281,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

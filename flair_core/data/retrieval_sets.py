@@ -1,0 +1,69 @@
+"""Retrieval benchmark sources as `RetrievalTask`s: texts, which images answer each, and the images in order.
+
+* `builtin_task(root, split, family)`: the built-in `fine_grained`, `long` and `standard` query sets
+  (`<split>_queries.json`) over the `<split>` shards;
+* `benchmark_task(name, root, split)`: a real benchmark's annotations (`flair_core/data/benchmarks.py`), its
+  images checked before any compute.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import webdataset as wds
+from PIL import Image
+
+from flair_core.data.benchmarks import load_benchmark
+from flair_core.data.errors import DataError
+from flair_core.evaluation.metrics import relevance_matrix
+
+BUILTIN_FAMILIES = ("fine_grained", "long", "standard")
+
+
+@dataclass
+class RetrievalTask:
+    name: str
+    texts: list[str]
+    relevant: torch.Tensor  # bool (I, T): every image that answers each text
+    strict: torch.Tensor | None  # bool (I, T): only each text's source image, where that differs
+    images: Callable[[], Iterator[Image.Image]]  # the I images, in order
+    num_images: int
+
+
+def builtin_task(root: Path, split: str, family: str) -> RetrievalTask:
+    queries_file = Path(root) / f"{split}_queries.json"
+    if not queries_file.is_file():
+        raise DataError(f"{queries_file} not found: generate the built-in data with `flair prepare`")
+    queries = json.loads(queries_file.read_text())
+    if family not in queries["sets"]:
+        raise DataError(f"no built-in retrieval set {family!r} (known: {', '.join(queries['sets'])})")
+    query_set, keys = queries["sets"][family], queries["images"]
+    shards = sorted(str(p) for p in (Path(root) / split).glob("*.tar"))
+
+    def images() -> Iterator[Image.Image]:
+        seen = 0
+        # Every image, in order, whoever calls: also rank 0 validating inside a torchrun group.
+        for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False, nodesplitter=None,
+                                     workersplitter=None):
+            if sample["__key__"] != keys[seen]:
+                raise DataError(f"{split} shards out of step with {queries_file.name}: {sample['__key__']}")
+            yield Image.open(io.BytesIO(sample["png"])).convert("RGB")
+            seen += 1
+        if seen != len(keys):
+            raise DataError(f"{split} shards hold {seen} of the {len(keys)} images {queries_file.name} names")
+
+    relevant = relevance_matrix(len(keys), query_set["positives"])
+    strict = relevance_matrix(len(keys), [[s] for s in query_set["source"]])
+    return RetrievalTask(f"builtin_{family}", query_set["texts"], relevant, strict, images, len(keys))
+
+
+def benchmark_task(name: str, root: Path, split: str | None = None) -> RetrievalTask:
+    ds = load_benchmark(name, root, split, check_images=True)  # missing images fail here, before compute
+    relevant = relevance_matrix(len(ds.image_paths), ds.text_positives or [[i] for i in ds.text_image])
+    return RetrievalTask(name, list(ds.texts), relevant, None,
+                         lambda: (Image.open(p).convert("RGB") for p in ds.image_paths), len(ds.image_paths))
