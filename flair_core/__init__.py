@@ -13,7 +13,6 @@ from pydantic import BaseModel
 from torch import nn
 
 from flair_core.checkpoint import CheckpointError, load_weights, read_state_dict
-from flair_core.config import ConfigError, ModelConfig, builtin_model_names, load_model_config
 from flair_core.inference import (
     embed_images,
     embed_texts,
@@ -23,6 +22,7 @@ from flair_core.inference import (
     score_pairs,
 )
 from flair_core.methods import METHODS, Method, get_method, method_of, register
+from flair_core.model_config import ConfigError, ModelConfig, builtin_model_names, load_model_config
 from flair_core.preprocess import get_tokenizer, get_transform
 
 __all__ = [

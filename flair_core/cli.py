@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from flair_core.checkpoint import CheckpointError
-from flair_core.config import ConfigError
+from flair_core.model_config import ConfigError
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -52,7 +52,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     import time
 
     from flair_core.data.builtin import BuiltinDataConfig, generate
-    from flair_core.params import load_section
+    from flair_core.run_config import load_section
 
     config = load_section(BuiltinDataConfig, "data", args.params, args.set)
     start = time.perf_counter()
@@ -66,7 +66,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     import logging
 
-    from flair_core.training.config import load_run_config
+    from flair_core.run_config import load_run_config
     from flair_core.training.loop import train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

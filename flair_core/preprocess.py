@@ -7,7 +7,7 @@ from collections.abc import Callable
 from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transform import image_transform
 
-from flair_core.config import ModelConfig
+from flair_core.model_config import ModelConfig
 
 
 def get_tokenizer(config: ModelConfig) -> SimpleTokenizer:

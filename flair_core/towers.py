@@ -14,8 +14,8 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg, _build_text_tower, _buil
 from open_clip.transformer import text_global_pool
 from torch import nn
 
-from flair_core.config import ModelConfig
 from flair_core.evaluation import scores
+from flair_core.model_config import ModelConfig
 
 
 class DualTowers(nn.Module):

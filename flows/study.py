@@ -19,9 +19,15 @@ import sqlalchemy.exc
 import yaml
 from pydantic import Field, model_validator
 
-from flair_core.config import ConfigError, Frozen
-from flair_core.params import apply_overrides, read_yaml, validate
-from flair_core.training.config import RunConfig, load_run_config, merged_params
+from flair_core.model_config import ConfigError, Frozen
+from flair_core.run_config import (
+    RunConfig,
+    apply_overrides,
+    load_run_config,
+    merged_params,
+    read_yaml,
+    validate,
+)
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 # Heartbeats (how a killed worker's trial gets marked failed) are "experimental" since Optuna 2.9.

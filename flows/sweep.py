@@ -26,7 +26,7 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flair_core.config import ConfigError
+from flair_core.model_config import ConfigError
 from flows import tracking
 from flows.pretrain_eval import REPO, check_services, data_version, git_commit
 from flows.study import (

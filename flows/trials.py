@@ -18,8 +18,8 @@ import torch
 from optuna_integration import TorchDistributedTrial
 
 from flair_core import distributed
-from flair_core.config import ConfigError
-from flair_core.training.config import load_run_config
+from flair_core.model_config import ConfigError
+from flair_core.run_config import load_run_config
 from flair_core.training.loop import Trainer
 from flows.study import (
     FINISHED,

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from flair_core.config import ConfigError
 from flair_core.data import builtin
 from flair_core.data.builtin import BuiltinDataConfig, generate
 from flair_core.data.facts import FactIndex, ObjectFact, RelationFact, fact_from_json
 from flair_core.data.scenes import COLOURS, SHAPES, Scene, SceneObject
-from flair_core.params import load_section
+from flair_core.model_config import ConfigError
+from flair_core.run_config import load_section
 
 SMALL = BuiltinDataConfig(train_images=40, val_images=20, test_images=60, classification_images=30, shard_size=25)
 

@@ -14,7 +14,7 @@ from flair_core.data.retrieval_sets import RetrievalTask
 from flair_core.evaluation.metrics import relevance_matrix
 from flair_core.evaluation.retrieval import EvaluationError, evaluate_retrieval
 from flair_core.evaluation.runner import EvalOptions, run_benchmark
-from flair_core.training.config import load_run_config
+from flair_core.run_config import load_run_config
 from flair_core.training.loop import Trainer
 
 

@@ -13,8 +13,7 @@ import pytest
 from flair_core.data.builtin import BuiltinDataConfig, generate
 from flair_core.evaluation.headline import promotion_metric
 from flair_core.methods import get_method
-from flair_core.params import load_section
-from flair_core.training.config import load_run_config
+from flair_core.run_config import load_run_config, load_section
 from flair_core.training.loop import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from flair_core.cli import main as flair
 from flair_core.evaluation.headline import promotion_metric
 from flair_core.evaluation.runner import EvalOptions, run_benchmark
 from flair_core.methods import clip
-from flair_core.training.config import load_run_config
+from flair_core.run_config import load_run_config
 from flair_core.training.loop import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import optuna
 import pytest
 import yaml
 
-from flair_core.config import ConfigError
-from flair_core.training.config import load_run_config
+from flair_core.model_config import ConfigError
+from flair_core.run_config import load_run_config
 from flows.study import load_sweep_config, open_study, pick_trial, safe_url, write_best_params
 from flows.sweep_report import write_report
 

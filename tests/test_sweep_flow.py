@@ -26,7 +26,7 @@ def test_sweep_deployment_logs_nested_trials_reports_and_exports_the_best_params
     repo, env = platform
     from mlflow import MlflowClient
 
-    from flair_core.training.config import load_run_config
+    from flair_core.run_config import load_run_config
 
     result = deployment_run(env, "sweep/test", "config_file=params/sweep_test.yaml")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from flair_core.training.config import load_run_config
+from flair_core.run_config import load_run_config
 from flair_core.training.loop import Trainer
 
 METHODS = ["flair", "clip", "filip", "dreamlip"]
@@ -196,7 +196,7 @@ def test_a_method_trains_with_its_recipe_and_overrides_still_win(tmp_path):
     ("recipes: [clip]", "recipes: expected a mapping"),
 ])
 def test_bad_recipes_name_the_problem(recipes, message, tmp_path):
-    from flair_core.config import ConfigError
+    from flair_core.model_config import ConfigError
 
     params = tmp_path / "params.yaml"
     params.write_text(recipes + "\n")

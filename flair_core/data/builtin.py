@@ -25,7 +25,6 @@ import webdataset as wds
 from PIL import Image
 from pydantic import Field, field_validator, model_validator
 
-from flair_core.config import Frozen
 from flair_core.data.facts import (
     BackgroundFact,
     CountFact,
@@ -51,6 +50,7 @@ from flair_core.data.scenes import (
     render_single_object,
     twin_scene,
 )
+from flair_core.model_config import Frozen
 
 SPLITS = ("train", "val", "test")
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "classification": 3}

@@ -14,8 +14,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from flair_core.config import Frozen
 from flair_core.data.errors import DataError
+from flair_core.model_config import Frozen
 
 DREAMLIP_FIELDS = (
     "raw_caption",

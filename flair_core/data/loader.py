@@ -24,7 +24,6 @@ import webdataset as wds
 from PIL import Image
 from pydantic import Field
 
-from flair_core.config import Frozen
 from flair_core.data.captions import (
     SamplingConfig,
     normalise_long_caption,
@@ -34,6 +33,7 @@ from flair_core.data.captions import (
 )
 from flair_core.data.errors import DataError
 from flair_core.data.storage import register_s3_scheme
+from flair_core.model_config import Frozen
 
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")

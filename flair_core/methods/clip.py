@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from flair_core import distributed
-from flair_core.config import Frozen, ModelConfig
 from flair_core.data.captions import SamplingConfig
 from flair_core.data.loader import TextViews
 from flair_core.losses import MethodLoss, positive_mask, sigmoid_loss_sum, softmax_contrastive
 from flair_core.methods.method import Method
+from flair_core.model_config import Frozen, ModelConfig
 from flair_core.towers import DualTowers, Projection
 
 

@@ -18,12 +18,12 @@ from pydantic import Field
 from torch import nn
 
 from flair_core import distributed
-from flair_core.config import Frozen, ModelConfig
 from flair_core.data.captions import SamplingConfig
 from flair_core.data.loader import TextViews
 from flair_core.evaluation import scores
 from flair_core.losses import MethodLoss, positive_mask, softmax_contrastive
 from flair_core.methods.method import Method
+from flair_core.model_config import Frozen, ModelConfig
 from flair_core.towers import DualTowers, Projection
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

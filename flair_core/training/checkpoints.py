@@ -72,7 +72,7 @@ def load_trained(path: str | Path, model: str | None = None, method: str = "flai
     method. Returns the model in eval mode; `model.method_name` names its method."""
     from flair_core import create_model, get_method, load_model_config
     from flair_core.checkpoint import load_checked, load_weights
-    from flair_core.config import ModelConfig
+    from flair_core.model_config import ModelConfig
 
     path = Path(path)
     if path.is_dir():

@@ -17,7 +17,7 @@ def seed_platform(root: Path, tiny_data: Path) -> dict:
     real checkpoint, and an Optuna study with complete, pruned and failed trials."""
     from mlflow import MlflowClient
 
-    from flair_core.training.config import load_run_config
+    from flair_core.run_config import load_run_config
     from flair_core.training.loop import Trainer
     from flows.tracking import decide
 

@@ -24,8 +24,7 @@ def tiny_preset(repo: Path) -> None:
     merge is written in place here; the DVC pipeline test passes the override file instead."""
     import yaml
 
-    from flair_core.params import read_yaml
-    from flair_core.training.config import merge_sections
+    from flair_core.run_config import merge_sections, read_yaml
 
     params = repo / "params" / "cpu.yaml"
     merged = merge_sections(read_yaml(params), read_yaml(repo / "params" / "pipeline.yaml"))
