@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install chromium test test-unit lint bench demo sweep dashboard services services-down
+.PHONY: help install chromium test test-unit lint bench demo sweep study dashboard services services-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ demo: install  ## the main job: services, the pretrain-eval deployment, FLAIR an
 
 sweep: services  ## the default Optuna sweep (params/sweep.yaml) through the sweep flow; see docs/sweeps.md
 	eval "$$($(PY) -m services env)" && $(PY) -m flows.sweep run
+
+study: services  ## the equal-budget study (params/study.yaml, ~2 h, resumable) and its report in docs/study/
+	eval "$$($(PY) -m services env)" && $(PY) -m flows.paper_study run
 
 services: install  ## start Prefect, MLflow and the S3 store on 127.0.0.1 (state and logs in .services/)
 	$(PY) -m services start

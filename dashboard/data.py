@@ -172,9 +172,15 @@ def study(storage: str, name: str) -> dict:
 # ---------------------------------------------------------------------------------------------------- paper
 @st.cache_data(ttl=TTL)
 def paper(path: Path) -> dict:
+    """The published numbers; every table must say where it comes from (`provenance` primary or secondary)."""
     if not path.is_file():
         raise Unavailable(f"the published-numbers file {path} is missing")
-    return yaml.safe_load(path.read_text())
+    published = yaml.safe_load(path.read_text())
+    for table in published.get("tables", []):
+        if table.get("provenance") not in ("primary", "secondary"):  # authors' own README or code / third party
+            raise Unavailable(f"table {table.get('id', '?')} in {path.name} has provenance "
+                              f"{table.get('provenance')!r}, not primary or secondary")
+    return published
 
 
 # ---------------------------------------------------------------------------------------------------- inspect

@@ -86,9 +86,50 @@ def test_paper_page_shows_the_published_numbers_with_their_source_and_our_scale(
     assert (cc3m["coco_t2i_r1"], cc3m["coco_i2t_r1"], cc3m["flickr_t2i_r1"]) == (37.7, 51.6, 65.7)
     text = texts(app)
     assert "arxiv.org/abs/2412.03561" in text and "Not comparable number for number" in text
-    ours = frame(app.dataframe[1]).set_index("method")
+    ours = frame(app.dataframe[-1]).set_index("method")  # our runs come after every published table
     assert ours.loc["flair", "fine-grained t2i R@1"] == 12.5 and ours.loc["flair", "model"] == "micro-32"
-    assert "no primary source for this table" in text  # tables the data file lacks are said to be missing
+    assert "not recovered from any source" in text  # tables no source gave are said to be missing
+
+
+def test_paper_page_marks_secondary_tables_as_secondary(env):
+    app = run("paper")
+    shown = [e for e in app.main if e.type in ("subheader", "markdown", "caption", "dataframe")]
+    heading = next(i for i, e in enumerate(shown) if e.type == "subheader" and "loss-component ablation" in e.value)
+    assert shown[heading].value.startswith("[S] ")
+    section = shown[heading + 1:next(i for i in range(heading + 1, len(shown)) if shown[i].type == "subheader")]
+    badge = [e.value.replace("\\", "") for e in section if e.type == "markdown"]
+    assert len(badge) == 1 and "[S] secondary — third-party notes of the paper" in badge[0], badge
+    assert any("../shared/reference/paper_numbers.md §3" in e.value for e in section if e.type == "caption")
+    ablation = frame(next(e for e in section if e.type == "dataframe")).set_index("method")
+    assert ablation.loc["text-conditioned loss only (TCS)", "voc20_miou"] == 36.9
+    assert pd.isna(ablation.loc["global + multi-caption (MPS, no TCS)", "coco_i2t_r1"])  # missing, not guessed
+    primary = next(e for e in app.subheader if "COCO / Flickr30k retrieval R@1 of the released" in e.value)
+    assert primary.value.startswith("[P] ")  # the primary table beside it keeps its own mark
+
+
+def test_every_published_table_declares_its_provenance_and_source():
+    import yaml
+
+    text = (REPO / "dashboard" / "paper_numbers.yaml").read_text()
+    assert "/work/" not in text  # cited by repo-relative name, never a machine path
+    tables = yaml.safe_load(text)["tables"]
+    assert {t["provenance"] for t in tables} == {"primary", "secondary"}
+    for table in tables:
+        assert table["provenance"] in ("primary", "secondary"), table["id"]
+        assert table["source_section"].startswith("../shared/reference/paper_numbers.md §"), table["id"]
+        assert all(set(r["values"]) <= set(table["columns"]) for r in table["rows"]), table["id"]
+
+
+def test_a_table_without_provenance_is_one_warning(env, monkeypatch, tmp_path):
+    import yaml
+
+    published = yaml.safe_load((REPO / "dashboard" / "paper_numbers.yaml").read_text())
+    del published["tables"][1]["provenance"]
+    (tmp_path / "paper.yaml").write_text(yaml.safe_dump(published, allow_unicode=True))
+    monkeypatch.setenv("FLAIR_PAPER_NUMBERS", str(tmp_path / "paper.yaml"))
+    app = run("paper")
+    assert [w.value for w in app.warning] == [
+        "table main_comparison in paper.yaml has provenance None, not primary or secondary"]
 
 
 def test_sweeps_page_shows_best_trial_importances_and_states(env):

@@ -5,34 +5,56 @@ import streamlit as st
 
 from dashboard import data
 
-EXPECTED = {  # what the dashboard would show from the paper, in its order
-    "standard_retrieval": "COCO / Flickr30k retrieval R@1",
-    "fine_grained_retrieval": "DOCCI-FG / IIW-FG fine-grained retrieval",
-    "long_retrieval": "long-caption retrieval",
-    "zero_shot_segmentation": "zero-shot segmentation (VOC20, …)",
+EXPECTED = {  # the tables the page shows, in its order; an id the data file lacks is said to be missing
+    "standard_retrieval": "COCO / Flickr30k retrieval R@1 of the released checkpoints",
+    "main_comparison": "main comparison with other vision-language models",
+    "yfcc15m_comparison": "SigLIP and FLAIR trained on the same data (YFCC15M-recap)",
     "loss_ablation": "loss-component ablation",
     "num_sub_captions": "number of sub-captions K",
+    "baseline_standard_retrieval": "baselines' own COCO / Flickr30k retrieval R@1",
+    "baseline_long_retrieval": "baselines' long-caption retrieval",
+    "long_retrieval": "FLAIR's long-caption retrieval (DCI, IIW, ShareGPT4V, Urban-1K)",
+    "iiw_fg_retrieval": "IIW-FG fine-grained retrieval",
+    "segmentation_beyond_voc20": "zero-shot segmentation beyond VOC20",
 }
+MARK = {"primary": "[P]", "secondary": "[S]"}
+LEGEND = {"primary": "[P] primary — the authors' own README or code",
+          "secondary": "[S] secondary — third-party notes of the paper"}
+BADGE = {"primary": ("green", ":material/verified:"), "secondary": ("orange", ":material/menu_book:")}
 
 st.title("The paper's numbers")
 settings = data.settings()
 published = data.or_stop(data.paper, settings.paper_file)
 source = published.get("source", {})
+legend = {**LEGEND, **published.get("provenance", {})}
 st.markdown(f"**Source:** {source.get('paper', '?')} — [{source.get('url', '')}]({source.get('url', '')})  \n"
             f"**Taken from:** {source.get('retrieved_from', '?')}  \n**Scale:** {published.get('scale', '?')}")
+st.caption(f"Every table is marked with its provenance: {legend['primary']}; {legend['secondary']}. "
+           "Secondary values are shown only marked as such.")
 
 tables = {t["id"]: t for t in published.get("tables", [])}
-for table_id, title in EXPECTED.items():
+for table_id in [*EXPECTED, *(t for t in tables if t not in EXPECTED)]:
     table = tables.get(table_id)
-    st.subheader(title)
+    title = EXPECTED.get(table_id) or (table or {}).get("title", table_id)
     if table is None:
-        st.info(f"Not in `{settings.paper_file.name}`: no primary source for this table was available to us "
+        st.subheader(title)
+        st.info(f"Not in `{settings.paper_file.name}`: not recovered from any source, primary or secondary "
                 "(the file's header says where we looked). Nothing is shown rather than numbers we could not check.")
         continue
-    st.caption(f"{table.get('title', '')} · {table.get('source_table', '')} · {table.get('metric_unit', '')}")
-    frame = pd.DataFrame([{"method": r["method"], "data": r.get("data", ""), **r["values"]} for r in table["rows"]])
-    st.dataframe(frame.style.format(precision=1, subset=frame.select_dtypes("number").columns), hide_index=True,
-                 width="stretch")
+    provenance = table["provenance"]
+    st.subheader(f"{MARK[provenance]} {title}")
+    color, icon = BADGE[provenance]
+    st.badge(legend[provenance], color=color, icon=icon)
+    st.caption(" · ".join(part for part in (table.get("title"), table.get("source_table"), table.get("metric_unit"),
+                                            f"from {table['source_section']}" if table.get("source_section") else "")
+                          if part))
+    rows = [{**{k: v for k, v in r.items() if k != "values"}, **r["values"]} for r in table["rows"]]
+    labels = list(dict.fromkeys(k for r in table["rows"] for k in r if k != "values"))
+    columns = [c for c in table.get("columns", []) if any(c in r["values"] for r in table["rows"])]
+    frame = pd.DataFrame(rows, columns=labels + columns)
+    frame[labels] = frame[labels].fillna("")
+    st.dataframe(frame.style.format(precision=table.get("precision", 1), na_rep="–", subset=columns),
+                 hide_index=True, width="stretch")
     if table.get("notes"):
         st.caption(table["notes"])
 

@@ -1,0 +1,258 @@
+"""The equal-budget study's report: the main table in the paper's layout, the ablations in the paper's order with
+its published numbers beside ours, K and length curves, validation curves, and a verdict per paper claim
+computed from the numbers (holds / does not hold / within noise). Markdown + CSV + PNG in one folder.
+
+Across seeds a cell is the mean of the seeds' values; its interval is the mean of the seeds' 95 % bootstrap
+bounds (over queries), and the seeds' own values are listed in the CSV. A claim holds only when the intervals
+are apart AND every seed agrees in direction; mIoU and top-1 carry no interval, so claims on them need the
+stated margin.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from statistics import mean
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import yaml
+
+from flair_core.evaluation import CHANCE, CI_HIGH, CI_LOW
+from flair_core.evaluation.comparison import format_cell
+from flair_core.evaluation.headline import MAIN_TABLE
+from flair_core.methods import METHODS
+
+PAPER = "../shared/reference/paper_numbers.md"
+# Published at ViT-B/16 on CC3M-recap (millions of pairs); all secondary [S] (third-party notes of the paper),
+# paper_numbers.md §3 (loss ablation: COCO T2I, VOC20 mIoU, ImageNet top-1) and §4 (K: COCO T2I).
+PAPER_LOSS = {"global sigmoid only": (28.3, 3.1, 25.4), "MPS only": (32.9, 1.7, 27.9), "TCS only": (32.0, 36.9, 28.1),
+              "TCS + MPS, w 0.5": (37.7, 59.7, 33.8)}
+PAPER_K = {"K 2": 36.4, "K 8": 37.7}
+SEG_MARGIN = 10.0  # mIoU points a segmentation claim needs (no interval for mIoU)
+FINE, LONG = "retrieval/builtin_fine_grained/{mode}/t2i_r1", "retrieval/builtin_long/{mode}/t2i_r1"
+SEG_PATCH = "segmentation/builtin_segmentation/patch/miou"
+SEG_ATTENTION = "segmentation/builtin_segmentation/attention/miou"
+
+
+def collect(config, runs_dir: Path) -> dict[tuple[str, str], dict[int, dict]]:
+    """(group, label) -> seed -> {"metrics": flat metrics, "method": name, "dir": run folder} of finished runs."""
+    out: dict[tuple[str, str], dict[int, dict]] = {}
+    for record in sorted(runs_dir.glob("*/study.json")):
+        folder = record.parent
+        results = [folder / "eval" / f"{b}.json" for b in config.benchmarks]
+        if not all(r.is_file() for r in results):
+            continue  # not finished: the report shows only finished runs
+        metrics: dict = {}
+        for r in results:
+            metrics.update(json.loads(r.read_text()))
+        method = yaml.safe_load((folder / "config.yaml").read_text())["method"]["name"]
+        for entry in json.loads(record.read_text()):
+            if entry["study"] == config.name:
+                out.setdefault((entry["group"], entry["label"]), {})[entry["seed"]] = {
+                    "metrics": metrics, "method": method, "dir": folder}
+    return out
+
+
+def own(key: str, method: str) -> str:
+    return key.format(mode=METHODS[method].primary_mode) if "{mode}" in key else key
+
+
+def cell(seeds: dict[int, dict], key: str) -> dict | None:
+    """Mean over seeds of a metric (in each run's own mode), the mean interval, chance, and the seeds' values."""
+    values = []
+    for entry in seeds.values():
+        name = own(key, entry["method"])
+        if name not in entry["metrics"]:
+            return None
+        values.append({s: entry["metrics"].get(name + s) for s in ("", CI_LOW, CI_HIGH, CHANCE)})
+    if not values:
+        return None
+    low = [v[CI_LOW] for v in values if v[CI_LOW] is not None]
+    high = [v[CI_HIGH] for v in values if v[CI_HIGH] is not None]
+    chance = [v[CHANCE] for v in values if v[CHANCE] is not None]
+    return {"value": mean(v[""] for v in values), "low": mean(low) if len(low) == len(values) else None,
+            "high": mean(high) if len(high) == len(values) else None, "chance": mean(chance) if chance else None,
+            "seeds": [v[""] for v in values]}
+
+
+def text(c: dict | None) -> str:
+    return "—" if c is None else format_cell(c["value"], c["low"], c["high"], c["chance"])
+
+
+def beyond_chance(c: dict) -> bool:
+    return c["low"] is None or c["chance"] is None or c["low"] > c["chance"]
+
+
+def compare(a: dict | None, b: dict | None, margin: float | None = None) -> str:
+    """Is a above b? holds / does not hold / within noise (intervals, or `margin` where there is none); a claim
+    about values that are not beyond chance is no evidence either way."""
+    if a is None or b is None:
+        return "not measured"
+    if not (beyond_chance(a) and beyond_chance(b)):
+        return "not beyond chance"
+    seeds_agree = len(a["seeds"]) == len(b["seeds"]) and all(x > y for x, y in zip(a["seeds"], b["seeds"], strict=True))
+    if a["low"] is not None and b["high"] is not None:
+        if a["low"] > b["high"] and seeds_agree:
+            return "holds"
+        if a["high"] < b["low"]:
+            return "does not hold"
+        return "within noise"
+    gap = a["value"] - b["value"]
+    if margin is not None and gap >= margin and seeds_agree:
+        return "holds"
+    return "does not hold" if gap <= 0 else "within noise"
+
+
+def verdicts(runs: dict) -> list[tuple[str, str, str]]:
+    """(claim, verdict, the numbers behind it)."""
+    method = {m: runs.get(("methods", m)) for m in METHODS}
+    out = []
+    flair_fine = cell(method["flair"], FINE) if method["flair"] else None
+    rivals = {m: cell(method[m], FINE) for m in ("clip", "dreamlip", "filip") if method.get(m)}
+    if flair_fine and rivals:
+        best = max(rivals, key=lambda m: rivals[m]["value"])
+        out.append((("FLAIR beats CLIP, FILIP and DreamLIP on fine-grained t2i R@1 (paper: DOCCI-FG 25.0 vs "
+                    "DreamLIP 21.6)"), compare(flair_fine, rivals[best]),
+                    f"FLAIR {text(flair_fine)} vs best baseline {best} {text(rivals[best])}"))
+        doubled = flair_fine["value"] >= 2 * rivals[best]["value"] and compare(flair_fine, rivals[best]) == "holds"
+        out.append(("target: FLAIR fine-grained ≥ 2× the best baseline, intervals apart",
+                    "holds" if doubled else "does not hold",
+                    f"FLAIR {flair_fine['value']:.2f} vs 2 × {rivals[best]['value']:.2f}"))
+    loss = {label: runs.get(("loss", label)) for label in PAPER_LOSS}
+    tcs, glob = loss.get("TCS only"), loss.get("global sigmoid only")
+    if tcs and glob:
+        a, b = cell(tcs, SEG_ATTENTION), cell(glob, SEG_PATCH)
+        out.append(((f"TCS creates spatial grounding: TCS-only segmentation ≫ global-only (≥ {SEG_MARGIN:.0f} mIoU; "
+                    "paper 36.9 vs 3.1)"), compare(a, b, SEG_MARGIN),
+                    f"TCS only (attention) {text(a)} vs global only (patch) {text(b)}"))
+    if method["flair"] and method.get("clip"):
+        a, b = cell(method["flair"], SEG_ATTENTION), cell(method["clip"], SEG_PATCH)
+        out.append((f"target: FLAIR segmentation ≥ CLIP + {SEG_MARGIN:.0f} mIoU", compare(a, b, SEG_MARGIN),
+                    f"FLAIR (attention) {text(a)} vs CLIP (patch) {text(b)}"))
+        a, b = cell(method["flair"], LONG), cell(method["clip"], LONG)
+        if a and b:
+            verdict = ("not beyond chance" if not (beyond_chance(a) and beyond_chance(b))
+                       else "holds" if b["value"] - a["value"] <= 5 else "does not hold")
+            out.append(("target: FLAIR long-caption t2i R@1 within 5 points of CLIP on full captions", verdict,
+                        f"FLAIR {text(a)} vs CLIP {text(b)}"))
+    k2, k8 = runs.get(("k", "K 2")), runs.get(("k", "K 8"))
+    if k2 and k8:
+        a, b = cell(k8, FINE), cell(k2, FINE)
+        out.append(("more sub-captions help: K 8 > K 2 (paper: COCO T2I 37.7 vs 36.4)", compare(a, b),
+                    f"K 8 {text(a)} vs K 2 {text(b)} (fine-grained t2i R@1)"))
+    mixed = runs.get(("length", "mixed 1–3"))
+    fixed = {label: runs.get(("length", label)) for label in ("fixed 1", "fixed 2", "fixed 3")}
+    if mixed and all(fixed.values()):
+        results = []
+        for key, name in ((FINE, "fine-grained"), (LONG, "long")):
+            best = max(fixed, key=lambda f: cell(fixed[f], key)["value"])
+            results.append((name, best, compare(cell(fixed[best], key), cell(mixed, key))))
+        behind = [r for r in results if r[2] == "holds"]  # a fixed length beyond mixed on some benchmark
+        out.append((("mixed sub-caption lengths keep both local detail and global context (not beaten by any "
+                    "fixed length on fine-grained or long retrieval)"), "does not hold" if behind else "holds",
+                    "; ".join(f"{name}: best fixed = {best}, fixed beyond mixed: {v}" for name, best, v in results)))
+    return out
+
+
+def write_report(config, out: Path) -> list[Path]:
+    runs = collect(config, Path(config.runs_dir if Path(config.runs_dir).is_absolute()
+                                else Path(__file__).resolve().parents[1] / config.runs_dir) / config.name)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Study `{config.name}`: FLAIR against its baselines at one CPU budget", "",
+             (f"Budget per run: `{' '.join(config.budget)}` over `{', '.join(config.base_params)}` (each method "
+             f"with its recipe); data seeds {list(config.seeds)} (ablations: {list(config.ablation_seeds)}). "
+             "Values in percent on the built-in test split: mean over seeds [mean 95 % bootstrap interval] "
+             "(chance). Retrieval in each method's own scoring mode; segmentation mIoU in patch mode (FLAIR "
+             "also in attention mode). Runs finished so far: "
+             f"{sum(len(s) for s in runs.values())} of {len(config.seeds) * len(config.methods) + sum(len(r) for r in config.ablations.values()) * len(config.ablation_seeds)}."),
+             "", "## Main table", ""]
+    columns = [(c.label, c.key) for c in MAIN_TABLE] + [("seg mIoU (attention)", SEG_ATTENTION)]
+    lines += ["| method | " + " | ".join(label for label, _ in columns) + " |", "|---|" + "---:|" * len(columns)]
+    rows = []
+    for m in config.methods:
+        seeds = runs.get(("methods", m))
+        if seeds:
+            cells = [cell(seeds, key) for _, key in columns]
+            lines.append(f"| {m} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}) | " + " | ".join(text(c) for c in cells) + " |")
+            rows.append(["methods", m, len(seeds), *[c["value"] if c else "" for c in cells]])
+    lines += ["", "## Claims", "", "| claim | verdict | numbers |", "|---|---|---|"]
+    lines += [f"| {claim} | **{verdict}** | {numbers} |" for claim, verdict, numbers in verdicts(runs)]
+    lines += ["", f"## Ablations (FLAIR at its recipe, one setting changed; seeds {list(config.ablation_seeds)})",
+              "", (f"Published: ViT-B/16 on CC3M-recap, millions of pairs, **secondary** [S] values ({PAPER} §3–4: "
+              "COCO T2I / VOC20 mIoU / ImageNet top-1); ours: the CPU budget above on the built-in data."), "",
+              "| group | setting | fine-grained t2i R@1 | long t2i R@1 | seg mIoU (attention) | cls top-1 | paper [S] |",
+              "|---|---|---:|---:|---:|---:|---|"]
+    for group, labels in config.ablations.items():
+        for label in labels:
+            seeds = runs.get((group, label))
+            if not seeds:
+                lines.append(f"| {group} | {label} | not run yet | | | | |")
+                continue
+            keys = [FINE, LONG, SEG_ATTENTION if "global" not in label else SEG_PATCH,
+                    MAIN_TABLE[-1].key]
+            cells = [cell(seeds, k) for k in keys]
+            paper = PAPER_LOSS.get(label) if group == "loss" else PAPER_K.get(label)
+            published = ("—" if paper is None else " / ".join(map(str, paper)) if isinstance(paper, tuple)
+                         else f"COCO T2I {paper}")
+            lines.append(f"| {group} | {label} | " + " | ".join(text(c) for c in cells) + f" | {published} |")
+            rows.append([group, label, len(seeds), *[c["value"] if c else "" for c in cells]])
+    files = [out / "report.md", out / "results.csv"]
+    files += [p for p in (curve(runs, config, "k", out), curve(runs, config, "length", out)) if p]
+    if (p := validation_curves(runs, config, out)) is not None:
+        files.append(p)
+    lines += ["", *[f"![{p.stem}]({p.name})" for p in files[2:]], ""]
+    files[0].write_text("\n".join(lines))
+    with open(files[1], "w", newline="") as f:
+        csv.writer(f).writerows([["group", "setting", "seeds", "fine-grained t2i R@1", "long t2i R@1",
+                                  "seg mIoU", "cls top-1"], *rows])
+    return files
+
+
+def curve(runs: dict, config, group: str, out: Path) -> Path | None:
+    labels = [label for label in config.ablations.get(group, {}) if runs.get((group, label))]
+    if len(labels) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for key, name in ((FINE, "fine-grained t2i R@1"), (LONG, "long t2i R@1")):
+        cells = [cell(runs[(group, label)], key) for label in labels]
+        ax.errorbar(labels, [c["value"] for c in cells],
+                    yerr=[[c["value"] - (c["low"] or c["value"]) for c in cells],
+                          [(c["high"] or c["value"]) - c["value"] for c in cells]], fmt="o-", capsize=3, label=name)
+    ax.set_ylabel("%")
+    ax.set_title(f"FLAIR: {group} (95 % intervals)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / f"{group}_curve.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def validation_curves(runs: dict, config, out: Path) -> Path | None:
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    drawn = False
+    for m in config.methods:
+        seeds = runs.get(("methods", m)) or {}
+        entry = seeds.get(min(seeds)) if seeds else None
+        path = entry["dir"] / "val_metrics.jsonl" if entry else None
+        if path is None or not path.is_file():
+            continue
+        key = own(FINE, m)
+        points = [json.loads(line) for line in path.read_text().splitlines()]
+        ax.plot([p["step"] for p in points if key in p], [p[key] for p in points if key in p], "o-", label=m)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("step")
+    ax.set_ylabel("val fine-grained t2i R@1 (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "validation_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
