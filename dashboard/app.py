@@ -1,5 +1,5 @@
-"""FLAIR Lab dashboard: compare runs with the baselines and the paper, browse sweeps and the registry,
-inspect a model's attention. Read-only.
+"""FLAIR Lab dashboard: compare runs with the baselines and the paper, read the equal-budget study's report,
+browse sweeps and the registry, inspect a model's attention. Read-only.
 
     eval "$(.venv/bin/python -m services env)"
     .venv/bin/python -m streamlit run dashboard/app.py --server.address 127.0.0.1
@@ -17,6 +17,7 @@ st.set_page_config(page_title="FLAIR Lab", layout="wide")
 st.navigation([
     st.Page(PAGES / "compare.py", title="Compare", icon=":material/bar_chart:", default=True),
     st.Page(PAGES / "paper.py", title="Paper", icon=":material/menu_book:"),
+    st.Page(PAGES / "study.py", title="Study", icon=":material/science:"),
     st.Page(PAGES / "sweeps.py", title="Sweeps", icon=":material/tune:"),
     st.Page(PAGES / "registry.py", title="Registry", icon=":material/inventory_2:"),
     st.Page(PAGES / "inspect.py", title="Inspect", icon=":material/visibility:"),

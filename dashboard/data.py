@@ -183,6 +183,86 @@ def paper(path: Path) -> dict:
     return published
 
 
+# ---------------------------------------------------------------------------------------------------- study
+STUDY_EXPERIMENT = "flair-lab-studies"  # flows.paper_study.EXPERIMENT; not imported: that pulls in Prefect
+STUDY_FINE = "retrieval/builtin_fine_grained/{mode}/t2i_r1"
+
+
+@st.cache_data(ttl=TTL, show_spinner="Reading studies from MLflow…")
+def paper_studies(tracking_uri: str) -> pd.DataFrame:
+    """One row per equal-budget study (its MLflow parent run, tag study_role=study), newest first: name, run id,
+    start, budget, seeds, code version, link. Empty when no study has been logged (or its experiment is missing)."""
+    def read():
+        client = _client(tracking_uri)
+        found = client.get_experiment_by_name(STUDY_EXPERIMENT)
+        if found is None:
+            return pd.DataFrame()
+        rows = []
+        for run in client.search_runs([found.experiment_id], "tags.study_role = 'study'", max_results=1000,
+                                      order_by=["attributes.start_time DESC"]):
+            params = run.data.params
+            rows.append({"study": run.data.tags.get("study", run.info.run_name), "run_id": run.info.run_id,
+                         "started": pd.Timestamp(run.info.start_time, unit="ms"),
+                         "budget": params.get("budget", ""), "seeds": params.get("seeds", ""),
+                         "code_version": params.get("code_version", ""),
+                         "link": f"{tracking_uri}/#/experiments/{found.experiment_id}/runs/{run.info.run_id}"})
+        return pd.DataFrame(rows)
+    return _reachable(read, "studies", tracking_uri)
+
+
+def _study_method(tags: dict, params: dict) -> str:
+    """The method a nested run trained: the last `method.name=` of its overrides (an ablation such as "global
+    sigmoid only" overrides FLAIR's), else its label for the methods group; "" when neither says."""
+    names = [o.split("=", 1)[1] for o in params.get("overrides", "").split() if o.startswith("method.name=")]
+    if names:
+        return names[-1]
+    return tags.get("study_label", "") if tags.get("study_group") == "methods" else ""
+
+
+@st.cache_data(ttl=TTL, show_spinner="Reading the study's runs…")
+def paper_study_runs(tracking_uri: str, parent_run_id: str) -> pd.DataFrame:
+    """One row per nested run of a study, in the order the flow ran them: group, setting, seed, method, the
+    method's own mode and its fine-grained t2i R@1 in that mode (NaN when not logged), run key and link."""
+    def read():
+        client = _client(tracking_uri)
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        rows = []
+        for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                      max_results=5000, order_by=["attributes.start_time ASC"]):
+            tags, metrics = run.data.tags, run.data.metrics
+            method = _study_method(tags, run.data.params)
+            mode = own_mode(method) if method else "global"
+            rows.append({"group": tags.get("study_group", ""), "setting": tags.get("study_label", ""),
+                         "seed": int(tags["seed"]) if tags.get("seed", "").isdigit() else None,
+                         "method": method, "mode": mode,
+                         "fine-grained t2i R@1": metrics.get(STUDY_FINE.format(mode=mode), float("nan")),
+                         "run_key": tags.get("run_key", "")[:12],
+                         "link": f"{tracking_uri}/#/experiments/{experiment_id}/runs/{run.info.run_id}"})
+        return pd.DataFrame(rows)
+    return _reachable(read, "the study's runs", tracking_uri)
+
+
+@st.cache_data(ttl=TTL, show_spinner="Downloading the study's report…")
+def paper_study_report(tracking_uri: str, parent_run_id: str) -> dict:
+    """The report the flow logged to the parent run under `report/`: {"markdown": report.md's text or None when
+    not logged yet, "images": {file name: PNG bytes}}. Bytes, not paths: the download is a temporary folder."""
+    import tempfile
+
+    import mlflow
+
+    def read():
+        client = _client(tracking_uri)
+        names = {Path(f.path).name for f in client.list_artifacts(parent_run_id, "report")}
+        if "report.md" not in names:  # the flow logs the report only once every run has finished
+            return {"markdown": None, "images": {}}
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(run_id=parent_run_id, artifact_path="report",
+                                                             dst_path=tmp, tracking_uri=tracking_uri))
+            return {"markdown": (local / "report.md").read_text(),
+                    "images": {p.name: p.read_bytes() for p in sorted(local.glob("*.png"))}}
+    return _reachable(read, "the study's report", tracking_uri)
+
+
 # ---------------------------------------------------------------------------------------------------- inspect
 @st.cache_data(ttl=TTL)
 def test_images(data_root: Path, limit: int = 64) -> list[dict]:

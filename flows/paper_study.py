@@ -188,6 +188,7 @@ def study(config_file: str = "params/study.yaml", quick: bool = False) -> dict:
     code = code_version()
     parent = parent_run(config, code)
     done: dict[str, Path] = {}
+    failed: list[str] = []
     plan = planned_runs(config)
     for number, run in enumerate(plan, 1):
         data = data_dir(config, run.seed, code)
@@ -196,7 +197,12 @@ def study(config_file: str = "params/study.yaml", quick: bool = False) -> dict:
         out = REPO / config.runs_dir / config.name / key[:12]
         prepare(config, run.seed, data)
         start = time.perf_counter()
-        metrics = train_and_evaluate(config, params, out, data)  # cached runs return at once
+        try:
+            metrics = train_and_evaluate(config, params, out, data)  # cached runs return at once
+        except RuntimeError as err:  # one broken run must not cost the others: report it at the end
+            failed.append(f"{run.group}/{run.label} seed {run.seed}: {err}")
+            logger.warning("%d/%d %s", number, len(plan), failed[-1])
+            continue
         logger.info("%d/%d %s/%s seed %d: %s in %.0f s", number, len(plan), run.group, run.label, run.seed,
                     out.name, time.perf_counter() - start)
         done[key] = out
@@ -206,6 +212,8 @@ def study(config_file: str = "params/study.yaml", quick: bool = False) -> dict:
     client = MlflowClient()
     for path in files:
         client.log_artifact(parent, str(path), artifact_path="report")
+    if failed:  # the report holds what finished; a re-run retries only what failed or is missing
+        raise RuntimeError(f"{len(failed)} of {len(plan)} runs failed, the first: {failed[0]}")
     return {"study": config.name, "runs": len(plan), "unique_runs": len(done), "parent_run_id": parent,
             "report": [str(p) for p in files]}
 

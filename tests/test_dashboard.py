@@ -194,3 +194,124 @@ def test_the_router_opens_on_compare(env):
     app.run()
     assert not app.exception and app.title[0].value == "Compare runs"
 
+
+
+# ---------------------------------------------------------------------------------------------------- study
+STUDY_CLAIM = "FLAIR beats CLIP, FILIP and DreamLIP on fine-grained t2i R@1 (paper: DOCCI-FG 25.0 vs DreamLIP 21.6)"
+STUDY_REPORT = f"""# Study `seeded-study`: FLAIR against its baselines at one CPU budget
+
+## Main table
+
+| method | fine-grained t2i R@1 |
+|---|---:|
+| flair (1 seed) | 12.50 [10.94, 14.06] (chance 1.56) |
+
+## Claims
+
+| claim | verdict | numbers |
+|---|---|---|
+| {STUDY_CLAIM} | **holds** | FLAIR 12.50 [10.94, 14.06] (chance 1.56) vs best baseline clip 10.00 |
+
+## Ablations (FLAIR at its recipe, one setting changed; seeds [0])
+
+| group | setting | fine-grained t2i R@1 |
+|---|---|---:|
+| loss | global sigmoid only | 10.00 |
+
+![validation_curves](validation_curves.png)
+"""
+
+
+def seed_study(root: Path) -> dict:
+    """An MLflow store as flows/paper_study.py leaves it: a finished study (parent run with report/report.md and a
+    PNG, two nested runs) and, older, a study whose report is not logged yet (still running)."""
+    from mlflow import MlflowClient
+    from PIL import Image
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("flair-lab-studies", artifact_location=(root / "artifacts").as_uri())
+    start = 1_750_000_000_000  # explicit start times: the page orders studies newest first and runs oldest first
+    client.create_run(experiment, start_time=start, run_name="study-running-study",
+                      tags={"study": "running-study", "study_role": "study"})
+    parent = client.create_run(experiment, start_time=start + 1000, run_name="study-seeded-study",
+                               tags={"study": "seeded-study", "study_role": "study"}).info.run_id
+    for key, value in {"budget": "train.epochs=2", "seeds": "[0]", "code_version": "abc123"}.items():
+        client.log_param(parent, key, value)
+    report = root / "report"
+    report.mkdir()
+    (report / "report.md").write_text(STUDY_REPORT)
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(report / "validation_curves.png")
+    for path in sorted(report.iterdir()):
+        client.log_artifact(parent, str(path), "report")
+    # FLAIR's run logs both modes (its own is flair); the "global sigmoid only" ablation trains CLIP (its last
+    # method.name override), so its own mode is global.
+    nested = [("methods", "flair", "method.name=flair", {FINE.format(mode="flair"): 12.5,
+                                                         FINE.format(mode="global"): 3.0}),
+              ("loss", "global sigmoid only", "method.name=flair method.name=clip method.settings.loss=sigmoid",
+               {FINE.format(mode="global"): 10.0})]
+    for number, (group, label, overrides, metrics) in enumerate(nested, 2):
+        run = client.create_run(experiment, start_time=start + 1000 * number, run_name=f"{group}/{label}/seed0",
+                                tags={"study": "seeded-study", "study_role": "run", "study_group": group,
+                                      "study_label": label, "seed": "0", "run_key": f"{number}" * 16,
+                                      "mlflow.parentRunId": parent}).info.run_id
+        client.log_param(run, "overrides", overrides)
+        for key, value in metrics.items():
+            client.log_metric(run, key, value)
+    return {"uri": uri, "parent": parent}
+
+
+@pytest.fixture(scope="module")
+def studied(tmp_path_factory):
+    return seed_study(tmp_path_factory.mktemp("study"))
+
+
+def test_study_page_shows_the_report_its_images_and_the_nested_runs(studied, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", studied["uri"])
+    app = run("study")
+    assert app.selectbox[0].options == ["seeded-study", "running-study"]  # newest first, the default
+    report = "\n".join(e.value for e in app.markdown)
+    assert "## Claims" in report and STUDY_CLAIM in report and "**holds**" in report
+    assert "## Ablations" in report and "![" not in report  # the PNG is shown as an image, not a dead link
+    assert len(app.get("image")) == 1
+    assert studied["parent"] in texts(app)  # the parent run's MLflow link
+    runs = frame(app.dataframe[0])
+    assert runs[["group", "setting", "seed", "mode"]].values.tolist() == [
+        ["methods", "flair", 0, "flair"], ["loss", "global sigmoid only", 0, "global"]]
+    assert runs["fine-grained t2i R@1"].tolist() == [12.5, 10.0]  # each in its own mode, not FLAIR's global 3.0
+    assert not app.info
+
+
+def test_a_study_without_its_report_yet_says_how_to_produce_it(studied, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", studied["uri"])
+    app = run("study")
+    app.selectbox[0].select("running-study").run()
+    assert not app.exception
+    info = [e.value for e in app.info]
+    assert info[0].startswith("No report logged for study running-study yet") and "make study" in info[0]
+    assert "python -m flows.paper_study run --quick" in info[0] and "\n" not in info[0]
+    assert info[1] == "No run of this study has finished yet." and not app.dataframe
+
+
+def test_no_study_experiment_is_one_info_line(env):
+    app = run("study")  # the seeded store has runs of flair-lab, but no flair-lab-studies experiment
+    assert len(app.info) == 1 and not app.warning and not app.selectbox
+    line = app.info[0].value
+    assert line.startswith("No study logged yet") and "\n" not in line
+    assert "make study" in line and "python -m flows.paper_study run --quick" in line
+
+
+def test_study_page_with_mlflow_down_is_one_warning(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # as dashboard.serve starts it: fail fast
+    app = run("study")
+    warnings = [w.value for w in app.warning]
+    assert len(warnings) == 1 and "\n" not in warnings[0] and "127.0.0.1:9" in warnings[0], warnings
+
+
+def test_the_router_serves_the_study_page(studied, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", studied["uri"])
+    app = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=120)
+    app.run()
+    app.switch_page("pages/study.py").run()
+    assert not app.exception and app.title[0].value == "Equal-budget study"

@@ -25,6 +25,7 @@ PAGES = {  # url path -> text that only the rendered page shows
     "sweeps": "Parameter importances (fANOVA)",
     "registry": "is within the interval [11.20, 14.80]: stays challenger",
     "inspect": "rank of",
+    "study": "No study logged yet",  # the seeded store has no study: the page says how to make one
 }
 
 

@@ -75,7 +75,7 @@ def test_torchrun_restarts_a_killed_worker_and_the_run_continues(tiny_data, tmp_
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(out / "checkpoints" / "step-00000010.pt", agent)
     worker = next(int(line.split()[0]) for line in subprocess.run(
-        ["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout.splitlines()
+        ["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout.splitlines()
         if "flair_core.cli train" in line and str(out) in line and "torch.distributed.run" not in line
         and "unshare" not in line and "bash -c" not in line)  # this test's worker, not any training on the machine
     os.kill(worker, signal.SIGKILL)
