@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from flair_core.data.benchmarks import BENCHMARKS, RetrievalSet, load_benchmark, missing_images
+from flair_core.data.benchmarks import BENCHMARKS, RetrievalSet, load_benchmark
 from flair_core.data.errors import DataError
+from flair_core.data.files import image_problem
 
 
 @pytest.fixture(scope="module")
@@ -121,10 +122,10 @@ def test_coco_unknown_image_id_and_bad_records(coco_root):
     write_json(path, data)
     msg = error("coco", root)
     assert str(path) in msg and "record 3" in msg and "'caption'" in msg
-    data["annotations"][3]["caption"] = "   "
+    data["annotations"][3]["caption"] = None  # the original cannot tokenise it: named
     write_json(path, data)
     msg = error("coco", root)
-    assert str(path) in msg and "record 3" in msg and "empty" in msg
+    assert str(path) in msg and "record 3" in msg and "not a string" in msg
 
 
 def test_missing_images_fail_before_compute(coco_root):
@@ -133,9 +134,9 @@ def test_missing_images_fail_before_compute(coco_root):
     gone = [ds.image_paths[3], ds.image_paths[7]]
     for p in gone:
         p.unlink()
-    assert error("coco", root) == f"coco: 2 of 25 images missing, first: {gone[0]}"
+    assert error("coco", root) == f"coco: 2 of 25 images unusable (missing), first: {gone[0]} (missing)"
     unchecked = load_benchmark("coco", root, check_images=False)
-    assert unchecked == ds and missing_images(unchecked) == gone
+    assert unchecked == ds and [p for p in unchecked.image_paths if image_problem(p)] == gone
 
 
 # ---------------------------------------------------------------- COCO Karpathy 5k (generated)
@@ -159,10 +160,10 @@ def test_coco_karpathy_keeps_test_split(tmp_path, jpeg):
     assert ds.image_paths[2] == tmp_path / "val2014" / "COCO_val2014_000000000004.jpg"
     assert len(ds.texts) == 16 and ds.texts[-1] == "caption 5 of 4."
     assert [len(ts) for ts in ds.image_texts()] == [5, 5, 6]
-    images[3]["sentences"][2]["raw"] = ""
+    images[3]["sentences"][2]["raw"] = 7
     write_json(tmp_path / "dataset_coco.json", {"images": images})
     msg = error("coco_karpathy_5k", tmp_path)
-    assert "dataset_coco.json record 3 sentence 2" in msg and "empty" in msg
+    assert "dataset_coco.json record 3 sentence 2" in msg and "not a string" in msg
 
 
 # ---------------------------------------------------------------- Flickr30k (real val excerpt, generated test)
@@ -258,10 +259,9 @@ def test_docci_fg_groups_by_image_id(tmp_path, jpeg):
     assert ds.image_ids == (5, 2, 9) and ds.text_image == (0, 0, 1, 0, 2, 1)
     assert ds.image_texts() == [[0, 1, 3], [2, 5], [4]]
     assert ds.image_paths[1] == tmp_path / "images" / "test_00002.jpg"
-    anns[3]["image"] = "test_00077.jpg"  # id 5 now names two files
+    anns[3]["image"] = "test_00077.jpg"  # id 5 now names two files: as the original, the id's first file is used
     write_json(path, {"annotations": anns})
-    msg = error("docci_fg", tmp_path)
-    assert f"{path} record 3" in msg and "image id 5" in msg
+    assert load_benchmark("docci_fg", tmp_path) == ds
 
 
 # ---------------------------------------------------------------- DCI (real splits.json, generated per-image files)
@@ -305,9 +305,9 @@ def test_dci_concatenates_splits_and_normalises(dci_root):
 def test_dci_bad_per_image_files(dci_root):
     root, names = dci_root
     ann = root / "densely_captioned_images" / "annotations" / names[12]
-    write_json(ann, {"image": "x.jpg", "short_caption": " . ", "extra_caption": "\n"})
+    write_json(ann, {"image": "x.jpg", "short_caption": None, "extra_caption": "\n"})
     msg = error("dci", root)
-    assert str(ann) in msg and "record 12" in msg and "empty" in msg
+    assert str(ann) in msg and "record 12" in msg and "short_caption" in msg
     ann.unlink()
     msg = error("dci", root)
     assert str(ann) in msg and "record 12" in msg and "not found" in msg
@@ -348,7 +348,7 @@ def test_sharegpt4v_10k_and_short_file(tmp_path):
     path = write_json(tmp_path / "share4v_sam_10k.json", share4v_records(10_001))
     ds = load_benchmark("sharegpt4v_10k", tmp_path, check_images=False)
     assert len(ds.texts) == len(ds.image_paths) == 10_000 and ds.image_ids[-1] == 9_999
-    assert len(missing_images(ds)) == 10_000
+    assert all(image_problem(p) == "missing" for p in ds.image_paths)
     write_json(path, share4v_records(999))
     msg = error("sharegpt4v_1k", tmp_path, check_images=False)
     assert str(path) in msg and "999" in msg
@@ -406,3 +406,95 @@ def test_record_missing_field(tmp_path, field):
 def test_empty_annotation_list(tmp_path):
     path = write_json(tmp_path / "annotations" / "annotations.json", {"annotations": []})
     assert error("urban1k", tmp_path) == f"{path}: no records"
+
+
+# ---------------------------------------------------------------- real files as they are
+
+
+def urban1k_root(tmp_path, real, jpeg, edit=None, prefix: bytes = b"") -> tuple[Path, list]:
+    anns = json.loads((real / "Urban1k" / "annotations" / "annotations.json").read_text())["annotations"]
+    if edit:
+        edit(anns)
+    path = tmp_path / "annotations" / "annotations.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(prefix + json.dumps({"annotations": anns}).encode())
+    write_images([tmp_path / "images" / a["image"] for a in anns if not Path(a["image"]).is_absolute()
+                  and ".." not in a["image"]], jpeg)
+    return path, anns
+
+
+def test_records_the_original_evaluates_load_and_are_counted_in_one_warning(tmp_path, real, jpeg, caplog):
+    def oddities(anns):
+        anns[3]["caption"] = ""
+        anns[4]["caption"] = "   "
+        anns[5]["caption"] = "\ufeffA street  with\ttabs. "
+        anns.append(dict(anns[6]))  # the same record twice
+        anns.append({**anns[7], "image": anns[8]["image"], "caption": "x"})  # id 7 naming another file
+
+    _, _anns = urban1k_root(tmp_path, real, jpeg, oddities, prefix=b"\xef\xbb\xbf")
+    ds = load_benchmark("urban1k", tmp_path)
+    assert len(ds.texts) == 27 and len(ds.image_paths) == 25  # every record is a text; images are the unique ids
+    assert ds.texts[3] == "" and ds.texts[5] == "\ufeffA street  with\ttabs. "  # verbatim: the tokenizer cleans
+    assert ds.text_image[26] == ds.text_image[7] and ds.text_image[25] == ds.text_image[6]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert warnings[0] == ("urban1k: 27 texts, 25 images evaluated as the original does, with 2 empty captions "
+                           "(evaluated as the empty string); 1 captions with odd whitespace or a BOM (kept "
+                           "verbatim); 1 file starts with a BOM; 1 records repeating an earlier image id and "
+                           "caption; 1 image ids reused for another file (the first file is used)")
+    caplog.clear()
+    urban1k_root(tmp_path, real, jpeg)
+    load_benchmark("urban1k", tmp_path)
+    assert not caplog.records  # a clean file: nothing to say
+
+
+@pytest.mark.parametrize("image", ["/etc/hostname", "../outside.jpg", "sub/../../outside.jpg"])
+def test_annotation_paths_that_leave_the_benchmark_root_are_refused(tmp_path, real, jpeg, image):
+    def escape(anns):
+        anns[2]["image"] = image
+
+    path, _ = urban1k_root(tmp_path, real, jpeg, escape)
+    msg = error("urban1k", tmp_path)
+    assert msg == f"{path} record 2: path {image!r} leaves the benchmark root {tmp_path / 'images'}"
+
+
+def test_paths_are_judged_against_each_protocols_root(flickr_root, dci_root):
+    root, data = flickr_root  # Flickr names images relative to the root's parent, as the original reads them
+    assert load_benchmark("flickr30k", root).image_paths[0] == root.parent / data[0]["image"]
+    data[1]["image"] = "../flickr30k.jpg"
+    write_json(root / "flickr30k_val.json", data)
+    assert "leaves the benchmark root" in error("flickr30k", root)
+    dci, _names = dci_root
+    splits = dci / "densely_captioned_images" / "splits.json"
+    write_json(splits, {"train": ["../../secret.json"], "valid": [], "test": []})
+    assert error("dci", dci) == (f"{splits} record 0: path '../../secret.json' leaves the benchmark root "
+                                 f"{dci / 'densely_captioned_images' / 'annotations'}")
+
+
+def test_unusable_images_are_named_before_any_compute(tmp_path, real, jpeg, monkeypatch):
+    _path, anns = urban1k_root(tmp_path, real, jpeg)
+    images = [tmp_path / "images" / a["image"] for a in anns]
+    images[4].write_bytes(b"")
+    images[9].write_text("not an image at all")
+    msg = error("urban1k", tmp_path)
+    assert msg == f"urban1k: 2 of 25 images unusable (empty file, not an image), first: {images[4]} (empty file)"
+    images[4].write_bytes(jpeg)
+    images[9].write_bytes(jpeg)
+    big = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(big, format="PNG")
+    images[11].write_bytes(big.getvalue())
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 × 64 is more than twice the limit: a "bomb"
+    assert error("urban1k", tmp_path).endswith(f"first: {images[11]} (too many pixels (decompression bomb))")
+
+
+def test_an_image_that_passes_the_header_check_but_does_not_decode_is_named(tmp_path, real, jpeg):
+    from flair_core.data.retrieval_sets import benchmark_task
+
+    _, anns = urban1k_root(tmp_path, real, jpeg)
+    truncated = tmp_path / "images" / anns[6]["image"]
+    png = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(png, format="PNG")
+    truncated.write_bytes(png.getvalue()[: len(png.getvalue()) // 2])  # header intact, pixels cut off
+    task = benchmark_task("urban1k", tmp_path)  # the cheap pre-check cannot see it
+    with pytest.raises(DataError, match=f"^urban1k: image {truncated} does not decode"):
+        list(task.images())

@@ -73,6 +73,30 @@ def test_a_real_benchmark_through_the_runner(shared_dir, tmp_path):
     assert "retrieval/urban1k/flair/t2i_r1" in metrics
 
 
+def test_a_whole_urban1k_file_with_an_empty_caption_evaluates_all_1000_pairs(trained_run, shared_dir, tmp_path):
+    """The released file's layout at its full size, with what the whole file holds and the excerpt does not: an
+    empty caption (the original tokenises it) and a BOM. All 1,000 pairs are evaluated; the oddities are counted
+    in one warning line."""
+    excerpt = json.loads((shared_dir / "benchmarks" / "annotations" / "Urban1k" / "annotations" /
+                          "annotations.json").read_text())["annotations"]
+    records = [{**excerpt[i % len(excerpt)], "image_id": i, "image": f"{i + 1}.jpg"} for i in range(1000)]
+    records[417]["caption"] = ""
+    root = tmp_path / "Urban1k"
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "annotations.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({"annotations": records}).encode())
+    (root / "images").mkdir()
+    for record in records:
+        Image.new("RGB", (24, 16), (record["image_id"] % 255, 90, 20)).save(root / "images" / record["image"])
+    out = tmp_path / "urban1k.json"
+    result = evaluate(str(trained_run), "--root", str(root), "--benchmark", "urban1k", "--mode", "global",
+                      "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(out.read_text())
+    assert metrics["retrieval/urban1k/num_images"] == metrics["retrieval/urban1k/num_texts"] == 1000
+    warning = next(line for line in result.stderr.splitlines() if "as the original does" in line)
+    assert "1000 texts, 1000 images" in warning and "1 empty captions" in warning and "BOM" in warning
+
+
 @pytest.mark.parametrize("args,message", [
     (["--benchmark", "cocoa"], "unknown benchmark 'cocoa'"),
     (["--benchmark", "builtin_long", "--mode", "filip"], "mode 'filip' is not available for flair"),

@@ -233,11 +233,18 @@ def test_voc_evaluation_uses_sliding_windows(voc):
     assert result["num_images"] == 2 and 0.0 <= result["miou"] <= 1.0
 
 
-def test_missing_files_fail_before_compute(voc):
+def test_missing_or_unusable_files_and_escaping_ids_fail_before_compute(voc):
     (voc / "SegmentationClass" / "b.png").unlink()
-    with pytest.raises(DataError, match=r"1 of 4 image/mask files missing, first: .*SegmentationClass/b\.png") as e:
+    with pytest.raises(DataError, match=r"1 of 4 image/mask files unusable \(missing\), first: .*SegmentationClass/b\.png") as e:
         voc_segmentation(voc)
     assert "\n" not in str(e.value)
+    (voc / "SegmentationClass" / "b.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"unusable \(empty file\), first: .*SegmentationClass/b\.png \(empty file\)$"):
+        voc_segmentation(voc)
+    listing = voc / "ImageSets" / "Segmentation" / "val.txt"
+    listing.write_text("a\n../../../etc/passwd\n")
+    with pytest.raises(DataError, match=r"val\.txt id '\.\./\.\./\.\./etc/passwd': path .* leaves the benchmark root"):
+        voc_segmentation(voc)
     with pytest.raises(DataError, match="test.txt not found"):
         voc_segmentation(voc, "test")
 

@@ -4,7 +4,14 @@ Differences from the original, all deliberate (§8 items 4-7):
 
 * Ground truth is carried by ids, never by list positions: every text records the index of the image whose id
   it carries, so a filtered or reordered record cannot silently shift the ground truth.
-* Missing images are an error before any compute (`check_images=True`), not a silent skip.
+* Missing images are an error before any compute (`check_images=True`), not a silent skip; so are empty,
+  non-image and absurdly large files (header and size only, `flair_core/data/files.py`).
+* Every path an annotation names must stay inside the benchmark's root: an annotation file is untrusted input.
+* Records the original evaluates are evaluated the same way and counted in one warning: empty or whitespace-only
+  captions (tokenised as the empty string), captions with odd whitespace or a BOM (kept verbatim: the tokenizer
+  cleans them), a file that starts with a BOM, records repeating an earlier image id and caption, and image ids
+  reused for another file (the id's first file is used). Records it cannot evaluate (a caption that is not a
+  string, a missing field) are an error naming the record.
 * Flickr30k's 1k "test" split loads (the original crashes); its default stays the 1,014-image "val" split the
   original reports. The root's parent is taken from an absolute path, so a trailing slash does not matter.
 * IIW is always the fine-grained file (the original's long-caption mode is unreachable anyway).
@@ -17,6 +24,7 @@ Images are the unique image ids in first-appearance order over the texts; texts 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,6 +33,10 @@ from typing import Any
 
 from flair_core.data.captions import normalise_long_caption
 from flair_core.data.errors import DataError
+from flair_core.data.files import check_images as check_images_of
+from flair_core.data.files import inside
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,13 +75,19 @@ Record = tuple[str, Any, Path, str]
 
 
 def _read_json(path: Path) -> Any:
+    """The file's JSON; a leading byte-order mark is allowed (utf-8-sig) and counted by `had_bom`."""
     if not path.is_file():
         raise DataError(f"annotation file {path} not found")
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        raw = path.read_bytes()
+        return json.loads(raw.decode("utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: malformed JSON ({str(exc).splitlines()[0]})") from None
+
+
+def had_bom(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(3) == b"\xef\xbb\xbf"
 
 
 def _list(data: Any, path: Path, key: str | None = None) -> list:
@@ -99,12 +117,25 @@ def _image_id(record: Any, key: str, where: str) -> int | str:
 
 
 def _text(value: Any, where: str, key: str = "caption") -> str:
-    """A caption used verbatim; it must be a non-empty string."""
+    """A caption used verbatim, empty or not (the original tokenises the empty string); it must be a string."""
     if not isinstance(value, str):
         raise DataError(f"{where}: '{key}' is not a string")
-    if not value.strip():
-        raise DataError(f"{where} has an empty '{key}'")
     return value
+
+
+INVISIBLE = dict.fromkeys(map(ord, "\ufeff\u200b\u200c\u200d\u2060"), None)
+
+
+def _oddities(source: Path, texts: list[str], reused: int, repeated: int) -> dict[str, int]:
+    """What in a file the original evaluates but a reader should know about, by count (zero counts left out)."""
+    empty = sum(not t.strip() for t in texts)
+    odd = sum(bool(t.strip()) and t != " ".join(t.translate(INVISIBLE).split()) for t in texts)
+    counts = {"empty captions (evaluated as the empty string)": empty,
+              "captions with odd whitespace or a BOM (kept verbatim)": odd,
+              "file starts with a BOM": int(had_bom(source)),
+              "records repeating an earlier image id and caption": repeated,
+              "image ids reused for another file (the first file is used)": reused}
+    return {what: n for what, n in counts.items() if n}
 
 
 def _assemble(name: str, source: Path, records: Iterable[Record]) -> RetrievalSet:
@@ -114,18 +145,26 @@ def _assemble(name: str, source: Path, records: Iterable[Record]) -> RetrievalSe
     ids: list = []
     texts: list[str] = []
     text_image: list[int] = []
-    for where, image_id, path, text in records:
+    pairs: set[tuple[Any, str]] = set()
+    reused = repeated = 0
+    for _where, image_id, path, text in records:
         k = index.get(image_id)
         if k is None:
             k = index[image_id] = len(paths)
             paths.append(path)
             ids.append(image_id)
         elif paths[k] != path:
-            raise DataError(f"{where}: image id {image_id!r} names {path}, earlier {paths[k]}")
+            reused += 1  # as the original: images are the unique ids, each with its first file
+        repeated += (image_id, text) in pairs
+        pairs.add((image_id, text))
         texts.append(text)
         text_image.append(k)
     if not texts:
         raise DataError(f"{source}: no records")
+    oddities = _oddities(source, texts, reused, repeated)
+    if oddities:
+        log.warning("%s: %d texts, %d images evaluated as the original does, with %s", name, len(texts), len(paths),
+                    "; ".join(f"{n} {what}" for what, n in oddities.items()))
     return RetrievalSet(name, tuple(paths), tuple(ids), tuple(texts), tuple(text_image))
 
 
@@ -146,7 +185,7 @@ def _coco(root: Path, split: str) -> RetrievalSet:
             if image_id not in files:
                 raise DataError(f"{where}: image id {image_id!r} is not in 'images'")
             text = _text(_get(ann, "caption", where), where)
-            yield where, image_id, root / "images" / split / files[image_id], text
+            yield where, image_id, inside(root / "images" / split, files[image_id], where), text
 
     return _assemble("coco", path, records())
 
@@ -162,7 +201,8 @@ def _coco_karpathy(root: Path, split: str) -> RetrievalSet:
             if _get(image, "split", where, str) != split:
                 continue
             image_id = _image_id(image, "cocoid", where)
-            image_path = root / _get(image, "filepath", where, str) / _get(image, "filename", where, str)
+            image_path = inside(root, os.path.join(_get(image, "filepath", where, str),
+                                                   _get(image, "filename", where, str)), where)
             sentences = _get(image, "sentences", where, list)
             if not sentences:
                 raise DataError(f"{where} has no sentences")
@@ -186,7 +226,7 @@ def _flickr30k(root: Path, split: str) -> RetrievalSet:
             if not captions:
                 raise DataError(f"{where} has no captions")
             for j, caption in enumerate(captions):
-                yield where, Path(image).stem, root.parent / image, _text(caption, f"{where} caption {j}")
+                yield where, Path(image).stem, inside(root.parent, image, where), _text(caption, f"{where} caption {j}")
 
     return _assemble("flickr30k", path, records())
 
@@ -203,7 +243,8 @@ def _annotation_list(name: str, annotation: str, image_dir: str) -> Callable[[Pa
                 where = f"{path} record {i}"
                 image_id = _image_id(record, "image_id", where)
                 image = _get(record, "image", where, str)
-                yield where, image_id, root / image_dir / image, _text(_get(record, "caption", where), where)
+                yield (where, image_id, inside(root / image_dir, image, where),
+                       _text(_get(record, "caption", where), where))
 
         return _assemble(name, path, records())
 
@@ -230,7 +271,7 @@ def _dci(root: Path, split: str) -> RetrievalSet:
         for i, name in enumerate(names):
             if not isinstance(name, str):
                 raise DataError(f"{path} record {i}: annotation name is not a string")
-            ann_path = base / "annotations" / name
+            ann_path = inside(base / "annotations", name, f"{path} record {i}")
             where = f"{ann_path} (record {i} of {path.name})"
             try:
                 record = _read_json(ann_path)
@@ -239,10 +280,8 @@ def _dci(root: Path, split: str) -> RetrievalSet:
             image = _get(record, "image", where, str)
             short = _get(record, "short_caption", where, str)
             extra = _get(record, "extra_caption", where, str)
-            text = normalise_long_caption(short + "\n" + extra)
-            if not text:
-                raise DataError(f"{where} has an empty caption ('short_caption' and 'extra_caption')")
-            yield where, name, base / "photos" / image, text
+            text = normalise_long_caption(short + "\n" + extra)  # may be empty: evaluated, and counted
+            yield where, name, inside(base / "photos", image, where), text
 
     return _assemble("dci", path, records())
 
@@ -267,7 +306,7 @@ def _sharegpt4v(count: int) -> Callable[[Path, str], RetrievalSet]:
                     raise DataError(f"{where}: 'conversations' has no answer (needs 2 entries)")
                 value = _get(conversations[1], "value", f"{where} conversation 1")
                 text = normalise_long_caption(_text(value, f"{where} conversation 1", "value"))
-                yield where, i, root / image, _text(text, f"{where} conversation 1", "value")
+                yield where, i, inside(root, image, where), text
 
         return _assemble(f"sharegpt4v_{count // 1000}k", path, records())
 
@@ -300,15 +339,11 @@ SPLITS: dict[str, tuple[str, ...]] = {
 }
 
 
-def missing_images(ds: RetrievalSet) -> list[Path]:
-    """The image files of `ds` that do not exist, in image order."""
-    return [p for p in ds.image_paths if not p.is_file()]
-
-
 def load_benchmark(
     name: str, root: str | Path, split: str | None = None, check_images: bool = True
 ) -> RetrievalSet:
-    """Load a retrieval benchmark; with `check_images`, fail now (not mid-evaluation) if any image is missing."""
+    """Load a retrieval benchmark; with `check_images`, fail now (not mid-evaluation) if any image is missing,
+    empty or not an image."""
     if name not in BENCHMARKS:
         raise DataError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
     split = SPLITS[name][0] if split is None else split
@@ -320,9 +355,5 @@ def load_benchmark(
         raise DataError(f"{name}: dataset root {root} does not exist or is not a directory")
     ds = BENCHMARKS[name](root, split)
     if check_images:
-        missing = missing_images(ds)
-        if missing:
-            raise DataError(
-                f"{name}: {len(missing)} of {len(ds.image_paths)} images missing, first: {missing[0]}"
-            )
+        check_images_of(name, ds.image_paths)
     return ds

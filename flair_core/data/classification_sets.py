@@ -20,6 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from flair_core.data.errors import DataError
+from flair_core.data.files import check_images, decoded
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -101,10 +102,11 @@ def imagefolder_classification(root: str | Path, name: str | None = None) -> Cla
              if path.suffix.lower() in IMAGE_SUFFIXES]
     if not items:
         raise DataError(f"no images (*.jpg, *.png) in class folders under {root}")
+    label = name or root.name
+    check_images(label, [path for path, _ in items])
 
     def samples() -> Iterator[tuple[Image.Image, int]]:
-        for path, label in items:
-            yield Image.open(path).convert("RGB"), label
+        yield from zip(decoded(label, (path for path, _ in items)), (lab for _, lab in items), strict=True)
 
     classes = tuple(f.name.replace("_", " ") for f in folders)
-    return ClassificationSource(name or root.name, classes, samples, len(items))
+    return ClassificationSource(label, classes, samples, len(items))

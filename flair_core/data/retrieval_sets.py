@@ -20,6 +20,7 @@ from PIL import Image
 
 from flair_core.data.benchmarks import load_benchmark
 from flair_core.data.errors import DataError
+from flair_core.data.files import decoded
 from flair_core.evaluation.metrics import relevance_matrix
 
 BUILTIN_FAMILIES = ("fine_grained", "long", "standard")
@@ -63,7 +64,7 @@ def builtin_task(root: Path, split: str, family: str) -> RetrievalTask:
 
 
 def benchmark_task(name: str, root: Path, split: str | None = None) -> RetrievalTask:
-    ds = load_benchmark(name, root, split, check_images=True)  # missing images fail here, before compute
+    ds = load_benchmark(name, root, split, check_images=True)  # unusable images fail here, before compute
     relevant = relevance_matrix(len(ds.image_paths), ds.text_positives or [[i] for i in ds.text_image])
-    return RetrievalTask(name, list(ds.texts), relevant, None,
-                         lambda: (Image.open(p).convert("RGB") for p in ds.image_paths), len(ds.image_paths))
+    return RetrievalTask(name, list(ds.texts), relevant, None, lambda: decoded(name, ds.image_paths),
+                         len(ds.image_paths))

@@ -23,6 +23,7 @@ from PIL import Image
 
 from flair_core.data.classification_sets import read_meta, read_shards, shard_samples
 from flair_core.data.errors import DataError
+from flair_core.data.files import check_images, decoded, inside
 
 IGNORE = 255
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -52,16 +53,16 @@ def _mask(path_or_bytes: Path | bytes, remap: Callable[[np.ndarray], np.ndarray]
 
 def folder_source(name: str, classes: Sequence[str], pairs: list[tuple[Path, Path]],
                   remap: Callable[[np.ndarray], np.ndarray] | None = None) -> SegmentationSource:
-    """(image, mask) file pairs; every file must exist (one-line DataError naming the count and the first)."""
+    """(image, mask) file pairs; every file must be a usable image (one-line DataError naming the count and the
+    first, before any compute)."""
     if not pairs:
         raise DataError(f"{name}: no images found")
-    missing = [p for pair in pairs for p in pair if not p.is_file()]
-    if missing:
-        raise DataError(f"{name}: {len(missing)} of {2 * len(pairs)} image/mask files missing, first: {missing[0]}")
+    check_images(name, [p for pair in pairs for p in pair], "image/mask files")
 
     def samples() -> Iterator[tuple[Image.Image, np.ndarray]]:
-        for image, mask in pairs:
-            yield Image.open(image).convert("RGB"), _mask(mask, remap)
+        images = decoded(name, (image for image, _ in pairs))
+        for image, (_, mask) in zip(images, pairs, strict=True):
+            yield image, _mask(mask, remap)
 
     return SegmentationSource(name, tuple(classes), samples, len(pairs))
 
@@ -86,7 +87,8 @@ def voc_segmentation(root: str | Path, split: str = "val", background: bool = Tr
     if not listing.is_file():
         raise DataError(f"{listing} not found")
     ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-    pairs = [(root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png") for i in ids]
+    pairs = [(inside(root / "JPEGImages", f"{i}.jpg", f"{listing} id {i!r}"),
+              inside(root / "SegmentationClass", f"{i}.png", f"{listing} id {i!r}")) for i in ids]
     if background:
         return folder_source(f"voc_{split}", VOC_CLASSES, pairs)
     return folder_source(f"voc20_{split}", VOC_CLASSES[1:], pairs,
