@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import time
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from mlflow.types import ColSpec, Schema
 from PIL import Image
 
 from flair_core.evaluation.comparison import noise_of
-from flair_core.evaluation.headline import headline
+from flair_core.evaluation.headline import headline, is_headline
+from flair_core.evaluation.metrics import non_finite_metrics
 from flair_core.training.checkpoints import newest
 from flows.pyfunc_model import ImageTextScorer
 
@@ -79,7 +81,12 @@ def world_size(steps: list[dict], config: dict) -> int:
 
 def log_training_run(run_dir: Path, method: str, eval_metrics: dict[str, float], tags: dict[str, str],
                      experiment: str, attention_pngs: list[Path] = ()) -> tuple[str, str]:
-    """Log the run folder to MLflow and register its model; returns (run_id, model version)."""
+    """Log the run folder to MLflow and register its model; returns (run_id, model version). A run with a metric
+    that is not finite is refused before anything is logged: such a model is never registered."""
+    broken = non_finite_metrics(eval_metrics)
+    if broken:
+        raise ValueError(f"{run_dir}: {len(broken)} evaluation metrics are not finite, first: {broken[0]} = "
+                         f"{eval_metrics[broken[0]]}; nothing logged or registered")
     client = MlflowClient()
     name = registered_name(method)
     existing = find_existing(client, name, tags["run_key"])
@@ -155,6 +162,9 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, prima
     """
     if primary not in candidate:
         raise ValueError(f"primary metric {primary!r} was not evaluated")
+    broken = non_finite_metrics({k: v for k, v in candidate.items() if k == primary or is_headline(k)})
+    if broken:  # NaN compares false with everything: without this it would pass every test below
+        return "challenger", f"{broken[0]} = {candidate[broken[0]]} is not finite: never promoted"
     value = candidate[primary]
     low, high, chance = noise_of(candidate, primary)
     interval = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
@@ -164,12 +174,12 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, prima
         return "champion", f"first version: {primary} = {value:.2f}{interval}{note}"
     if at_chance:
         return "challenger", f"{primary} {value:.2f}{interval} is not beyond chance ({chance:.2f}): stays challenger"
-    if primary not in champion:
-        return "champion", f"the champion has no {primary}"
+    if primary not in champion or not math.isfinite(champion[primary]):
+        return "champion", f"{primary} {value:.2f}{interval}: the champion has no finite {primary}"
     best = champion[primary]
     gain = value - best
     if gain <= 0:
-        return "challenger", f"{primary} {value:.2f} does not beat the champion's {best:.2f}"
+        return "challenger", f"{primary} {value:.2f}{interval} does not beat the champion's {best:.2f} ({gain:+.2f})"
     if interval and low <= best:
         return "challenger", (f"{primary} gain +{gain:.2f} over {best:.2f} is within the interval{interval}: "
                               "stays challenger")
@@ -177,8 +187,8 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, prima
                    if k in champion and champion[k] - v > tolerance}
     if regressions:
         worst = max(regressions, key=regressions.get)
-        return "challenger", (f"{primary} +{gain:.2f} but {worst} drops {regressions[worst]:.2f} "
-                              f"(tolerance {tolerance:.2f})")
+        return "challenger", (f"{primary} {value:.2f}{interval} +{gain:.2f} but {worst} drops "
+                              f"{regressions[worst]:.2f} (tolerance {tolerance:.2f})")
     if not interval:
         return "champion", f"{primary} {value:.2f} beats {best:.2f} (+{gain:.2f}), no regression; no interval recorded"
     return "champion", (f"{primary} {value:.2f}{interval} beats {best:.2f} beyond its interval (+{gain:.2f}), "

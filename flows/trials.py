@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from optuna_integration import TorchDistributedTrial
 
 from flair_core import distributed
+from flair_core.evaluation.metrics import EvaluationError
 from flair_core.model_config import ConfigError
 from flair_core.run_config import load_run_config
 from flair_core.training.loop import Trainer
@@ -56,6 +58,8 @@ def run_trial(trial: optuna.trial.BaseTrial, config: SweepConfig, data_root: str
         missing = [o.metric for o in objectives if o.metric not in metrics]
         if missing:
             raise ConfigError(f"objective {missing[0]!r} is not a validation metric (have: {', '.join(metrics)})")
+        if not math.isfinite(metrics[first]):
+            raise EvaluationError(f"step {step}: validation {first} = {metrics[first]} is not finite")
         if len(objectives) == 1:
             trial.report(metrics[first], step)
             if trial.should_prune():
@@ -70,7 +74,11 @@ def run_trial(trial: optuna.trial.BaseTrial, config: SweepConfig, data_root: str
     finally:
         if rank == 0:  # a trial's weights are not kept: its params are
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    return [trainer.val_metrics[o.metric] for o in objectives]
+    values = [trainer.val_metrics[o.metric] for o in objectives]
+    broken = [(o.metric, v) for o, v in zip(objectives, values, strict=True) if not math.isfinite(v)]
+    if broken:  # Optuna records the trial as failed: it is never best, never exported
+        raise EvaluationError(f"trial {trial.number}: objective {broken[0][0]} = {broken[0][1]} is not finite")
+    return values
 
 
 def stop_at_n_trials(n_trials: int):
@@ -125,7 +133,13 @@ def _main_rank(config: SweepConfig, data_root: str, on_trial_end, world_size: in
         trial.set_user_attr("run_dir", str(trial_dir(config, trial.number)))
         if world_size > 1:
             _broadcast(True)
-        values = run_trial(TorchDistributedTrial(trial) if world_size > 1 else trial, config, data_root)
+        try:
+            values = run_trial(TorchDistributedTrial(trial) if world_size > 1 else trial, config, data_root)
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:  # Optuna logs the error but keeps no reason with the trial: keep one line
+            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}".splitlines()[0])
+            raise
         return values if len(values) > 1 else values[0]
 
     callbacks = [stop_at_n_trials(config.n_trials), stop_after_repeated_failures()]
@@ -140,7 +154,7 @@ def _main_rank(config: SweepConfig, data_root: str, on_trial_end, world_size: in
         _broadcast(False)
     last = [study.trials[n] for n in mine[-MAX_FAILURES_IN_A_ROW:]]
     if len(last) == MAX_FAILURES_IN_A_ROW and not any(t.state in FINISHED for t in last):
-        reason = last[-1].system_attrs.get("fail_reason", "no reason recorded").strip().splitlines()[-1]
+        reason = last[-1].user_attrs.get("fail_reason", "no reason recorded")
         raise RuntimeError(f"this worker's last {MAX_FAILURES_IN_A_ROW} trials failed; the last one: {reason}")
     return mine
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from flair_core import create_model, get_tokenizer, get_transform
 from flair_core.data.retrieval_sets import RetrievalTask
-from flair_core.evaluation.metrics import relevance_matrix
-from flair_core.evaluation.retrieval import EvaluationError, evaluate_retrieval
+from flair_core.evaluation.metrics import EvaluationError, relevance_matrix
+from flair_core.evaluation.retrieval import evaluate_retrieval
 from flair_core.evaluation.runner import EvalOptions, run_benchmark
 from flair_core.run_config import load_run_config
 from flair_core.training.loop import Trainer
@@ -148,3 +148,39 @@ def test_nan_weights_are_an_error_naming_benchmark_mode_and_count():
                            toy_task(), modes=("flair",))
     message = str(caught.value)
     assert message.startswith("toy, flair mode: 16 of 16 scores are not finite") and "\n" not in message
+
+
+def test_nan_weights_fail_segmentation_and_classification_instead_of_scoring():
+    """NaN wins every arg-max, so without the guard a broken model would get a (meaningless) mIoU and top-1."""
+    import numpy as np
+
+    from flair_core.data.classification_sets import ClassificationSource
+    from flair_core.data.segmentation_sets import SegmentationSource
+    from flair_core.evaluation.classification import evaluate_classification
+    from flair_core.evaluation.segmentation import evaluate_segmentation
+
+    model = create_model("micro-32", "flair").eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))
+    tokenizer, transform = get_tokenizer(model.config), get_transform(model.config, False)
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    segmentation = SegmentationSource("toy_seg", ("background", "square"),
+                                      lambda: iter([(image, np.zeros((32, 32), np.int64))]), 1)
+    with pytest.raises(EvaluationError, match=r"^toy_seg, patch mode: \d+ of \d+ scores are not finite"):
+        evaluate_segmentation(model, tokenizer, transform, segmentation, templates="single")
+    classification = ClassificationSource("toy_cls", ("red", "blue"), lambda: iter([(image, 0)]), 1)
+    with pytest.raises(EvaluationError, match=r"^toy_cls, zeroshot mode: 2 of 2 scores are not finite"):
+        evaluate_classification(model, tokenizer, transform, classification, templates="single")
+
+
+def test_a_metric_that_is_not_a_number_is_never_reported(tiny_data, monkeypatch):
+    from flair_core.evaluation import runner
+
+    def broken(model, benchmark, source, tokenizer, transform, options):
+        return {f"retrieval/{benchmark}/global/t2i_r1": 12.5, f"retrieval/{benchmark}/global/t2i_r5": float("inf")}
+
+    monkeypatch.setitem(runner.EVALUATORS, "retrieval", broken)
+    with pytest.raises(EvaluationError, match=r"^builtin_long: 1 metrics are not finite, first: "
+                                              r"retrieval/builtin_long/global/t2i_r5 = inf$"):
+        run_benchmark(create_model("micro-32", "clip"), "builtin_long", tiny_data, "test")

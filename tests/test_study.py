@@ -176,3 +176,31 @@ def test_report_says_which_trials_the_best_beats_beyond_its_validation_interval(
     assert summary["separation"]["beaten"] == [2, 3] and summary["separation"]["within"] == [1]
     header = (tmp_path / "reports" / "s" / "trials.csv").read_text().splitlines()[0].split(",")
     assert header[3:6] == ["ci_low", "ci_high", "chance"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_trial_whose_objective_is_not_finite_fails_and_is_never_best(tmp_path, monkeypatch, value):
+    from flows import trials
+
+    class Trainer:  # stands in for training: validates twice, the last time to `value`
+        def __init__(self, config, out, on_validation):
+            self.on_validation, self.val_metrics = on_validation, {}
+
+        def fit(self):
+            for step, metric in ((1, 3.0), (2, value)):
+                self.val_metrics = {T2I: metric}
+                self.on_validation(step, self.val_metrics)
+
+    monkeypatch.setattr(trials, "Trainer", Trainer)
+    config = load_sweep_config(sweep_file(tmp_path, n_trials=1, pruner="none"))
+    study = open_study(config)
+    study.add_trial(optuna.trial.create_trial(params={"sampling.k": 2, "method.settings.tcs_weight": 0.5},
+                                              distributions={"sampling.k": optuna.distributions.IntDistribution(1, 10),
+                                                             "method.settings.tcs_weight": optuna.distributions.FloatDistribution(0, 1)},
+                                              value=1.0))
+    config = load_sweep_config(sweep_file(tmp_path, n_trials=2, pruner="none"))
+    with pytest.raises(RuntimeError, match=r"last 3 trials failed; the last one: EvaluationError: .* is not finite$"):
+        trials.run_worker(config, str(tmp_path), worker=0)
+    study = open_study(config)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "FAIL", "FAIL"]
+    assert study.best_trial.number == 0  # the finite one, whatever the broken ones "scored"

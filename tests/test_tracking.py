@@ -33,9 +33,17 @@ def scored(value: float, low: float | None = None, high: float | None = None, ch
      f"{P} gain +0.43 over 4.57 is within the interval [4.57, 5.50]: stays challenger"),
     (scored(3.0, 1.5, 4.5, 1.56), scored(0.5), "challenger",  # beats a poor champion, but only by chance
      f"{P} 3.00 [1.50, 4.50] is not beyond chance (1.56): stays challenger"),
-    (scored(4.0, 3.5, 4.5, 0.4), scored(4.57), "challenger", f"{P} 4.00 does not beat the champion's 4.57"),
+    (scored(4.0, 3.5, 4.5, 0.4), scored(4.57), "challenger",
+     f"{P} 4.00 [3.50, 4.50] does not beat the champion's 4.57 (-0.57)"),
     (scored(6.7, 5.9, 7.5, 0.4, long=10.0), scored(4.57, long=20.0), "challenger",
-     f"{P} +2.13 but {OTHER} drops 10.00 (tolerance 2.00)"),
+     f"{P} 6.70 [5.90, 7.50] +2.13 but {OTHER} drops 10.00 (tolerance 2.00)"),
+    # nothing that is not a number is ever promoted (NaN compares false: it would pass every test)
+    (scored(float("nan")), None, "challenger", f"{P} = nan is not finite: never promoted"),
+    (scored(float("nan"), 5.9, 7.5, 0.4), scored(4.57), "challenger", f"{P} = nan is not finite: never promoted"),
+    (scored(6.7, 5.9, 7.5, 0.4, long=float("inf")), scored(4.57, long=1.0), "challenger",
+     f"{OTHER} = inf is not finite: never promoted"),
+    (scored(6.7, 5.9, 7.5, 0.4), scored(float("nan")), "champion",
+     f"{P} 6.70 [5.90, 7.50]: the champion has no finite {P}"),
     (scored(6.7), scored(4.57), "champion", f"{P} 6.70 beats 4.57 (+2.13), no regression; no interval recorded"),
     (scored(6.7), None, "champion", f"first version: {P} = 6.70"),
 ])
@@ -76,3 +84,14 @@ def test_world_size_is_read_back_from_the_logged_rate():
     config = {"train": {"batch_size": 32}}
     assert world_size([{"samples_per_s": 128.0, "seconds": 0.5}], config) == 2  # 64 samples in 0.5 s
     assert world_size([{"samples_per_s": 64.0}], config) == 1  # older runs: no per-step seconds
+
+
+def test_a_run_with_a_metric_that_is_not_finite_is_refused_before_mlflow_is_touched(tmp_path, monkeypatch):
+    from flows import tracking
+
+    monkeypatch.setattr(tracking, "MlflowClient", lambda *a, **k: pytest.fail("MLflow was contacted"))
+    monkeypatch.setattr(tracking.mlflow, "start_run", lambda *a, **k: pytest.fail("a run was started"))
+    with pytest.raises(ValueError) as caught:
+        tracking.log_training_run(tmp_path, "flair", {P: 6.2, OTHER: float("nan")}, {"run_key": "k"}, "e")
+    assert str(caught.value) == (f"{tmp_path}: 1 evaluation metrics are not finite, first: {OTHER} = nan; "
+                                 "nothing logged or registered")

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from flair_core.data.classification_sets import ClassificationSource
 from flair_core.data.errors import DataError
+from flair_core.evaluation.metrics import check_finite
 from flair_core.evaluation.templates import CLIP_BEST, batched, class_text_embeddings
 
 
@@ -50,6 +51,8 @@ def evaluate_classification(model, tokenizer: Callable, transform: Callable, sou
         labels.extend(label for _, label in batch)
     if not labels:
         raise DataError(f"{source.name}: no images")
-    accuracy = topk_accuracy(torch.cat(scores), torch.tensor(labels), (1, 5))
+    scores = torch.cat(scores)
+    check_finite(source.name, "zeroshot", scores)  # NaN wins every arg-max: it would score, not fail
+    accuracy = topk_accuracy(scores, torch.tensor(labels), (1, 5))
     return {"top1": accuracy[1], "top5": accuracy[5], "num_images": len(labels),
             "num_classes": len(source.class_names)}

@@ -13,6 +13,8 @@ sets) and a seeded bootstrap interval over queries, so a difference can be told 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from flair_core.evaluation import CHANCE, CI_HIGH, CI_LOW
@@ -26,6 +28,23 @@ def non_finite(scores: torch.Tensor) -> int:
     if torch.isfinite(scores.sum()):  # exact fast path: any NaN/inf entry makes the sum non-finite; ~100x cheaper
         return 0
     return int((~torch.isfinite(scores)).sum())
+
+
+class EvaluationError(ValueError):
+    """Scores that cannot be ranked (NaN/inf): an error naming benchmark, mode and count, never a metric."""
+
+
+def check_finite(benchmark: str, mode: str, *scores: torch.Tensor) -> None:
+    bad = sum(non_finite(s) for s in scores)
+    if bad:
+        total = sum(s.numel() for s in scores)
+        raise EvaluationError(f"{benchmark}, {mode} mode: {bad} of {total} scores are not finite (NaN/inf); "
+                              "no metric reported (are the model's weights finite?)")
+
+
+def non_finite_metrics(metrics: dict) -> list[str]:
+    """Names of the numeric metrics that are NaN or ±inf, in order."""
+    return [k for k, v in metrics.items() if isinstance(v, int | float) and not math.isfinite(v)]
 
 
 def ranks(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:

@@ -14,21 +14,8 @@ import torch
 
 from flair_core import inference
 from flair_core.data.retrieval_sets import RetrievalTask
-from flair_core.evaluation.metrics import non_finite, retrieval_metrics
+from flair_core.evaluation.metrics import check_finite, retrieval_metrics
 from flair_core.methods import method_of
-
-
-class EvaluationError(ValueError):
-    """Scores that cannot be ranked (NaN/inf): an error naming benchmark, mode and count, never a metric."""
-
-
-def check_finite(benchmark: str, mode: str, i2t: torch.Tensor, t2i: torch.Tensor) -> None:
-    matrices = [i2t] if i2t is t2i else [i2t, t2i]  # global and flair modes rank both directions by one matrix
-    bad = sum(non_finite(m) for m in matrices)
-    if bad:
-        total = sum(m.numel() for m in matrices)
-        raise EvaluationError(f"{benchmark}, {mode} mode: {bad} of {total} scores are not finite (NaN/inf); "
-                              "no metric reported (are the model's weights finite?)")
 
 
 def encode(model, tokenizer: Callable, transform: Callable, task: RetrievalTask, batch_size: int = 64
@@ -57,7 +44,7 @@ def evaluate_retrieval(model, tokenizer: Callable, transform: Callable, task: Re
     metrics = {}
     for mode in modes:
         i2t, t2i = model.retrieval_scores(features, mode, topk, dtype, budget_mb)
-        check_finite(task.name, mode, i2t, t2i)
+        check_finite(task.name, mode, *([i2t] if i2t is t2i else [i2t, t2i]))  # one matrix: both directions
         prefix = f"retrieval/{task.name}/{mode}"
         metrics.update({f"{prefix}/{k}": v for k, v in retrieval_metrics(i2t, t2i, task.relevant).items()})
         if task.strict is not None:

@@ -26,6 +26,7 @@ from flair_core.data.segmentation_sets import (
     voc_segmentation,
 )
 from flair_core.evaluation.classification import evaluate_classification
+from flair_core.evaluation.metrics import EvaluationError, non_finite_metrics
 from flair_core.evaluation.retrieval import evaluate_retrieval
 from flair_core.evaluation.segmentation import evaluate_segmentation
 from flair_core.methods import method_of
@@ -123,4 +124,8 @@ def run_benchmark(model, benchmark: str, root: str | Path, split: str | None = N
     source = spec.load(Path(root), split or spec.split, options)  # missing files fail here, before compute
     model.to(options.device)
     tokenizer, transform = get_tokenizer(model.config), get_transform(model.config, train=False)
-    return EVALUATORS[spec.family](model, benchmark, source, tokenizer, transform, options)
+    metrics = EVALUATORS[spec.family](model, benchmark, source, tokenizer, transform, options)
+    bad = non_finite_metrics(metrics)
+    if bad:  # the last line of defence: a metric that is not a number is never reported
+        raise EvaluationError(f"{benchmark}: {len(bad)} metrics are not finite, first: {bad[0]} = {metrics[bad[0]]}")
+    return metrics

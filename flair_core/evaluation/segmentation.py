@@ -24,6 +24,7 @@ from PIL import Image
 from flair_core.data.errors import DataError
 from flair_core.data.segmentation_sets import IGNORE, SegmentationSource
 from flair_core.evaluation.attention import patch_attention, require_pooling, to_grid
+from flair_core.evaluation.metrics import check_finite
 from flair_core.evaluation.templates import CLIP_BEST, batched, class_text_embeddings
 
 OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -162,6 +163,7 @@ def evaluate_segmentation(model, tokenizer: Callable, transform: Callable, sourc
         inputs = [to_input(image, mean, std, short_side) for image, _ in chunk]
         for scores, (_, label) in zip(sliding_window_scores(scorer, inputs, window, stride, batch_size, device),
                                       chunk):
+            check_finite(source.name, mode, scores)  # NaN wins every arg-max: it would score, not fail
             target = torch.from_numpy(label)
             if scores.shape[1:] != target.shape:
                 scores = F.interpolate(scores[None], size=target.shape, mode="bilinear", align_corners=False)[0]
