@@ -31,6 +31,7 @@ from pydantic import Field
 
 from flair_core.model_config import ConfigError, Frozen
 from flair_core.run_config import RunConfig, merged_params, read_yaml, validate
+from flows import tracking
 from flows.pretrain_eval import FLAIR, REPO, check_services, run_command
 
 EXPERIMENT = "flair-lab-studies"
@@ -49,6 +50,8 @@ class StudyConfig(Frozen):
     data_root: str = "data/study"
     runs_dir: str = "runs/study"
     report_dir: str = "docs/study"
+    sweep_file: str = Field("params/sweep.yaml", description="the sweep whose search space (K, length, w) the "
+                            "report's two-objective Optuna study over FLAIR's configurations uses")
 
 
 @dataclass(frozen=True)
@@ -137,21 +140,6 @@ def _train_and_evaluate(config: StudyConfig, params: dict, out: Path, data: Path
                          str(result)], f"evaluating {out.name} on {benchmark}")
 
 
-def parent_run(config: StudyConfig, code: str) -> str:
-    client = MlflowClient()
-    found = client.get_experiment_by_name(EXPERIMENT)
-    exp_id = found.experiment_id if found else client.create_experiment(EXPERIMENT)
-    runs = client.search_runs([exp_id], f"tags.study = '{config.name}' and tags.study_role = 'study'")
-    if runs:
-        return runs[0].info.run_id
-    run = client.create_run(exp_id, run_name=f"study-{config.name}", tags={"study": config.name,
-                                                                           "study_role": "study"})
-    client.log_batch(run.info.run_id, params=[Param("budget", " ".join(config.budget)),
-                                              Param("seeds", json.dumps(list(config.seeds))),
-                                              Param("code_version", code)])
-    return run.info.run_id
-
-
 def log_run(parent: str, config: StudyConfig, run: Run, key: str, out: Path, metrics: dict[str, float]) -> None:
     """One nested run per configuration and seed (idempotent: found by its study, group, label and seed)."""
     client = MlflowClient()
@@ -186,7 +174,9 @@ def study(config_file: str = "params/study.yaml", quick: bool = False) -> dict:
     check_services()
     config = load_study_config(REPO / config_file, quick)
     code = code_version()
-    parent = parent_run(config, code)
+    parent = tracking.parent_run(EXPERIMENT, f"study-{config.name}", {"study": config.name, "study_role": "study"},
+                                 {"budget": " ".join(config.budget), "seeds": json.dumps(list(config.seeds)),
+                                  "code_version": code})
     done: dict[str, Path] = {}
     failed: list[str] = []
     plan = planned_runs(config)
@@ -209,9 +199,7 @@ def study(config_file: str = "params/study.yaml", quick: bool = False) -> dict:
         record_run(out, config, run, key)
         log_run(parent, config, run, key, out, metrics)
     files = write_report(config, REPO / config.report_dir)
-    client = MlflowClient()
-    for path in files:
-        client.log_artifact(parent, str(path), artifact_path="report")
+    tracking.log_study_report(parent, files, {})
     if failed:  # the report holds what finished; a re-run retries only what failed or is missing
         raise RuntimeError(f"{len(failed)} of {len(plan)} runs failed, the first: {failed[0]}")
     return {"study": config.name, "runs": len(plan), "unique_runs": len(done), "parent_run_id": parent,

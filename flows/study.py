@@ -56,6 +56,13 @@ class ParamSpace(Frozen):
             raise ValueError(f"int needs whole-number bounds (got low={self.low}, high={self.high})")
         return self
 
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        if self.type == "int":
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log)
+        if self.type == "float":
+            return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log)
+        return optuna.distributions.CategoricalDistribution(list(self.choices))
+
     def extremes(self) -> list:
         if self.type == "categorical":
             return list(self.choices)

@@ -133,12 +133,15 @@ def verdicts(runs: dict) -> list[tuple[str, str, str]]:
         a, b = cell(method["flair"], SEG_ATTENTION), cell(method["clip"], SEG_PATCH)
         out.append((f"target: FLAIR segmentation ≥ CLIP + {SEG_MARGIN:.0f} mIoU", compare(a, b, SEG_MARGIN),
                     f"FLAIR (attention) {text(a)} vs CLIP (patch) {text(b)}"))
-        a, b = cell(method["flair"], LONG), cell(method["clip"], LONG)
+        swept = next((seeds for (group, _), seeds in runs.items() if group == "sweep"), None)
+        name, flair = ("the sweep's best FLAIR", swept) if swept else ("FLAIR's recipe", method["flair"])
+        clip = {seed: entry for seed, entry in method["clip"].items() if seed in flair}  # the same data seeds
+        a, b = cell(flair, LONG), cell(clip, LONG) if clip else None
         if a and b:
             verdict = ("not beyond chance" if not (beyond_chance(a) and beyond_chance(b))
                        else "holds" if b["value"] - a["value"] <= 5 else "does not hold")
-            out.append(("target: FLAIR long-caption t2i R@1 within 5 points of CLIP on full captions", verdict,
-                        f"FLAIR {text(a)} vs CLIP {text(b)}"))
+            out.append((f"target: {name} long-caption t2i R@1 within 5 points of CLIP on full captions", verdict,
+                        f"{name} {text(a)} vs CLIP {text(b)} (seeds {sorted(flair)})"))
     k2, k8 = runs.get(("k", "K 2")), runs.get(("k", "K 8"))
     if k2 and k8:
         a, b = cell(k8, FINE), cell(k2, FINE)
@@ -200,8 +203,10 @@ def write_report(config, out: Path) -> list[Path]:
                          else f"COCO T2I {paper}")
             lines.append(f"| {group} | {label} | " + " | ".join(text(c) for c in cells) + f" | {published} |")
             rows.append([group, label, len(seeds), *[c["value"] if c else "" for c in cells]])
+    front_lines, front_plot = pareto_front(runs, config, out)
+    lines += front_lines
     files = [out / "report.md", out / "results.csv"]
-    files += [p for p in (curve(runs, config, "k", out), curve(runs, config, "length", out)) if p]
+    files += [p for p in (curve(runs, config, "k", out), curve(runs, config, "length", out), front_plot) if p]
     if (p := validation_curves(runs, config, out)) is not None:
         files.append(p)
     lines += ["", *[f"![{p.stem}]({p.name})" for p in files[2:]], ""]
@@ -212,6 +217,95 @@ def write_report(config, out: Path) -> list[Path]:
     return files
 
 
+def spread(cells: list[dict]) -> list[list[float]]:
+    """Asymmetric error bars (below, above) from cells' intervals; none where a cell has no interval."""
+    return [[c["value"] - (c["low"] if c["low"] is not None else c["value"]) for c in cells],
+            [(c["high"] if c["high"] is not None else c["value"]) - c["value"] for c in cells]]
+
+
+def flair_configurations(runs: dict, config) -> dict[str, dict]:
+    """label -> {"seeds", "params"} for each distinct FLAIR run of the ablations (one cached run may stand for
+    several rows: its first label names it)."""
+    out, seen = {}, set()
+    for group, labels in config.ablations.items():
+        for label in labels:
+            seeds = runs.get((group, label))
+            if not seeds or any(e["method"] != "flair" for e in seeds.values()):
+                continue
+            dirs = tuple(sorted(str(e["dir"]) for e in seeds.values()))
+            if dirs not in seen:
+                seen.add(dirs)
+                entry = next(iter(seeds.values()))
+                out[label] = {"seeds": seeds, "params": yaml.safe_load((entry["dir"] / "config.yaml").read_text())}
+    return out
+
+
+def pareto_front(runs: dict, config, out: Path) -> tuple[list[str], Path | None]:
+    """FLAIR's configurations as trials of an Optuna two-objective study (fine-grained vs long-caption t2i R@1,
+    both maximised) over the sweep's space; Optuna's Pareto front (`best_trials`) as a table and a plot.
+
+    The study is rebuilt in memory from the finished runs each time the report is written: it is a view of the
+    runs, not a search (no trial here was sampled)."""
+    import optuna
+
+    from flows.study import load_sweep_config
+
+    space = load_sweep_config(Path(__file__).resolve().parents[1] / config.sweep_file).space
+    configurations = flair_configurations(runs, config)
+    if len(configurations) < 2:
+        return [], None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["maximize", "maximize"], study_name=f"{config.name}-pareto")
+    cells = {}
+    for label, entry in configurations.items():
+        params = {}
+        for key in space:
+            value = entry["params"]
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            params[key] = value
+        if any(v is None for v in params.values()):
+            continue  # a setting outside the sweep's space (e.g. a FLAIR variant without that knob)
+        cells[label] = (cell(entry["seeds"], FINE), cell(entry["seeds"], LONG))
+        distributions = {key: spec.distribution() for key, spec in space.items()}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
+                                                  values=[c["value"] for c in cells[label]],
+                                                  user_attrs={"label": label}))
+    front = sorted((t for t in study.best_trials), key=lambda t: -t.values[0])
+    on_front = {t.user_attrs["label"] for t in front}
+    lines = ["", "## Pareto front: fine-grained vs long-caption retrieval (Optuna, two objectives)", "",
+             (f"Each distinct FLAIR configuration of the ablations above is one trial of a two-objective Optuna "
+              f"study over the sweep's space ({', '.join(space)}; `{config.sweep_file}`), both objectives "
+              f"maximised; the front is Optuna's `best_trials`, judged on the means. Points whose intervals "
+              f"overlap are not separable: the front is a description of {len(cells)} runs, not a search."), "",
+             "| on front | setting | " + " | ".join(key.rsplit(".", 1)[-1] for key in space)
+             + " | fine-grained t2i R@1 | long t2i R@1 |",
+             "|---|---|" + "---|" * len(space) + "---:|---:|"]
+    for trial in sorted(study.trials, key=lambda t: (t.user_attrs["label"] not in on_front, -t.values[0])):
+        label = trial.user_attrs["label"]
+        values = " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in trial.params.values())
+        lines.append(f"| {'★' if label in on_front else ''} | {label} | {values} | "
+                     + " | ".join(text(c) for c in cells[label]) + " |")
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for label, (fine, long) in cells.items():
+        color = "tab:red" if label in on_front else "tab:gray"
+        ax.errorbar(fine["value"], long["value"], xerr=spread([fine]), yerr=spread([long]), fmt="o", color=color,
+                    capsize=2, alpha=0.9 if label in on_front else 0.5)
+        ax.annotate(label, (fine["value"], long["value"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    clip = runs.get(("methods", "clip"))
+    if clip and (c := cell(clip, LONG)) and (f := cell(clip, FINE)):
+        ax.plot([f["value"]], [c["value"]], "*", color="tab:blue", markersize=10, label="CLIP (long captions)")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("fine-grained t2i R@1 (%)")
+    ax.set_ylabel("long-caption t2i R@1 (%)")
+    ax.set_title("FLAIR configurations: Pareto front in red (95 % intervals)", fontsize=9)
+    fig.tight_layout()
+    path = out / "pareto_front.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return lines, path
+
+
 def curve(runs: dict, config, group: str, out: Path) -> Path | None:
     labels = [label for label in config.ablations.get(group, {}) if runs.get((group, label))]
     if len(labels) < 2:
@@ -219,9 +313,7 @@ def curve(runs: dict, config, group: str, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for key, name in ((FINE, "fine-grained t2i R@1"), (LONG, "long t2i R@1")):
         cells = [cell(runs[(group, label)], key) for label in labels]
-        ax.errorbar(labels, [c["value"] for c in cells],
-                    yerr=[[c["value"] - (c["low"] or c["value"]) for c in cells],
-                          [(c["high"] or c["value"]) - c["value"] for c in cells]], fmt="o-", capsize=3, label=name)
+        ax.errorbar(labels, [c["value"] for c in cells], yerr=spread(cells), fmt="o-", capsize=3, label=name)
     ax.set_ylabel("%")
     ax.set_title(f"FLAIR: {group} (95 % intervals)", fontsize=9)
     ax.legend(fontsize=7)

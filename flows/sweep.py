@@ -124,7 +124,8 @@ def sweep(config_file: str = "params/sweep.yaml", overrides: list[str] | None = 
     study = open_study(config)  # created (or checked) once, before the workers race for it
     data_hash = data_version()
     signature = space_signature(config)
-    parent = tracking.study_run(experiment, config.study, {
+    parent = tracking.parent_run(experiment, f"sweep-{config.study}", {"sweep_study": config.study,
+                                                                       "sweep_role": "study"}, {
         "space": json.dumps(signature["space"]), "objectives": json.dumps(signature["objectives"]),
         "storage": safe_url(config.storage), "n_trials": str(config.n_trials),
         "trial_overrides": json.dumps(list(config.trial_overrides)), "base_params": ",".join(config.base_params)},

@@ -220,16 +220,17 @@ def promote(method: str, version: str, run_id: str, primary: str, tolerance: flo
 TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
-def study_run(experiment: str, study: str, params: dict[str, str], tags: dict[str, str]) -> str:
-    """The study's parent run, found by its tag so that a resumed sweep keeps logging under the same run."""
+def parent_run(experiment: str, run_name: str, match_tags: dict[str, str], params: dict[str, str],
+               tags: dict[str, str] | None = None) -> str:
+    """A study's or sweep's parent run, found by `match_tags` so that a resumed study keeps logging under the same
+    run; created (with `match_tags`, `tags` and `params`) the first time."""
     client = MlflowClient()
-    found = client.get_experiment_by_name(experiment)
-    exp_id = found.experiment_id if found else client.create_experiment(experiment)
-    runs = client.search_runs([exp_id], f"tags.sweep_study = '{study}' and tags.sweep_role = 'study'")
+    exp_id = experiment_id(experiment) or client.create_experiment(experiment)
+    query = " and ".join(f"tags.{key} = '{value}'" for key, value in match_tags.items())
+    runs = client.search_runs([exp_id], query)
     if runs:
         return runs[0].info.run_id
-    run = client.create_run(exp_id, run_name=f"sweep-{study}", tags={**tags, "sweep_study": study,
-                                                                     "sweep_role": "study"})
+    run = client.create_run(exp_id, run_name=run_name, tags={**(tags or {}), **match_tags})
     client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
     return run.info.run_id
 

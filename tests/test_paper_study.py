@@ -41,7 +41,9 @@ def test_quick_study_runs_caches_logs_and_reports(tmp_path_factory):
         assert "FLAIR beats CLIP" in report and "32.9 / 1.7 / 27.9" in report  # the paper's [S] row beside ours
         assert any(verdict in report for verdict in ("**holds**", "**does not hold**", "**within noise**",
                                                      "**not beyond chance**"))
-        assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {"report/report.md"}
+        assert "## Pareto front" in report and "| MPS only |" in report[report.index("## Pareto front"):]
+        assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
+            "report/report.md", "report/pareto_front.png"}
 
         start = time.time()
         again = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, check=False)

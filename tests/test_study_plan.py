@@ -21,7 +21,7 @@ def test_every_planned_run_of_the_shipped_study_is_a_valid_run_at_one_budget(qui
     by_label = {(r.group, r.label, r.seed): k for r, k in keys.items()}
     assert by_label[("loss", "TCS only", 0)] == by_label[("methods", "flair", 0)]  # FLAIR's recipe is TCS only
     if not quick:
-        assert len(runs) == 22 and len(set(keys.values())) == 20
+        assert len(runs) == 23 and len(set(keys.values())) == 21
         assert by_label[("k", "K 4", 0)] == by_label[("methods", "flair", 0)]
         assert by_label[("methods", "flair", 0)] != by_label[("methods", "flair", 1)]  # seeds differ
         assert params[0]["data"]["seed"] == 0 and "seed1-" in str(data_dir(config, 1, "code"))
