@@ -47,8 +47,10 @@ sweep: services  ## the default Optuna sweep (params/sweep.yaml) through the swe
 study: services  ## the equal-budget study (params/study.yaml, ~2 h, resumable) and its report in docs/study/
 	eval "$$($(PY) -m services env)" && $(PY) -m flows.paper_study run
 
-services: install  ## start Prefect, MLflow and the S3 store on 127.0.0.1 (state and logs in .services/)
-	$(PY) -m services start
+# DB=postgres: MLflow's store and the sweeps' Optuna storage in a PostgreSQL server started here (remembered
+# by later starts); DB=sqlite goes back to the one-machine default.
+services: install  ## start Prefect, MLflow and the S3 store on 127.0.0.1 (state and logs in .services/); DB=postgres adds PostgreSQL
+	$(PY) -m services start $(if $(DB),--db $(DB))
 
 dashboard: install  ## start the dashboard on http://127.0.0.1:8501 against the local services
 	eval "$$($(PY) -m services env)" && $(PY) -m dashboard.serve start

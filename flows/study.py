@@ -9,6 +9,7 @@ and running the sweep again resumes it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -28,6 +29,7 @@ from flair_core.run_config import (
     read_yaml,
     validate,
 )
+from services.stack import OPTUNA_STORAGE_ENV
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 # Heartbeats (how a killed worker's trial gets marked failed) are "experimental" since Optuna 2.9.
@@ -117,7 +119,13 @@ class SweepConfig(Frozen):
 
 def load_sweep_config(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
     """The `sweep:` section of a params file, checked down to the keys it searches."""
-    data = apply_overrides(read_yaml(path), [o if o.startswith("sweep.") else f"sweep.{o}" for o in overrides])
+    overrides = [o if o.startswith("sweep.") else f"sweep.{o}" for o in overrides]
+    data = apply_overrides(read_yaml(path), overrides)
+    shared = os.environ.get(OPTUNA_STORAGE_ENV)
+    if shared and isinstance(data.get("sweep"), dict) and not any(o.startswith("sweep.storage=") for o in overrides):
+        # The services' PostgreSQL (`--db postgres`): its URL holds a password, so it comes from the
+        # environment, never from a params file or a flow parameter. An explicit --set storage=… still wins.
+        data["sweep"]["storage"] = shared
     config = validate(SweepConfig, data.get("sweep") or {}, str(path), prefix="sweep")
     # Every searched key must name a real setting: build the run config at each end of its range.
     for key, space in config.space.items():

@@ -1,11 +1,14 @@
-"""The platform's local services: SeaweedFS (S3 object store), an MLflow tracking server and a Prefect server.
+"""The platform's local services: SeaweedFS (S3 object store), an MLflow tracking server and a Prefect server,
+and with `--db postgres` a PostgreSQL server for MLflow's backend store and Optuna's storage (services/postgres.py).
 
     python -m services start [--root .services] [--prefect-port 4200] [--mlflow-port 5000]
                              [--s3-port 8333] [--backend-store-uri URI] [--weed-ports M,V,F,A]
+                             [--db sqlite|postgres] [--postgres-port 5432] [--postgres-dir DIR]
     python -m services stop|status|env [--root .services]
 
-Everything listens on 127.0.0.1 only and runs under services.supervisor. Pids and ports are kept in
-ROOT/state.json, logs in ROOT/logs/<name>.log, the generated S3 identity in ROOT/s3.json (mode 0600).
+Everything listens on 127.0.0.1 only and runs under services.supervisor. Pids, ports and the database choice
+are kept in ROOT/state.json, logs in ROOT/logs/<name>.log, the generated S3 identity in ROOT/s3.json and the
+PostgreSQL password in ROOT/postgres.json (both mode 0600).
 """
 
 from __future__ import annotations
@@ -16,25 +19,29 @@ import json
 import os
 import secrets
 import shlex
+import signal
 import subprocess
 import sys
 import sysconfig
 import time
 from pathlib import Path
 
-from services import supervisor
+from services import postgres, supervisor
 from services.supervisor import HOST, ServiceError
 
-ORDER = ("seaweedfs", "mlflow", "prefect")  # dependency order; stop goes in reverse
-LABEL = {"seaweedfs": "SeaweedFS S3", "mlflow": "MLflow", "prefect": "Prefect"}
-DEFAULT_PORTS = {"prefect": 4200, "mlflow": 5000, "s3": 8333}
+OPTUNA_STORAGE_ENV = "FLAIR_OPTUNA_STORAGE"  # set by `services env` with --db postgres; read by flows/study.py
+
+ORDER = ("postgres", "seaweedfs", "mlflow", "prefect")  # dependency order; stop goes in reverse
+LABEL = {"postgres": "PostgreSQL", "seaweedfs": "SeaweedFS S3", "mlflow": "MLflow", "prefect": "Prefect"}
+URL_KEY = {"postgres": "postgres", "seaweedfs": "s3", "mlflow": "mlflow", "prefect": "prefect"}
+DEFAULT_PORTS = {"prefect": 4200, "mlflow": 5000, "s3": 8333, "postgres": 5432}
 # `weed mini` also runs these servers; each listens on its port and on port + 10000 (gRPC). Its admin
 # worker always dials admin port + 10000, so the offsets are kept rather than choosing gRPC ports freely.
 WEED_PARTS = ("master", "volume", "filer", "admin")
 GRPC_OFFSET = 10000
 BUCKETS = ("mlflow", "dvc")
 BIN = Path(sysconfig.get_path("scripts"))  # weed, mlflow and prefect are installed beside this interpreter
-START_TIMEOUT = {"seaweedfs": 60, "mlflow": 180, "prefect": 120}  # seconds; 2 cores start all three at once
+START_TIMEOUT = {"postgres": 60, "seaweedfs": 60, "mlflow": 180, "prefect": 120}  # seconds; 2 cores start all three at once
 
 
 class LocalServices:
@@ -42,40 +49,64 @@ class LocalServices:
     then to the defaults; SeaweedFS's internal ports are picked free once and then reused."""
 
     def __init__(self, root=".services", prefect_port=None, mlflow_port=None, s3_port=None,
-                 backend_store_uri=None, weed_ports: dict[str, int] | None = None):
+                 backend_store_uri=None, weed_ports: dict[str, int] | None = None, db=None, postgres_port=None,
+                 postgres_dir=None):
         self.root = Path(root).resolve()
         state = self._load()
-        asked = {"prefect": prefect_port, "mlflow": mlflow_port, "s3": s3_port, **(weed_ports or {})}
+        asked = {"prefect": prefect_port, "mlflow": mlflow_port, "s3": s3_port, "postgres": postgres_port,
+                 **(weed_ports or {})}
         self.ports = {k: asked.get(k) or state.get("ports", {}).get(k) or DEFAULT_PORTS.get(k)
                       for k in (*DEFAULT_PORTS, *WEED_PARTS)}
-        self.backend_store_uri = (backend_store_uri or state.get("backend_store_uri")
-                                  or f"sqlite:///{self.root / 'mlflow.db'}")
+        self.db = db or state.get("db") or "sqlite"
+        if self.db not in ("sqlite", "postgres"):
+            raise ServiceError(f"unknown database {self.db!r}: sqlite (one machine, the default) or postgres")
+        if self.db == "postgres" and backend_store_uri:
+            raise ServiceError("--backend-store-uri and --db postgres both choose MLflow's database: give one")
+        self.postgres_dir = Path(postgres_dir or state.get("postgres_dir") or self.root / "postgres").resolve()
+        # With PostgreSQL, the URI (which holds the password) is built when needed and never stored.
+        self.backend_store_uri = (None if self.db == "postgres" else backend_store_uri
+                                  or state.get("backend_store_uri") or f"sqlite:///{self.root / 'mlflow.db'}")
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        return tuple(name for name in ORDER if name != "postgres" or self.db == "postgres")
+
+    def _mlflow_store(self) -> str:
+        return self.backend_store_uri or postgres.url(self.root, self.ports["postgres"], "mlflow")
 
     # ---- what clients see ------------------------------------------------------------------------------
     def urls(self) -> dict[str, str]:
-        return {name: f"http://{HOST}:{self.ports[name]}" for name in ("prefect", "mlflow", "s3")}
+        urls = {name: f"http://{HOST}:{self.ports[name]}" for name in ("prefect", "mlflow", "s3")}
+        if self.db == "postgres":  # shown without the password
+            urls["postgres"] = f"postgresql://{postgres.USER}@{HOST}:{self.ports['postgres']}"
+        return urls
 
     def client_env(self) -> dict[str, str]:
         urls, (key, secret) = self.urls(), self._credentials()
-        return {"PREFECT_API_URL": urls["prefect"] + "/api", "MLFLOW_TRACKING_URI": urls["mlflow"],
-                "MLFLOW_S3_ENDPOINT_URL": urls["s3"], "AWS_ENDPOINT_URL": urls["s3"],
-                "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1",
-                "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "DVC_NO_ANALYTICS": "1"}
+        env = {"PREFECT_API_URL": urls["prefect"] + "/api", "MLFLOW_TRACKING_URI": urls["mlflow"],
+               "MLFLOW_S3_ENDPOINT_URL": urls["s3"], "AWS_ENDPOINT_URL": urls["s3"],
+               "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1",
+               "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               "DVC_NO_ANALYTICS": "1"}
+        if self.db == "postgres":  # sweeps read their Optuna storage from here (flows/study.py)
+            env[OPTUNA_STORAGE_ENV] = postgres.url(self.root, self.ports["postgres"], "optuna")
+        return env
 
     def status(self) -> dict:
         """{service: {"url", "pid", "up"}}; up means our process is alive and the service answers."""
         pids, down, urls = self._load().get("pids", {}), _down(self._probe_env()), self.urls()
-        return {name: {"url": urls[key], "pid": pids[name]["pid"] if name in pids else None,
+        if self.db == "postgres" and not postgres.answers(self.ports["postgres"]):
+            down["postgres"] = urls["postgres"]
+        return {name: {"url": urls[URL_KEY[name]], "pid": pids[name]["pid"] if name in pids else None,
                        "up": name not in down and name in pids and bool(supervisor.members(pids[name]))}
-                for name, key in zip(ORDER, ("s3", "mlflow", "prefect"), strict=True)}
+                for name in self.services}
 
     # ---- start / stop ----------------------------------------------------------------------------------
     def start(self) -> None:
         began = time.monotonic()
         recorded = self._load().get("pids", {})
         live = {name for name, proc in recorded.items() if supervisor.members(proc)}
-        if live == set(ORDER) and not _down(self._probe_env()):
+        if live == set(self.services) and not self._unhealthy():
             print("services already running: " + ", ".join(f"{k} {u}" for k, u in self.urls().items()))
             return
         if live:  # left from an earlier start but not all healthy (one crashed, or new ports): restart all
@@ -84,13 +115,19 @@ class LocalServices:
         self._pick_weed_ports()
         self._check_ports()
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
-        self._save(ports=self.ports, backend_store_uri=self.backend_store_uri, pids={})
+        self._save(ports=self.ports, backend_store_uri=self.backend_store_uri, db=self.db,
+                   postgres_dir=str(self.postgres_dir), pids={})
         # MLflow's GenAI job runner (scorers, trace roll-ups) adds 8 processes and ~15 s to start-up; the
         # platform tracks runs and models only. Set MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true to keep it.
         env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, **self.client_env(),
                "DO_NOT_TRACK": "1"}
         p, started = self.ports, {}
         try:
+            if self.db == "postgres":
+                data = self.postgres_dir / "data"
+                postgres.init_cluster(self.root, data, self._log("postgres"))
+                started["postgres"] = self._spawn("postgres", postgres.command(data, p["postgres"]), env, started)
+                self._wait("postgres", started, lambda: postgres.ready(self.root, p["postgres"]))
             data = self.root / "seaweedfs"
             data.mkdir(exist_ok=True)
             started["seaweedfs"] = self._spawn("seaweedfs", [
@@ -112,10 +149,11 @@ class LocalServices:
                                          f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
                                      "PREFECT_SERVER_UI_API_URL": env["PREFECT_API_URL"]}, started)
             self._migrate(env)
+            # The store URI goes in the environment, not the command line the log records: it may hold a password.
             started["mlflow"] = self._spawn("mlflow", [
-                str(BIN / "mlflow"), "server", "--backend-store-uri", self.backend_store_uri,
-                "--artifacts-destination", f"s3://{BUCKETS[0]}", "--host", HOST, "--port", str(p["mlflow"]),
-                "--workers", "1"], env, started)  # proxies artifacts with env's S3 keys; 1 worker on 2 cores
+                str(BIN / "mlflow"), "server", "--artifacts-destination", f"s3://{BUCKETS[0]}", "--host", HOST,
+                "--port", str(p["mlflow"]), "--workers", "1"],
+                {**env, "MLFLOW_BACKEND_STORE_URI": self._mlflow_store()}, started)  # 1 worker on 2 cores
             self._wait("seaweedfs", started, self._s3_ready)
             self._wait("mlflow", started, lambda: supervisor.answers(self.urls()["mlflow"] + "/health"))
             self._wait("prefect", started, lambda: supervisor.answers(self.urls()["prefect"] + "/api/health"))
@@ -129,7 +167,9 @@ class LocalServices:
         pids = self._load().get("pids", {})
         for name in reversed(ORDER):
             if name in pids:
-                if supervisor.terminate(pids[name], LABEL[name]) and not quiet:
+                # PostgreSQL's SIGTERM waits for every client to leave; SIGINT is its clean "fast" shutdown
+                first = signal.SIGINT if name == "postgres" else signal.SIGTERM
+                if supervisor.terminate(pids[name], LABEL[name], first) and not quiet:
                     print(f"stopped {LABEL[name]}")
                 del pids[name]
                 self._save(pids=pids)
@@ -146,7 +186,11 @@ class LocalServices:
     def _migrate(self, env: dict) -> None:
         """Create or upgrade the tracking database in one process, while the others boot: server workers
         would otherwise race on creating a new store, and an old schema makes the server refuse to start.
-        Skipped (it costs ~10 s) when the installed MLflow version already migrated this database."""
+        Skipped (it costs ~10 s) when the installed MLflow version already migrated this database, and for
+        PostgreSQL, where the one server worker creates a new store itself (`mlflow db upgrade` would put the
+        password on a command line; after an MLflow upgrade, run it by hand)."""
+        if self.db == "postgres":
+            return
         done = {"uri": self.backend_store_uri, "mlflow": importlib.metadata.version("mlflow")}
         sqlite_gone = self.backend_store_uri.startswith("sqlite:///") and not Path(
             self.backend_store_uri.removeprefix("sqlite:///")).exists()
@@ -189,7 +233,8 @@ class LocalServices:
 
     def _check_ports(self) -> None:
         p = self.ports
-        wanted = [(p["prefect"], "Prefect", "--prefect-port"), (p["mlflow"], "MLflow", "--mlflow-port"),
+        wanted = [(p["postgres"], "PostgreSQL", "--postgres-port")] if self.db == "postgres" else []
+        wanted += [(p["prefect"], "Prefect", "--prefect-port"), (p["mlflow"], "MLflow", "--mlflow-port"),
                   (p["s3"], "SeaweedFS S3", "--s3-port"),
                   (p["s3"] + GRPC_OFFSET, "SeaweedFS S3 gRPC", "--s3-port")]
         wanted += [(p[part] + off, f"SeaweedFS {part}{' gRPC' if off else ''}", "--weed-ports")
@@ -218,6 +263,9 @@ class LocalServices:
         urls = self.urls()
         return {"PREFECT_API_URL": urls["prefect"] + "/api", "MLFLOW_TRACKING_URI": urls["mlflow"],
                 "AWS_ENDPOINT_URL": urls["s3"]}
+
+    def _unhealthy(self) -> bool:
+        return bool(_down(self._probe_env())) or (self.db == "postgres" and not postgres.answers(self.ports["postgres"]))
 
     def _log(self, name: str) -> Path:
         return self.root / "logs" / f"{name}.log"
@@ -248,7 +296,8 @@ def _down(env: dict) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("start", "start SeaweedFS, MLflow and Prefect; return once all are healthy"),
+    for name, text in (("start", ("start SeaweedFS, MLflow and Prefect (and PostgreSQL with --db postgres); "
+                                 "return once all are healthy")),
                        ("stop", "stop them (Prefect, MLflow, SeaweedFS)"), ("status", "show each service"),
                        ("env", "print `export` lines for clients")):
         sub = commands.add_parser(name, help=text)
@@ -257,14 +306,20 @@ def main(argv: list[str] | None = None) -> int:
     for port, default in DEFAULT_PORTS.items():
         start.add_argument(f"--{port}-port", type=int, help=f"default: the last start's, else {default}")
     start.add_argument("--backend-store-uri", help="MLflow database (default: sqlite:///ROOT/mlflow.db)")
+    start.add_argument("--db", choices=("sqlite", "postgres"),
+                       help="MLflow's and Optuna's database: sqlite (one machine) or a PostgreSQL server started "
+                            "here (default: the last start's, else sqlite)")
+    start.add_argument("--postgres-dir", help="PostgreSQL's cluster folder (default: ROOT/postgres); under root it "
+                                              "must be reachable by the postgres user")
     start.add_argument("--weed-ports", help="SeaweedFS master,volume,filer,admin ports; each also uses "
                                             "port+10000 (default: picked free once, then reused)")
     args = parser.parse_args(argv)
     weed = dict(zip(WEED_PARTS, map(int, args.weed_ports.split(",")), strict=True)) \
         if getattr(args, "weed_ports", None) else None
     options = ("prefect_port", "mlflow_port", "s3_port", "backend_store_uri")
-    services = LocalServices(args.root, *(getattr(args, k, None) for k in options), weed)
     try:
+        services = LocalServices(args.root, *(getattr(args, k, None) for k in options), weed,
+                                 *(getattr(args, k, None) for k in ("db", "postgres_port", "postgres_dir")))
         if args.command == "start":
             services.start()
         elif args.command == "stop":

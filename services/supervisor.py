@@ -102,11 +102,11 @@ def members(proc: dict) -> list[int]:
     return found
 
 
-def terminate(proc: dict, label: str) -> bool:
-    """Stop a recorded process group: SIGTERM, then SIGKILL. False if it was not running."""
+def terminate(proc: dict, label: str, first: signal.Signals = signal.SIGTERM) -> bool:
+    """Stop a recorded process group: `first` (SIGTERM), then SIGKILL. False if it was not running."""
     if not members(proc):  # checked first: never signal a group whose pid now belongs to someone else
         return False
-    for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, 10)):
+    for sig, wait in ((first, STOP_TIMEOUT), (signal.SIGKILL, 10)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc["pid"], sig)
         deadline = time.monotonic() + wait

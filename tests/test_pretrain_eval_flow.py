@@ -1,8 +1,10 @@
-"""The pretrain-eval deployment run through a real Prefect server, logged to a real MLflow server whose
-artifacts land in the real S3 store; registration, promotion, re-run caching and a failing evaluation."""
+"""The pretrain-eval deployment run through a real Prefect server, logged to a real MLflow server (its store a
+real PostgreSQL server) whose artifacts land in the real S3 store; registration, promotion, re-run caching and a
+failing evaluation."""
 
 import base64
 import io
+import json
 import time
 
 import pytest
@@ -16,10 +18,22 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
-    """A scratch copy of the repo on the tiny preset, the services on free ports, the deployment served."""
-    with scratch_platform(tmp_path_factory.mktemp("platform"), {"flows.pretrain_eval": "pretrain-eval/test"}) as (
-            _, env):
-        yield env
+    """A scratch copy of the repo on the tiny preset, the services on free ports with MLflow's store in a real
+    PostgreSQL server, the deployment served."""
+    with scratch_platform(tmp_path_factory.mktemp("platform"), {"flows.pretrain_eval": "pretrain-eval/test"},
+                          db="postgres") as (repo, env):
+        yield repo, env
+
+
+def registered_in_postgres(repo) -> list[tuple[str, int]]:
+    import psycopg2
+
+    state = json.loads((repo / ".services" / "state.json").read_text())
+    password = json.loads((repo / ".services" / "postgres.json").read_text())["password"]
+    with psycopg2.connect(host="127.0.0.1", port=state["ports"]["postgres"], user="flair", password=password,
+                          dbname="mlflow") as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT name, version FROM model_versions ORDER BY name, version")
+        return cursor.fetchall()
 
 
 def deployment_run(env, *params):
@@ -27,7 +41,7 @@ def deployment_run(env, *params):
 
 
 def test_deployment_trains_evaluates_registers_and_promotes(platform):
-    env = platform
+    repo, env = platform
     import boto3
     import mlflow
     from mlflow import MlflowClient
@@ -42,6 +56,7 @@ def test_deployment_trains_evaluates_registers_and_promotes(platform):
     assert [v.version for v in versions] == ["1"]
     champion = client.get_model_version_by_alias("flair-lab-flair", "champion")
     assert champion.version == "1" and champion.description.startswith("champion: first version")
+    assert registered_in_postgres(repo) == [("flair-lab-flair", 1)]  # the registry lives in PostgreSQL
     run = client.get_run(champion.run_id)
     assert run.data.tags["method"] == "flair" and run.data.tags["data_hash"] and run.data.tags["git_commit"]
     assert run.data.tags["data_level"] in ("easy", "hard")  # from the prepared data's meta.json
@@ -78,7 +93,7 @@ def test_deployment_trains_evaluates_registers_and_promotes(platform):
 
 
 def test_a_failing_evaluation_is_retried_then_fails_the_flow_without_promoting(platform):
-    env = platform
+    _, env = platform
     from mlflow import MlflowClient
 
     result = deployment_run(env, "method=clip", 'benchmarks=["builtin_long", "cocoa"]')

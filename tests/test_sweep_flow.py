@@ -1,11 +1,14 @@
-"""The sweep deployment through a real Prefect server: two workers on one SQLite study, one MLflow parent run
-with a nested run per trial, the report in the S3 store, the best params file; a re-run resumes the study."""
+"""The sweep deployment through a real Prefect server: two workers on one Optuna study in a real PostgreSQL
+server (`services start --db postgres`, which is also MLflow's store), one MLflow parent run with a nested run per
+trial, the report in the S3 store, the best params file; a re-run resumes the study; the database password
+appears nowhere a run writes."""
 
 import json
 
 import pytest
 import yaml
 
+from tests.helpers.leaks import leaks
 from tests.helpers.scratch_repo import deployment_run, scratch_platform
 
 pytestmark = pytest.mark.integration
@@ -14,7 +17,8 @@ T2I = "retrieval/builtin_fine_grained/flair/t2i_r1"
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
-    with scratch_platform(tmp_path_factory.mktemp("sweep"), {"flows.sweep": "sweep/test"}) as (repo, env):
+    with scratch_platform(tmp_path_factory.mktemp("sweep"), {"flows.sweep": "sweep/test"}, db="postgres") as (
+            repo, env):
         sweep = yaml.safe_load((repo / "params" / "sweep.yaml").read_text())["sweep"]
         sweep.update(study="flow-test", n_trials=4, n_workers=2, pruner="median",
                      trial_overrides=["train.steps_per_epoch=4", "train.validate_every=2", "loader.workers=0"])
@@ -63,3 +67,13 @@ def test_sweep_deployment_logs_nested_trials_reports_and_exports_the_best_params
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert len(client.search_runs([experiment.experiment_id], "tags.sweep_role = 'trial'")) == 4
     assert len(client.search_runs([experiment.experiment_id], "tags.sweep_role = 'study'")) == 1
+
+    # The study lives in PostgreSQL (not the file's SQLite), and its password leaked nowhere.
+    import optuna
+
+    study = optuna.load_study(study_name="flow-test", storage=env["FLAIR_OPTUNA_STORAGE"])
+    assert len([t for t in study.trials if t.state.is_finished()]) == 4
+    assert env["FLAIR_OPTUNA_STORAGE"].startswith("postgresql") and not (repo / "sweeps" / "optuna.db").exists()
+    assert parent.data.params["storage"].startswith("postgresql+psycopg2://flair:***@127.0.0.1")
+    password = json.loads((repo / ".services" / "postgres.json").read_text())["password"]
+    assert leaks(password, repo, env["PREFECT_API_URL"]) == []

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from unittest import mock
@@ -33,10 +34,12 @@ def tiny_preset(repo: Path) -> None:
 
 
 @contextlib.contextmanager
-def scratch_platform(folder: Path, deployments: dict[str, str]):
+def scratch_platform(folder: Path, deployments: dict[str, str], db: str = "sqlite"):
     """`deployments`: flow module -> deployment name (e.g. {"flows.pretrain_eval": "pretrain-eval/test"}).
+    With db="postgres", MLflow's store and the sweeps' Optuna storage are a real PostgreSQL server.
     Yields (repo, env); the MLflow/S3 client settings are also in os.environ meanwhile."""
     from services.stack import LocalServices
+    from tests.helpers.processes import free_port
 
     repo = folder / "repo"
     top_level = {".venv", ".git", "runs", "data", "eval", "reports", ".services", "sweeps"}  # outputs, not sources
@@ -46,7 +49,12 @@ def scratch_platform(folder: Path, deployments: dict[str, str]):
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
                     ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "scratch"]):
         subprocess.run(command, cwd=repo, check=True)
-    services = LocalServices(root=repo / ".services", **service_ports())
+    postgres = {}
+    if db == "postgres":  # under root the server runs as `postgres`, which cannot enter pytest's 0700 folders
+        cluster = Path(tempfile.mkdtemp(prefix="flair-pg-"))
+        cluster.chmod(0o755)
+        postgres = {"db": "postgres", "postgres_port": free_port(), "postgres_dir": cluster}
+    services = LocalServices(root=repo / ".services", **service_ports(), **postgres)
     services.start()
     env = {**os.environ, **services.client_env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
     log = open(repo / ".services" / "serve.log", "w")  # noqa: SIM115 - open for the serve processes' lifetime
@@ -70,6 +78,8 @@ def scratch_platform(folder: Path, deployments: dict[str, str]):
             process.wait(30)
         log.close()
         services.stop()
+        if postgres:
+            shutil.rmtree(postgres["postgres_dir"], ignore_errors=True)
 
 
 def deployment_run(env: dict, name: str, *params: str, timeout: int = 900) -> subprocess.CompletedProcess:
