@@ -139,7 +139,8 @@ def _oddities(source: Path, texts: list[str], reused: int, repeated: int) -> dic
 
 
 def _assemble(name: str, source: Path, records: Iterable[Record]) -> RetrievalSet:
-    """Group texts by image id (first-appearance order); one id must always name the same image file."""
+    """Group texts by image id (first-appearance order); an id that names another file later keeps its first
+    file, as in the original, and is counted in the warning."""
     index: dict[Any, int] = {}
     paths: list[Path] = []
     ids: list = []
