@@ -39,7 +39,8 @@ SEG_ATTENTION = "segmentation/builtin_segmentation/attention/miou"
 
 
 def collect(config, runs_dir: Path) -> dict[tuple[str, str], dict[int, dict]]:
-    """(group, label) -> seed -> {"metrics": flat metrics, "method": name, "dir": run folder} of finished runs."""
+    """(group, label) -> seed -> {"metrics": flat metrics, "method": name, "config": resolved config, "dir": run
+    folder} of finished runs."""
     out: dict[tuple[str, str], dict[int, dict]] = {}
     for record in sorted(runs_dir.glob("*/study.json")):
         folder = record.parent
@@ -49,11 +50,11 @@ def collect(config, runs_dir: Path) -> dict[tuple[str, str], dict[int, dict]]:
         metrics: dict = {}
         for r in results:
             metrics.update(json.loads(r.read_text()))
-        method = yaml.safe_load((folder / "config.yaml").read_text())["method"]["name"]
+        resolved = yaml.safe_load((folder / "config.yaml").read_text())
         for entry in json.loads(record.read_text()):
             if entry["study"] == config.name:
                 out.setdefault((entry["group"], entry["label"]), {})[entry["seed"]] = {
-                    "metrics": metrics, "method": method, "dir": folder}
+                    "metrics": metrics, "method": resolved["method"]["name"], "config": resolved, "dir": folder}
     return out
 
 
@@ -239,7 +240,7 @@ def flair_configurations(runs: dict, config) -> dict[str, dict]:
             if dirs not in seen:
                 seen.add(dirs)
                 entry = next(iter(seeds.values()))
-                out[label] = {"seeds": seeds, "params": yaml.safe_load((entry["dir"] / "config.yaml").read_text())}
+                out[label] = {"seeds": seeds, "params": entry["config"]}
     return out
 
 
@@ -259,6 +260,7 @@ def pareto_front(runs: dict, config, out: Path) -> tuple[list[str], Path | None]
         return [], None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["maximize", "maximize"], study_name=f"{config.name}-pareto")
+    distributions = {key: spec.distribution() for key, spec in space.items()}
     cells = {}
     for label, entry in configurations.items():
         params = {}
@@ -270,7 +272,6 @@ def pareto_front(runs: dict, config, out: Path) -> tuple[list[str], Path | None]
         if any(v is None for v in params.values()):
             continue  # a setting outside the sweep's space (e.g. a FLAIR variant without that knob)
         cells[label] = (cell(entry["seeds"], FINE), cell(entry["seeds"], LONG))
-        distributions = {key: spec.distribution() for key, spec in space.items()}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
                                                   values=[c["value"] for c in cells[label]],
                                                   user_attrs={"label": label}))
