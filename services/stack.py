@@ -94,9 +94,7 @@ class LocalServices:
 
     def status(self) -> dict:
         """{service: {"url", "pid", "up"}}; up means our process is alive and the service answers."""
-        pids, down, urls = self._load().get("pids", {}), _down(self._probe_env()), self.urls()
-        if self.db == "postgres" and not postgres.answers(self.ports["postgres"]):
-            down["postgres"] = urls["postgres"]
+        pids, down, urls = self._load().get("pids", {}), self._down(), self.urls()
         return {name: {"url": urls[URL_KEY[name]], "pid": pids[name]["pid"] if name in pids else None,
                        "up": name not in down and name in pids and bool(supervisor.members(pids[name]))}
                 for name in self.services}
@@ -106,7 +104,7 @@ class LocalServices:
         began = time.monotonic()
         recorded = self._load().get("pids", {})
         live = {name for name, proc in recorded.items() if supervisor.members(proc)}
-        if live == set(self.services) and not self._unhealthy():
+        if live == set(self.services) and not self._down():
             print("services already running: " + ", ".join(f"{k} {u}" for k, u in self.urls().items()))
             return
         if live:  # left from an earlier start but not all healthy (one crashed, or new ports): restart all
@@ -264,8 +262,12 @@ class LocalServices:
         return {"PREFECT_API_URL": urls["prefect"] + "/api", "MLFLOW_TRACKING_URI": urls["mlflow"],
                 "AWS_ENDPOINT_URL": urls["s3"]}
 
-    def _unhealthy(self) -> bool:
-        return bool(_down(self._probe_env())) or (self.db == "postgres" and not postgres.answers(self.ports["postgres"]))
+    def _down(self) -> dict[str, str]:
+        """{service: url} of this platform's services that do not answer (PostgreSQL by TCP, the rest by HTTP)."""
+        down = _down(self._probe_env())
+        if self.db == "postgres" and not postgres.answers(self.ports["postgres"]):
+            down["postgres"] = self.urls()["postgres"]
+        return down
 
     def _log(self, name: str) -> Path:
         return self.root / "logs" / f"{name}.log"
