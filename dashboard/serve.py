@@ -29,7 +29,7 @@ def command(port: int) -> list[str]:
 
 def start(port: int, log: Path, env: dict | None = None, timeout: float = 60) -> dict:
     """The dashboard on 127.0.0.1:`port`, once it answers; `supervisor.terminate` the record to stop it."""
-    proc = supervisor.spawn(command(port), log, {**QUICK_FAILURE, **(env or os.environ)}, cwd=REPO)
+    proc = supervisor.spawn(command(port), log, {**(env or os.environ), **QUICK_FAILURE}, cwd=REPO)
     try:
         supervisor.wait_until(lambda: supervisor.answers(f"http://{HOST}:{port}/_stcore/health"), proc, LABEL,
                               log, timeout)

@@ -10,6 +10,7 @@ adapter; nothing here computes a result itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +23,9 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import INPUTS
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flair_core.evaluation.comparison import format_cell, noise_of
@@ -110,9 +114,20 @@ def log_and_register(run_dir: str, method: str, metrics: dict, tags: dict, exper
     return tracking.log_training_run(Path(run_dir), method, metrics, tags, experiment, [Path(p) for p in pngs])
 
 
-@task
+@task(retries=2, retry_delay_seconds=5)
 def promote(method: str, version: str, run_id: str, primary: str, tolerance: float) -> dict:
-    return tracking.promote(method, version, run_id, primary, tolerance)
+    # One promotion per model at a time, across flow runs and machines: two runs of the same method that both
+    # read "no champion yet" would otherwise both take the title.
+    with concurrency(promotion_lock(method), occupy=1, strict=True, timeout_seconds=600):
+        return tracking.promote(method, version, run_id, primary, tolerance)
+
+
+def promotion_lock(method: str) -> str:
+    """The one-slot Prefect global concurrency limit that serialises promotions of `method`'s model."""
+    name = f"promote-{tracking.registered_name(method)}"
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):  # a concurrent run made it
+        client.upsert_global_concurrency_limit_by_name(name, 1)
+    return name
 
 
 def check_services() -> None:

@@ -91,8 +91,14 @@ def log_training_run(run_dir: Path, method: str, eval_metrics: dict[str, float],
     name = registered_name(method)
     existing = find_existing(client, name, tags["run_key"])
     if existing is not None:
+        if client.get_run(existing.run_id).info.status == "RUNNING":  # registered, then the server went away
+            client.set_terminated(existing.run_id)
         return existing.run_id, existing.version
-    mlflow.set_experiment(experiment)
+    exp_id = mlflow.set_experiment(experiment).experiment_id
+    # An attempt that died before registering (e.g. the server went down) left a run with no model: it goes,
+    # so the experiment holds one run per registered version.
+    for stale in client.search_runs([exp_id], f"tags.run_key = '{tags['run_key']}'"):
+        client.delete_run(stale.info.run_id)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     checkpoint = newest(run_dir / "checkpoints")
     with mlflow.start_run(run_name=f"{method}-{tags['run_key'][:8]}", tags=tags) as run:
@@ -129,11 +135,12 @@ def log_training_run(run_dir: Path, method: str, eval_metrics: dict[str, float],
         info = mlflow.pyfunc.log_model(
             name="model", python_model=ImageTextScorer(), artifacts={"checkpoint": str(checkpoint)},
             pip_requirements=PIP_REQUIREMENTS, code_paths=[str(REPO / "flair_core"), str(REPO / "flows")],
-            registered_model_name=name, signature=SIGNATURE, input_example=input_example(),
+            signature=SIGNATURE, input_example=input_example(),
         )
-        version = info.registered_model_version
-        for key in ("run_key", "git_commit", "data_hash", "data_level", "method", "preset"):
-            client.set_model_version_tag(name, version, key, tags.get(key, ""))
+        # The version and its lineage tags in one request: a version without its run_key could not be found
+        # by a re-run, which would register the same inputs twice.
+        version = mlflow.register_model(info.model_uri, name, tags={key: tags.get(key, "") for key in (
+            "run_key", "git_commit", "data_hash", "data_level", "method", "preset")}).version
     return run.info.run_id, str(version)
 
 
@@ -196,7 +203,9 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, prima
 
 
 def promote(method: str, version: str, run_id: str, primary: str, tolerance: float) -> dict:
-    """Move `champion` to this version if it wins, else give it `challenger`; record why everywhere."""
+    """Move `champion` to this version if it wins, else give it `challenger`; record why everywhere. Not safe to
+    run twice at once for one model (both could read the same champion): callers serialise it (the flow holds a
+    Prefect concurrency slot per model)."""
     client = MlflowClient()
     name = registered_name(method)
     candidate = client.get_run(run_id).data.metrics
@@ -208,10 +217,11 @@ def promote(method: str, version: str, run_id: str, primary: str, tolerance: flo
         return {"alias": "champion", "reason": "already the champion", "version": version}
     champion_metrics = client.get_run(current.run_id).data.metrics if current else None
     alias, reason = decide(candidate, champion_metrics, primary, tolerance)
-    client.set_registered_model_alias(name, alias, version)
+    # The alias last: if the server goes away midway, a re-run finds no alias yet and writes the whole decision.
     client.update_model_version(name, version, description=f"{alias}: {reason}")
     client.set_tag(run_id, "promotion", alias)
     client.set_tag(run_id, "promotion_reason", reason)
+    client.set_registered_model_alias(name, alias, version)
     return {"alias": alias, "reason": reason, "version": version,
             "previous_champion": current.version if current else None}
 

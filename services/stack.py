@@ -41,6 +41,10 @@ WEED_PARTS = ("master", "volume", "filer", "admin")
 GRPC_OFFSET = 10000
 BUCKETS = ("mlflow", "dvc")
 BIN = Path(sysconfig.get_path("scripts"))  # weed, mlflow and prefect are installed beside this interpreter
+# A service whose dependency restarts is restarted too: MLflow keeps pooled connections to PostgreSQL.
+DEPENDENTS = {"postgres": ("mlflow",)}
+# PostgreSQL's SIGTERM waits for every client to leave; SIGINT is its clean "fast" shutdown
+STOP_SIGNAL = {"postgres": signal.SIGINT}
 START_TIMEOUT = {"postgres": 60, "seaweedfs": 60, "mlflow": 180, "prefect": 120}  # seconds; 2 cores start all three at once
 
 
@@ -87,6 +91,9 @@ class LocalServices:
                "MLFLOW_S3_ENDPOINT_URL": urls["s3"], "AWS_ENDPOINT_URL": urls["s3"],
                "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1",
                "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               # MLflow's own default retries a call for ~4 min; 4 retries back off 1+2+4+8 s, and the flows'
+               # task retries span a longer outage (a restart takes ~15 s) before failing with one line
+               "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                "DVC_NO_ANALYTICS": "1"}
         if self.db == "postgres":  # sweeps read their Optuna storage from here (flows/study.py)
             env[OPTUNA_STORAGE_ENV] = postgres.url(self.root, self.ports["postgres"], "optuna")
@@ -101,34 +108,58 @@ class LocalServices:
 
     # ---- start / stop ----------------------------------------------------------------------------------
     def start(self) -> None:
+        """Start what is not running and healthy; services that are up stay up, so after one crashed only it
+        (and what depends on it) restarts."""
         began = time.monotonic()
         recorded = self._load().get("pids", {})
-        live = {name for name, proc in recorded.items() if supervisor.members(proc)}
-        if live == set(self.services) and not self._down():
+        down = self._down()
+        todo = {name for name in self.services
+                if name in down or name not in recorded or not supervisor.members(recorded[name])}
+        todo |= {dependent for name in todo for dependent in DEPENDENTS.get(name, ())} & set(self.services)
+        if not todo:
             print("services already running: " + ", ".join(f"{k} {u}" for k, u in self.urls().items()))
             return
-        if live:  # left from an earlier start but not all healthy (one crashed, or new ports): restart all
-            print(f"restarting: {', '.join(sorted(live))} running, but not every service was healthy")
-            self.stop()
+        kept = {name: recorded[name] for name in self.services if name not in todo}
+        for name in reversed(ORDER):  # a live but unhealthy (hung, or on other ports) process goes first
+            if name in todo and name in recorded:
+                supervisor.terminate(recorded[name], LABEL[name], STOP_SIGNAL.get(name, signal.SIGTERM))
+        if kept:
+            print(f"restarting {', '.join(LABEL[n] for n in ORDER if n in todo)}; "
+                  f"{', '.join(LABEL[n] for n in ORDER if n in kept)} kept running")
         self._pick_weed_ports()
-        self._check_ports()
+        self._check_ports(todo)
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         self._save(ports=self.ports, backend_store_uri=self.backend_store_uri, db=self.db,
-                   postgres_dir=str(self.postgres_dir), pids={})
+                   postgres_dir=str(self.postgres_dir), pids=kept)
         # MLflow's GenAI job runner (scorers, trace roll-ups) adds 8 processes and ~15 s to start-up; the
         # platform tracks runs and models only. Set MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true to keep it.
         env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, **self.client_env(),
                "DO_NOT_TRACK": "1"}
-        p, started = self.ports, {}
+        started = dict(kept)
         try:
-            if self.db == "postgres":
-                data = self.postgres_dir / "data"
-                postgres.init_cluster(self.root, data, self._log("postgres"))
-                started["postgres"] = self._spawn("postgres", postgres.command(data, p["postgres"]), env, started)
-                self._wait("postgres", started, lambda: postgres.ready(self.root, p["postgres"]))
+            for name in (n for n in ORDER if n in todo):
+                started[name] = self._spawn(name, *self._launch(name, env), started)
+                if name == "postgres":  # MLflow connects to it as it boots
+                    self._wait(name, started, self._healthy(name))
+            for name in (n for n in ORDER if n in todo and n != "postgres"):
+                self._wait(name, started, self._healthy(name))
+        except BaseException:  # includes Ctrl-C: never leave half a platform behind
+            self.stop(quiet=True)  # quietly: the one line that matters is the reason
+            raise
+        print(f"services up in {time.monotonic() - began:.1f} s: "
+              + ", ".join(f"{k} {u}" for k, u in self.urls().items()))
+
+    def _launch(self, name: str, env: dict) -> tuple[list[str], dict]:
+        """Prepare what `name` needs on disk; its command line and environment."""
+        p = self.ports
+        if name == "postgres":
+            data = self.postgres_dir / "data"
+            postgres.init_cluster(self.root, data, self._log("postgres"))
+            return postgres.command(data, p["postgres"]), env
+        if name == "seaweedfs":
             data = self.root / "seaweedfs"
             data.mkdir(exist_ok=True)
-            started["seaweedfs"] = self._spawn("seaweedfs", [
+            return [
                 str(BIN / "weed"), "mini", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
                 f"-s3.config={self.root / 's3.json'}", f"-s3.port={p['s3']}",
                 *(f"-{part}.port={p[part]}" for part in WEED_PARTS),
@@ -136,38 +167,35 @@ class LocalServices:
                 "-master.telemetry=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
                 "-admin.ui=false",
                 # weed otherwise leaves /tmp/seaweedfs-s3-PORT.sock behind; unix socket paths max out at 108
-                *([f"-s3.localSocket={data / 's3.sock'}"] if len(str(data / "s3.sock")) < 100 else [])],
-                env, started)
-            prefect_home = self.root / "prefect"
-            prefect_home.mkdir(exist_ok=True)
-            started["prefect"] = self._spawn("prefect", [
-                str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(p["prefect"]),
-                "--analytics-off"], {**env, "PREFECT_HOME": str(prefect_home),
-                                     "PREFECT_API_DATABASE_CONNECTION_URL":
-                                         f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
-                                     "PREFECT_SERVER_UI_API_URL": env["PREFECT_API_URL"]}, started)
-            self._migrate(env)
-            # The store URI goes in the environment, not the command line the log records: it may hold a password.
-            started["mlflow"] = self._spawn("mlflow", [
-                str(BIN / "mlflow"), "server", "--artifacts-destination", f"s3://{BUCKETS[0]}", "--host", HOST,
-                "--port", str(p["mlflow"]), "--workers", "1"],
-                {**env, "MLFLOW_BACKEND_STORE_URI": self._mlflow_store()}, started)  # 1 worker on 2 cores
-            self._wait("seaweedfs", started, self._s3_ready)
-            self._wait("mlflow", started, lambda: supervisor.answers(self.urls()["mlflow"] + "/health"))
-            self._wait("prefect", started, lambda: supervisor.answers(self.urls()["prefect"] + "/api/health"))
-        except BaseException:  # includes Ctrl-C: never leave half a platform behind
-            self.stop(quiet=True)  # quietly: the one line that matters is the reason
-            raise
-        print(f"services up in {time.monotonic() - began:.1f} s: "
-              + ", ".join(f"{k} {u}" for k, u in self.urls().items()))
+                *([f"-s3.localSocket={data / 's3.sock'}"] if len(str(data / "s3.sock")) < 100 else [])], env
+        if name == "prefect":
+            home = self.root / "prefect"
+            home.mkdir(exist_ok=True)
+            return [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(p["prefect"]),
+                    "--analytics-off"], {**env, "PREFECT_HOME": str(home),
+                                         "PREFECT_API_DATABASE_CONNECTION_URL":
+                                             f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+                                         "PREFECT_SERVER_UI_API_URL": env["PREFECT_API_URL"]}
+        self._migrate(env)
+        # The store URI goes in the environment, not the command line the log records: it may hold a password.
+        return [str(BIN / "mlflow"), "server", "--artifacts-destination", f"s3://{BUCKETS[0]}", "--host", HOST,
+                "--port", str(p["mlflow"]), "--workers", "1"], \
+            {**env, "MLFLOW_BACKEND_STORE_URI": self._mlflow_store()}  # 1 worker on 2 cores
+
+    def _healthy(self, name: str):
+        if name == "postgres":
+            return lambda: postgres.ready(self.root, self.ports["postgres"])
+        if name == "seaweedfs":
+            return self._s3_ready
+        path = {"mlflow": "/health", "prefect": "/api/health"}[name]
+        return lambda: supervisor.answers(self.urls()[name] + path)
 
     def stop(self, quiet: bool = False) -> None:
         pids = self._load().get("pids", {})
         for name in reversed(ORDER):
             if name in pids:
-                # PostgreSQL's SIGTERM waits for every client to leave; SIGINT is its clean "fast" shutdown
-                first = signal.SIGINT if name == "postgres" else signal.SIGTERM
-                if supervisor.terminate(pids[name], LABEL[name], first) and not quiet:
+                if supervisor.terminate(pids[name], LABEL[name], STOP_SIGNAL.get(name, signal.SIGTERM)) \
+                        and not quiet:
                     print(f"stopped {LABEL[name]}")
                 del pids[name]
                 self._save(pids=pids)
@@ -229,16 +257,18 @@ class LocalServices:
             self.ports[part] = self.ports[part] or supervisor.pick_port(taken, (0, GRPC_OFFSET))
             taken |= {self.ports[part], self.ports[part] + GRPC_OFFSET}
 
-    def _check_ports(self) -> None:
+    def _check_ports(self, names: set[str]) -> None:
+        """The ports of the services `names` about to start must be free (and distinct)."""
         p = self.ports
-        wanted = [(p["postgres"], "PostgreSQL", "--postgres-port")] if self.db == "postgres" else []
-        wanted += [(p["prefect"], "Prefect", "--prefect-port"), (p["mlflow"], "MLflow", "--mlflow-port"),
-                  (p["s3"], "SeaweedFS S3", "--s3-port"),
-                  (p["s3"] + GRPC_OFFSET, "SeaweedFS S3 gRPC", "--s3-port")]
-        wanted += [(p[part] + off, f"SeaweedFS {part}{' gRPC' if off else ''}", "--weed-ports")
-                   for part in WEED_PARTS for off in (0, GRPC_OFFSET)]
+        wanted = {"postgres": [(p["postgres"], "PostgreSQL", "--postgres-port")],
+                  "prefect": [(p["prefect"], "Prefect", "--prefect-port")],
+                  "mlflow": [(p["mlflow"], "MLflow", "--mlflow-port")],
+                  "seaweedfs": [(p["s3"], "SeaweedFS S3", "--s3-port"),
+                                (p["s3"] + GRPC_OFFSET, "SeaweedFS S3 gRPC", "--s3-port"),
+                                *((p[part] + off, f"SeaweedFS {part}{' gRPC' if off else ''}", "--weed-ports")
+                                  for part in WEED_PARTS for off in (0, GRPC_OFFSET))]}
         seen = set()
-        for port, label, flag in wanted:
+        for port, label, flag in (w for name in ORDER if name in names for w in wanted[name]):
             if port in seen or not 0 < port < 65536 or not supervisor.free(port):
                 raise ServiceError(f"port {port} for {label} is already in use (or invalid) on {HOST}; "
                                    f"choose another with {flag}")

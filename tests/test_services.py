@@ -2,6 +2,8 @@
 non-default loopback ports under a temporary root."""
 
 import json
+import os
+import signal
 import socket
 import stat
 import subprocess
@@ -122,6 +124,20 @@ def test_start_use_status_stop(tmp_path, monkeypatch, record_property):
         assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
         assert json.loads((root / "state.json").read_text())["pids"] == state["pids"]
         assert all(s["up"] for s in services.status().values())
+
+        # a crashed service: `start` brings back that one, the others keep running, its data survives
+        os.killpg(state["pids"]["seaweedfs"]["pid"], signal.SIGKILL)
+        while members(state["pids"]["seaweedfs"]):
+            time.sleep(0.1)
+        assert not services.status()["seaweedfs"]["up"] and check_up(env)
+        restarted = cli(root, "start")
+        assert restarted.returncode == 0 and "restarting SeaweedFS S3; MLflow, Prefect kept running" \
+            in restarted.stdout, restarted.stdout + restarted.stderr
+        now = json.loads((root / "state.json").read_text())["pids"]
+        assert {k: now[k] for k in ("mlflow", "prefect")} == {k: state["pids"][k] for k in ("mlflow", "prefect")}
+        assert now["seaweedfs"] != state["pids"]["seaweedfs"] and all(s["up"] for s in services.status().values())
+        assert s3.get_object(Bucket="dvc", Key="probe/hello.txt")["Body"].read() == b"hello"
+        groups["seaweedfs"] = members(now["seaweedfs"])
     finally:
         began = time.monotonic()
         services.stop()

@@ -1,11 +1,13 @@
 """s3:// shards through boto3, for webdataset reading and for uploading generated shards.
 
 The endpoint and credentials come from the environment as boto3 reads them (`AWS_ENDPOINT_URL` for an
-S3-compatible store such as SeaweedFS, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+S3-compatible store such as SeaweedFS, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`). Requests are retried with
+back-off, so a store that restarts while training reads shards costs a pause, not the run.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -22,8 +24,14 @@ def split_s3_url(url: str) -> tuple[str, str]:
 
 def s3_client():
     import boto3  # imported here: local-only users never pay for it
+    from botocore.config import Config
 
-    return boto3.session.Session().client("s3")  # a new session reads the current environment
+    # botocore's exponential back-off over ~1 min rides out an S3 store that restarts (refused connections and
+    # 5xx are retried); AWS_RETRY_MODE and AWS_MAX_ATTEMPTS still choose otherwise.
+    retries = {"mode": os.environ.get("AWS_RETRY_MODE", "standard"),
+               "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", "10"))}
+    # a new session reads the current environment
+    return boto3.session.Session().client("s3", config=Config(retries=retries, connect_timeout=5))
 
 
 def gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_):

@@ -1,0 +1,173 @@
+"""The chaos suite: real services on 127.0.0.1, each fault injected by killing the real process (SIGKILL of its
+whole process group, as a crash would); what the user sees, and that nothing is lost or registered twice.
+docs/reliability.md holds the fault table these tests back (the full-disk fault is in test_training.py, the
+hostile uploads in test_dashboard.py)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from flair_core.evaluation.headline import promotion_metric
+from flair_core.methods import get_method
+from services.stack import LocalServices
+from services.supervisor import members
+from tests.test_services import service_ports
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    services = LocalServices(tmp_path_factory.mktemp("chaos") / "services", **service_ports())
+    services.start()
+    try:
+        with mock.patch.dict(os.environ, services.client_env()):
+            yield services
+    finally:
+        services.stop()
+
+
+def crash(services: LocalServices, name: str) -> None:
+    proc = json.loads((services.root / "state.json").read_text())["pids"][name]
+    os.killpg(proc["pid"], signal.SIGKILL)
+    while members(proc):
+        time.sleep(0.1)
+
+
+def scored(value: float, metric: str) -> dict[str, float]:
+    return {metric: value, f"{metric}_ci_low": value - 1, f"{metric}_ci_high": value + 1, f"{metric}_chance": 0.4}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    from flair_core.run_config import load_run_config
+    from flair_core.training.loop import Trainer
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    settings = {"train.model": "micro-32", "train.shards": str(tiny_data / "train"), "train.batch_size": 16,
+                "train.steps_per_epoch": 4, "loader.workers": 0}
+    Trainer(load_run_config([], [f"{k}={v}" for k, v in settings.items()]), out).fit()
+    return out
+
+
+def test_mlflow_killed_while_registering_leaves_no_version_and_a_rerun_registers_exactly_one(
+        platform, trained, monkeypatch):
+    from mlflow import MlflowClient
+
+    from flows import tracking
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the flow's task retries are not under test here
+    metric = promotion_metric(get_method("flair").primary_mode)
+    tags = {"run_key": "chaos-registration", "git_commit": "c", "data_hash": "d", "data_level": "easy",
+            "method": "flair", "preset": "micro-32"}
+    register = tracking.mlflow.register_model
+
+    def crash_first(*args, **kwargs):  # the run and its artifacts are logged; the server dies before the version
+        crash(platform, "mlflow")
+        return register(*args, **kwargs)
+
+    monkeypatch.setattr(tracking.mlflow, "register_model", crash_first)
+    with pytest.raises(Exception, match="127.0.0.1"):
+        tracking.log_training_run(trained, "flair", scored(6.0, metric), tags, "chaos")
+    monkeypatch.setattr(tracking.mlflow, "register_model", register)
+    assert platform.status()["mlflow"]["up"] is False
+
+    platform.start()  # MLflow alone comes back; S3 and Prefect kept running
+    client = MlflowClient()
+    name = tracking.registered_name("flair")
+    assert client.search_model_versions(f"name = '{name}'") == []  # nothing half-registered
+    run_id, version = tracking.log_training_run(trained, "flair", scored(6.0, metric), tags, "chaos")
+    assert tracking.log_training_run(trained, "flair", scored(6.0, metric), tags, "chaos") == (run_id, version)
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert [(v.version, v.run_id, v.tags["run_key"]) for v in versions] == [("1", run_id, "chaos-registration")]
+    runs = client.search_runs([tracking.experiment_id("chaos")], "tags.run_key = 'chaos-registration'")
+    assert [r.info.run_id for r in runs] == [run_id]  # the crashed attempt's run was deleted
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_two_promotions_of_one_model_at_once_leave_one_champion_and_consistent_aliases(platform, monkeypatch):
+    """Both candidates score the same, so whichever is promoted second must stay challenger; without the flow's
+    lock both would read "no champion yet" (decide is slowed to make that window certain) and both win."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from flows import pretrain_eval, tracking
+
+    client = MlflowClient()
+    metric = promotion_metric(get_method("clip").primary_mode)
+    name = tracking.registered_name("clip")
+    experiment = client.create_experiment("chaos-promotion")
+    client.create_registered_model(name)
+    candidates = []
+    for _ in range(2):
+        run = client.create_run(experiment)
+        client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in scored(6.0, metric).items()])
+        version = client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id).version
+        candidates.append((version, run.info.run_id))
+    decide = tracking.decide
+
+    def slow_decide(*args):
+        time.sleep(1.5)
+        return decide(*args)
+
+    monkeypatch.setattr(tracking, "decide", slow_decide)
+    results = {}
+
+    def promote(version, run_id):
+        results[version] = pretrain_eval.promote("clip", version, run_id, metric, 2.0)
+
+    threads = [threading.Thread(target=promote, args=candidate) for candidate in candidates]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted(r["alias"] for r in results.values()) == ["challenger", "champion"], results
+    first = next(v for v, r in results.items() if r["alias"] == "champion")
+    second = next(v for v, r in results.items() if r["alias"] == "challenger")
+    assert results[first]["reason"].startswith("first version")
+    assert results[second]["previous_champion"] == first and "does not beat" in results[second]["reason"]
+    assert client.get_model_version_by_alias(name, "champion").version == first
+    assert client.get_model_version_by_alias(name, "challenger").version == second
+    for version, result in results.items():  # the registry says what the flow said
+        assert client.get_model_version(name, version).description == f"{result['alias']}: {result['reason']}"
+
+
+def test_s3_killed_and_restarted_while_training_reads_shards_costs_a_pause_not_the_run(
+        platform, tiny_data, tmp_path):
+    from flair_core.data.storage import upload_folder
+
+    upload_folder(tiny_data / "train", "s3://dvc/chaos/train")
+    out = tmp_path / "run"
+    steps_per_epoch, epochs = 8, 10  # every epoch opens its shards again: one falls inside the outage
+    settings = {"train.model": "micro-32", "train.shards": "s3://dvc/chaos/train/shard-{000000..000003}.tar",
+                "train.batch_size": 16, "train.steps_per_epoch": steps_per_epoch, "train.epochs": epochs,
+                "train.checkpoint_every": steps_per_epoch, "loader.workers": 1}
+    command = [sys.executable, "-m", "flair_core.cli", "train", "--out", str(out),
+               *(x for k, v in settings.items() for x in ("--set", f"{k}={v}"))]
+    training = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= steps_per_epoch):
+        assert training.poll() is None and time.time() < deadline, training.communicate()
+        time.sleep(0.2)
+    crash(platform, "seaweedfs")
+    outage = time.monotonic()
+    time.sleep(5)
+    assert training.poll() is None, training.communicate()  # still waiting on the store, not failed
+    platform.start()
+    outage = time.monotonic() - outage
+    stdout, stderr = training.communicate(timeout=300)
+    assert training.returncode == 0, stderr[-3000:]
+    steps = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, steps_per_epoch * epochs + 1))
+    assert max(s["seconds"] for s in steps) > 4, "no step waited for the store: the outage was not felt"
+    print(f"outage {outage:.1f} s; longest step {max(s['seconds'] for s in steps):.1f} s")
