@@ -13,10 +13,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import streamlit as st
 import yaml
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = os.environ.get("FLAIR_EXPERIMENT", "flair-lab")
@@ -307,10 +311,12 @@ def own_mode(method: str) -> str:
     return METHODS[method].primary_mode if method in METHODS else "global"
 
 
-def _images(pngs: list[bytes]) -> list:
-    from PIL import Image
+def image(raw: bytes, what: str) -> Image.Image:
+    """Image bytes (a built-in PNG or an upload, which is untrusted) as RGB, checked before any pixel is decoded:
+    a DataError whose one line names `what` when they are not a usable image."""
+    from flair_core.data.files import image_from_bytes
 
-    return [Image.open(io.BytesIO(png)).convert("RGB") for png in pngs]
+    return image_from_bytes(raw, what)
 
 
 @st.cache_resource(show_spinner="Encoding the test images…", max_entries=4)
@@ -318,12 +324,14 @@ def gallery(tracking_uri: str, name: str, version: int, data_root: Path, limit: 
     """The first `limit` built-in test images embedded once under one model, for ranking against captions."""
     from flair_core import embed_images
 
-    return embed_images(model(tracking_uri, name, version), _images([x["png"] for x in test_images(data_root, limit)]))
+    return embed_images(model(tracking_uri, name, version),
+                        [image(x["png"], f"built-in test image {x['key']}") for x in test_images(data_root, limit)])
 
 
 def caption_ranks(tracking_uri: str, name: str, version: int, data_root: Path, limit: int, caption: str,
-                  upload: bytes | None = None) -> pd.DataFrame:
-    """Every gallery image (and the upload, if any) ranked for the caption in the method's own scoring mode."""
+                  upload: Image.Image | None = None) -> pd.DataFrame:
+    """Every gallery image (and the upload, an RGB image already checked by `image`, if any) ranked for the caption
+    in the method's own scoring mode."""
     import torch
 
     from flair_core import embed_images, rank_images
@@ -332,7 +340,7 @@ def caption_ranks(tracking_uri: str, name: str, version: int, data_root: Path, l
     images = dict(gallery(tracking_uri, name, version, data_root, limit))
     keys = [x["key"] for x in test_images(data_root, limit)]
     if upload is not None:
-        extra = embed_images(net, _images([upload]))
+        extra = embed_images(net, [upload])
         images = {k: torch.cat([v, extra[k]]) for k, v in images.items()}
         keys.append("upload")
     _, scores = rank_images(net, [caption], images)
@@ -343,19 +351,20 @@ def caption_ranks(tracking_uri: str, name: str, version: int, data_root: Path, l
     return table.sort_values(["rank", "image"]).reset_index(drop=True)
 
 
-def attention_overlay(tracking_uri: str, name: str, version: int, png: bytes, caption: str) -> tuple[bytes, float]:
-    """The text-conditioned attention of the caption over the image as a PNG overlay, and the zero-slot mass."""
+def attention_overlay(tracking_uri: str, name: str, version: int, rgb: Image.Image,
+                      caption: str) -> tuple[bytes, float]:
+    """The text-conditioned attention of the caption over an RGB image (checked by `image`) as a PNG overlay, and
+    the zero-slot mass."""
     from PIL import Image
 
     from flair_core import get_tokenizer, get_transform
     from flair_core.evaluation.attention import attention_maps, overlay
 
     net = model(tracking_uri, name, version)
-    image = Image.open(io.BytesIO(png)).convert("RGB")
-    maps, zero = attention_maps(net, get_tokenizer(net.config), get_transform(net.config, False)(image), [caption])
+    maps, zero = attention_maps(net, get_tokenizer(net.config), get_transform(net.config, False)(rgb), [caption])
     out = io.BytesIO()
-    factor = max(1, 256 // min(image.size))  # small synthetic images: scaled up, pixels kept sharp
-    overlay(image.resize((image.width * factor, image.height * factor), Image.NEAREST), maps[0]).save(out, "PNG")
+    factor = max(1, 256 // min(rgb.size))  # small synthetic images: scaled up, pixels kept sharp
+    overlay(rgb.resize((rgb.width * factor, rgb.height * factor), Image.NEAREST), maps[0]).save(out, "PNG")
     return out.getvalue(), float(zero[0])
 
 

@@ -64,21 +64,28 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    import errno
     import logging
 
+    from flair_core.fileio import WriteError
     from flair_core.run_config import load_run_config
     from flair_core.training.loop import train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_run_config(args.params, args.set)
-    last = train(config, args.out, resume=args.resume)
+    try:
+        last = train(config, args.out, resume=args.resume)
+    except WriteError as err:  # every file was written whole or not at all: the run can go on from here
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        raise WriteError(err.errno, f"{err.strerror}; earlier checkpoints and metrics are intact: free space "
+                                    "and resume with --resume auto", err.filename) from None
     if last is not None:
         print(f"trained {config.method.name}: {last}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import json
-    import os
     import time
 
     import torch
@@ -86,6 +93,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from flair_core.evaluation.comparison import format_cell, noise_of
     from flair_core.evaluation.headline import headline
     from flair_core.evaluation.runner import EvalOptions, run_benchmark
+    from flair_core.fileio import write_atomic
     from flair_core.training.checkpoints import load_trained
 
     if not Path(args.root).is_dir():  # before loading anything
@@ -99,11 +107,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     metrics = run_benchmark(model, args.benchmark, args.root, args.split, options)
     metrics[f"seconds/{args.benchmark}"] = time.perf_counter() - start
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True))
-        tmp.replace(out)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(args.out, json.dumps(metrics, indent=1, sort_keys=True))
     for key, value in headline(metrics).items():
         print(f"{key:60s} {format_cell(value, *noise_of(metrics, key))}")
     if args.out:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from flair_core.data.builtin import BuiltinDataConfig
 from flair_core.data.captions import SamplingConfig
 from flair_core.data.loader import LoaderConfig
+from flair_core.fileio import write_atomic
 from flair_core.methods import METHODS
 from flair_core.model_config import ConfigError, Frozen, one_line_validation_error
 
@@ -185,7 +186,7 @@ def load_run_config(paths: list[str | Path] = (), overrides: list[str] = ()) -> 
 
 
 def dump_run_config(config: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    write_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
 def require(condition: bool, message: str) -> None:

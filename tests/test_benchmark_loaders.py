@@ -5,6 +5,7 @@ Images are tiny stand-in JPEGs written at every expected path."""
 import io
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from PIL import Image
 
 from flair_core.data.benchmarks import BENCHMARKS, RetrievalSet, load_benchmark
 from flair_core.data.errors import DataError
-from flair_core.data.files import image_problem
+from flair_core.data.files import image_from_bytes, image_problem
+from tests.helpers.hostile_images import declaring, hostile, png
 
 
 @pytest.fixture(scope="module")
@@ -498,3 +500,36 @@ def test_an_image_that_passes_the_header_check_but_does_not_decode_is_named(tmp_
     task = benchmark_task("urban1k", tmp_path)  # the cheap pre-check cannot see it
     with pytest.raises(DataError, match=f"^urban1k: image {truncated} does not decode"):
         list(task.images())
+
+
+# ---------------------------------------------------------------- untrusted image bytes (an upload)
+
+
+@pytest.mark.parametrize(("kind", "problem"), [
+    ("not an image", "not an image"), ("truncated", "does not decode (image file is truncated"),
+    ("empty", "empty file"), ("decompression bomb", "too many pixels (decompression bomb)")])
+def test_untrusted_image_bytes_are_refused_with_one_line_naming_them(kind, problem, tmp_path):
+    with pytest.raises(DataError) as info:
+        image_from_bytes(hostile()[kind], "upload 'x.png'")
+    assert str(info.value).startswith(f"upload 'x.png': {problem}") and "\n" not in str(info.value)
+    if kind != "truncated":  # the header check is the one image files get
+        (tmp_path / "x.png").write_bytes(hostile()[kind])
+        assert image_problem(tmp_path / "x.png") == problem
+
+
+def test_the_pixel_cap_is_judged_from_the_header_before_any_pixel_is_decoded(monkeypatch):
+    declared = declaring(png(), 8000, 6000)  # 48 MP claimed over the pixels of 64 x 64: decoding would fail
+    with pytest.raises(DataError, match=r"^x: too many pixels \(8000 x 6000\)$"):
+        image_from_bytes(declared, "x")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # 64 x 64 is between PIL's two limits: PIL only warns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the warning must not escape: the cap's one line says it
+        with pytest.raises(DataError, match=r"^x: too many pixels \(64 x 64\)$"):
+            image_from_bytes(png(), "x", max_pixels=4000)
+
+
+def test_untrusted_image_bytes_that_are_an_image_come_back_as_rgb():
+    palette = io.BytesIO()
+    Image.new("P", (5, 3)).save(palette, format="PNG")
+    image = image_from_bytes(palette.getvalue(), "x")
+    assert (image.mode, image.size) == ("RGB", (5, 3))

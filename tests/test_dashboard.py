@@ -8,6 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.helpers.dashboard_seed import FINE, LEVEL, SEEDED, seed_platform
+from tests.helpers.hostile_images import hostile, png
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = REPO / "dashboard" / "pages"
@@ -171,6 +172,36 @@ def test_inspect_page_shows_the_attention_map_and_the_rank_the_library_computes(
     changed = data.caption_ranks(env["uri"], "flair-lab-flair", 2, env["data"], 512,
                                  "a large red circle in the centre")
     assert app.metric[0].value == f"{int(changed.loc[changed['image'] == key, 'rank'].iloc[0])} / 64"
+
+
+@pytest.mark.parametrize("kind", list(hostile()))
+def test_a_hostile_upload_is_one_warning_and_the_page_keeps_the_built_in_image(env, kind):
+    from dashboard import data
+
+    app = run("inspect")
+    caption, key = app.text_input[0].value, app.selectbox[1].value
+    app.file_uploader[0].set_value((f"{kind}.png", hostile()[kind], "image/png")).run()
+    assert not app.exception, [e.value for e in app.exception]
+    warnings = [w.value for w in app.warning]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert warnings[0].startswith(f"upload '{kind}.png': ") and warnings[0].endswith(f"showing the built-in test image {key} instead")
+    expected = data.caption_ranks(env["uri"], "flair-lab-flair", 2, env["data"], 512, caption)
+    assert app.metric[0].label == f"rank of {key} for the caption"
+    assert app.metric[0].value == f"{int(expected.loc[expected['image'] == key, 'rank'].iloc[0])} / 64"
+    assert len(app.get("image")) == 1
+
+
+def test_a_valid_upload_is_ranked_among_the_built_in_images(env):
+    from dashboard import data
+
+    raw = png()
+    app = run("inspect")
+    caption = app.text_input[0].value
+    app.file_uploader[0].set_value(("mine.png", raw, "image/png")).run()
+    assert not app.exception and not app.warning, [e.value for e in app.exception] + [w.value for w in app.warning]
+    expected = data.caption_ranks(env["uri"], "flair-lab-flair", 2, env["data"], 512, caption, data.image(raw, "x"))
+    assert app.metric[0].label == "rank of upload for the caption"
+    assert app.metric[0].value == f"{int(expected.loc[expected['image'] == 'upload', 'rank'].iloc[0])} / 65"
 
 
 @pytest.mark.parametrize("page", ["compare", "paper", "sweeps", "registry", "inspect"])

@@ -2,12 +2,12 @@
 
 A checkpoint holds the model, optimizer, scheduler, scaler and loss state, the step counters and every RNG
 state, and loads with `weights_only=True`. Only complete files ever carry the `step-*.pt` name, so a run
-killed while writing leaves at most a stray temp file, never a checkpoint that resume would pick.
+killed while writing leaves at most a stray temp file, never a checkpoint that resume would pick; a full disk
+leaves not even that.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 from pathlib import Path
@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from flair_core.checkpoint import CheckpointError
+from flair_core.fileio import write_atomic
 
 PATTERN = "step-*.pt"
 
@@ -26,11 +27,7 @@ def checkpoint_path(folder: Path, step: int) -> Path:
 def save(folder: Path, step: int, state: dict, keep: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(folder, step)
-    tmp = folder / f".{final.name}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    write_atomic(final, lambda f: torch.save(state, f))
     for old in sorted(folder.glob(PATTERN))[:-keep]:
         old.unlink()
     return final

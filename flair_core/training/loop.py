@@ -4,7 +4,8 @@ Rank 0 writes the run folder: `config.yaml` (the validated config), `metrics.jso
 loss terms, lr, logit scale, samples/s), `val_metrics.jsonl` (one line per validation, when
 `train.validate_every` is set) and `checkpoints/step-*.pt`. `resume="auto"` continues from the
 newest complete checkpoint with optimizer, scheduler, scaler, loss and RNG state and the data position, so a
-killed and resumed run ends with the same weights as an uninterrupted one.
+killed and resumed run ends with the same weights as an uninterrupted one. Every file is written whole or not
+at all (`flair_core.fileio`), so a run stopped by a full disk resumes the same way once there is room.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from flair_core import create_model, distributed, get_tokenizer, get_transform, 
 from flair_core.checkpoint import CheckpointError, load_checked
 from flair_core.data.loader import train_loader
 from flair_core.evaluation.runner import EvalOptions, get_benchmark, run_benchmark
+from flair_core.fileio import append_line, write_atomic
 from flair_core.methods import get_method
 from flair_core.model_config import ConfigError, ModelConfig, load_model_config
 from flair_core.run_config import RunConfig, dump_run_config
@@ -180,8 +182,10 @@ class Trainer:
         """Drop lines past the resumed step, so a resumed run's metrics have no duplicates."""
         for metrics in (self.out / "metrics.jsonl", self.out / "val_metrics.jsonl"):
             if metrics.exists():
-                kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
-                metrics.write_text("".join(line + "\n" for line in kept))
+                lines = metrics.read_text().splitlines()
+                kept = [line for line in lines if json.loads(line)["step"] <= self.step]
+                if len(kept) < len(lines):
+                    write_atomic(metrics, "".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------------------------------------ training
     def accumulate_gradients(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -263,8 +267,7 @@ class Trainer:
                   "samples_per_s": t.batch_size * self.world.size / seconds, "seconds": seconds}
         if not all(math.isfinite(v) for v in values.values()):
             raise FloatingPointError(f"step {self.step}: loss is not finite ({values})")
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.out / "metrics.jsonl", json.dumps(record))
         if progress is not None:
             progress.set_postfix(loss=f"{values['loss/total']:.4f}", refresh=False)
             progress.update(1)
@@ -289,8 +292,7 @@ class Trainer:
                     values.update(run_benchmark(self.head, benchmark, root, t.validate_split, options))
             self.head.train()
             metrics = [values]
-            with open(self.out / "val_metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": self.step, **values}) + "\n")
+            append_line(self.out / "val_metrics.jsonl", json.dumps({"step": self.step, **values}))
         if self.world.size > 1:
             torch.distributed.broadcast_object_list(metrics, src=0)
         self.val_metrics = metrics[0]
