@@ -48,9 +48,11 @@ study: services  ## the equal-budget study (params/study.yaml, ~2 h, resumable) 
 	eval "$$($(PY) -m services env)" && $(PY) -m flows.paper_study run
 
 # DB=postgres: MLflow's store and the sweeps' Optuna storage in a PostgreSQL server started here (remembered
-# by later starts); DB=sqlite goes back to the one-machine default.
-services: install  ## start Prefect, MLflow and the S3 store on 127.0.0.1 (state and logs in .services/); DB=postgres adds PostgreSQL
-	$(PY) -m services start $(if $(DB),--db $(DB))
+# by later starts); DB=sqlite goes back to the one-machine default. AUTH=on: team mode (MLflow and Prefect ask
+# for the credentials generated into .services/auth.json; `services env` hands them to clients); BIND=ADDRESS
+# then opens MLflow and Prefect beyond loopback. Both are remembered too.
+services: install  ## start Prefect, MLflow and the S3 store on 127.0.0.1 (state and logs in .services/); DB=postgres adds PostgreSQL, AUTH=on team mode
+	$(PY) -m services start $(if $(DB),--db $(DB)) $(if $(AUTH),--auth $(AUTH)) $(if $(BIND),--bind $(BIND))
 
 dashboard: install  ## start the dashboard on http://127.0.0.1:8501 against the local services
 	eval "$$($(PY) -m services env)" && $(PY) -m dashboard.serve start

@@ -4,17 +4,23 @@ and with `--db postgres` a PostgreSQL server for MLflow's backend store and Optu
     python -m services start [--root .services] [--prefect-port 4200] [--mlflow-port 5000]
                              [--s3-port 8333] [--backend-store-uri URI] [--weed-ports M,V,F,A]
                              [--db sqlite|postgres] [--postgres-port 5432] [--postgres-dir DIR]
+                             [--auth off|on] [--bind ADDRESS]
     python -m services stop|status|env [--root .services]
 
-Everything listens on 127.0.0.1 only and runs under services.supervisor. Pids, ports and the database choice
-are kept in ROOT/state.json, logs in ROOT/logs/<name>.log, the generated S3 identity in ROOT/s3.json and the
-PostgreSQL password in ROOT/postgres.json (both mode 0600).
+Everything listens on 127.0.0.1 and runs under services.supervisor. Team mode (`--auth on`), for a platform
+shared by several people: MLflow runs its basic-auth app and Prefect checks its API auth string, so nobody
+reaches either without the generated credentials, which `services env` hands to clients (flows, dashboard,
+DVC). Only then may `--bind` open MLflow and Prefect to other machines; SeaweedFS and PostgreSQL always stay on
+127.0.0.1 (their internal ports have no authentication; artifacts reach remote users through MLflow's proxy).
+Pids, ports and settings are kept in ROOT/state.json, logs in ROOT/logs/<name>.log; the generated S3 identity
+(ROOT/s3.json), PostgreSQL password (ROOT/postgres.json) and team credentials (ROOT/auth.json) are mode 0600.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import ipaddress
 import json
 import os
 import secrets
@@ -31,7 +37,7 @@ from services.supervisor import HOST, ServiceError
 
 OPTUNA_STORAGE_ENV = "FLAIR_OPTUNA_STORAGE"  # set by `services env` with --db postgres; read by flows/study.py
 
-ORDER = ("postgres", "seaweedfs", "mlflow", "prefect")  # dependency order; stop goes in reverse
+ORDER = ("postgres", "seaweedfs", "prefect", "mlflow")  # start order (Prefect boots while MLflow migrates); stop: reverse
 LABEL = {"postgres": "PostgreSQL", "seaweedfs": "SeaweedFS S3", "mlflow": "MLflow", "prefect": "Prefect"}
 URL_KEY = {"postgres": "postgres", "seaweedfs": "s3", "mlflow": "mlflow", "prefect": "prefect"}
 DEFAULT_PORTS = {"prefect": 4200, "mlflow": 5000, "s3": 8333, "postgres": 5432}
@@ -54,7 +60,7 @@ class LocalServices:
 
     def __init__(self, root=".services", prefect_port=None, mlflow_port=None, s3_port=None,
                  backend_store_uri=None, weed_ports: dict[str, int] | None = None, db=None, postgres_port=None,
-                 postgres_dir=None):
+                 postgres_dir=None, auth=None, bind=None):
         self.root = Path(root).resolve()
         state = self._load()
         asked = {"prefect": prefect_port, "mlflow": mlflow_port, "s3": s3_port, "postgres": postgres_port,
@@ -70,6 +76,21 @@ class LocalServices:
         # With PostgreSQL, the URI (which holds the password) is built when needed and never stored.
         self.backend_store_uri = (None if self.db == "postgres" else backend_store_uri
                                   or state.get("backend_store_uri") or f"sqlite:///{self.root / 'mlflow.db'}")
+        self.auth = auth or state.get("auth") or "off"
+        if self.auth not in ("off", "on"):
+            raise ServiceError(f"unknown --auth {self.auth!r}: off (one machine, the default) or on (team mode)")
+        self.bind = bind or state.get("bind") or HOST
+        try:
+            loopback = ipaddress.ip_address(self.bind).is_loopback
+        except ValueError:
+            raise ServiceError(f"--bind {self.bind!r} is not an IP address") from None
+        if not loopback and self.auth != "on":
+            raise ServiceError(f"--bind {self.bind} would open MLflow and Prefect to other machines without "
+                               "credentials: add --auth on (team mode)")
+
+    def settings(self) -> dict:
+        """What the running processes were started with: a change restarts every service."""
+        return {"db": self.db, "backend_store_uri": self.backend_store_uri, "auth": self.auth, "bind": self.bind}
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -80,7 +101,10 @@ class LocalServices:
 
     # ---- what clients see ------------------------------------------------------------------------------
     def urls(self) -> dict[str, str]:
-        urls = {name: f"http://{HOST}:{self.ports[name]}" for name in ("prefect", "mlflow", "s3")}
+        address = ipaddress.ip_address(self.bind)  # clients on this machine reach a wildcard bind on loopback
+        host = HOST if address.is_unspecified else f"[{address}]" if address.version == 6 else str(address)
+        urls = {name: f"http://{host}:{self.ports[name]}" for name in ("prefect", "mlflow")}
+        urls["s3"] = f"http://{HOST}:{self.ports['s3']}"
         if self.db == "postgres":  # shown without the password
             urls["postgres"] = f"postgresql://{postgres.USER}@{HOST}:{self.ports['postgres']}"
         return urls
@@ -97,6 +121,10 @@ class LocalServices:
                "DVC_NO_ANALYTICS": "1"}
         if self.db == "postgres":  # sweeps read their Optuna storage from here (flows/study.py)
             env[OPTUNA_STORAGE_ENV] = postgres.url(self.root, self.ports["postgres"], "optuna")
+        if self.auth == "on":  # the names MLflow's and Prefect's own clients read
+            user, password = self._team_credentials()
+            env |= {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password,
+                    "PREFECT_API_AUTH_STRING": f"{user}:{password}"}
         return env
 
     def status(self) -> dict:
@@ -111,7 +139,12 @@ class LocalServices:
         """Start what is not running and healthy; services that are up stay up, so after one crashed only it
         (and what depends on it) restarts."""
         began = time.monotonic()
-        recorded = self._load().get("pids", {})
+        state = self._load()
+        recorded = state.get("pids", {})
+        if recorded and any(state.get(key) != value for key, value in self.settings().items()):
+            print("restarting every service: the database, team mode or bind address changed")
+            self.stop()
+            recorded = {}
         down = self._down()
         todo = {name for name in self.services
                 if name in down or name not in recorded or not supervisor.members(recorded[name])}
@@ -129,8 +162,7 @@ class LocalServices:
         self._pick_weed_ports()
         self._check_ports(todo)
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
-        self._save(ports=self.ports, backend_store_uri=self.backend_store_uri, db=self.db,
-                   postgres_dir=str(self.postgres_dir), pids=kept)
+        self._save(ports=self.ports, **self.settings(), postgres_dir=str(self.postgres_dir), pids=kept)
         # MLflow's GenAI job runner (scorers, trace roll-ups) adds 8 processes and ~15 s to start-up; the
         # platform tracks runs and models only. Set MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true to keep it.
         env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, **self.client_env(),
@@ -138,6 +170,8 @@ class LocalServices:
         started = dict(kept)
         try:
             for name in (n for n in ORDER if n in todo):
+                if name == "mlflow":
+                    self._migrate(env)
                 started[name] = self._spawn(name, *self._launch(name, env), started)
                 if name == "postgres":  # MLflow connects to it as it boots
                     self._wait(name, started, self._healthy(name))
@@ -150,7 +184,7 @@ class LocalServices:
               + ", ".join(f"{k} {u}" for k, u in self.urls().items()))
 
     def _launch(self, name: str, env: dict) -> tuple[list[str], dict]:
-        """Prepare what `name` needs on disk; its command line and environment."""
+        """`name`'s command line and environment, with the folders (PostgreSQL: the cluster) it needs."""
         p = self.ports
         if name == "postgres":
             data = self.postgres_dir / "data"
@@ -168,19 +202,31 @@ class LocalServices:
                 "-admin.ui=false",
                 # weed otherwise leaves /tmp/seaweedfs-s3-PORT.sock behind; unix socket paths max out at 108
                 *([f"-s3.localSocket={data / 's3.sock'}"] if len(str(data / "s3.sock")) < 100 else [])], env
+        # Secrets go in the environment, never on a command line (the log records it, `ps` shows it).
         if name == "prefect":
             home = self.root / "prefect"
             home.mkdir(exist_ok=True)
-            return [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(p["prefect"]),
-                    "--analytics-off"], {**env, "PREFECT_HOME": str(home),
-                                         "PREFECT_API_DATABASE_CONNECTION_URL":
-                                             f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-                                         "PREFECT_SERVER_UI_API_URL": env["PREFECT_API_URL"]}
-        self._migrate(env)
-        # The store URI goes in the environment, not the command line the log records: it may hold a password.
-        return [str(BIN / "mlflow"), "server", "--artifacts-destination", f"s3://{BUCKETS[0]}", "--host", HOST,
-                "--port", str(p["mlflow"]), "--workers", "1"], \
-            {**env, "MLFLOW_BACKEND_STORE_URI": self._mlflow_store()}  # 1 worker on 2 cores
+            server_env = {**env, "PREFECT_HOME": str(home),
+                          "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+                          "PREFECT_SERVER_UI_API_URL": env["PREFECT_API_URL"]}
+            if self.auth == "on":  # every API call but the health check needs it (the UI asks for it)
+                server_env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"]
+            return [str(BIN / "prefect"), "server", "start", "--host", self.bind, "--port", str(p["prefect"]),
+                    "--analytics-off"], server_env
+        command = [str(BIN / "mlflow"), "server", "--artifacts-destination", f"s3://{BUCKETS[0]}", "--host",
+                   self.bind, "--port", str(p["mlflow"]), "--workers", "1"]  # 1 worker on 2 cores
+        server_env = {**env, "MLFLOW_BACKEND_STORE_URI": self._mlflow_store()}
+        if not ipaddress.ip_address(self.bind).is_unspecified:
+            # MLflow refuses Host headers other than localhost and private ranges (DNS rebinding): clients here come
+            # in by the bind address. (A wildcard bind keeps MLflow's default; set MLFLOW_SERVER_ALLOWED_HOSTS to
+            # add a host name.)
+            host = self.urls()["mlflow"].removeprefix("http://").rsplit(":", 1)[0]
+            server_env.setdefault("MLFLOW_SERVER_ALLOWED_HOSTS", ",".join(
+                f"{name}{port}" for name in (host, "localhost") for port in ("", f":{p['mlflow']}")))
+        if self.auth == "on":
+            command += ["--app-name", "basic-auth"]
+            server_env |= self._mlflow_auth()
+        return command, server_env
 
     def _healthy(self, name: str):
         if name == "postgres":
@@ -287,6 +333,27 @@ class LocalServices:
         cred = json.loads(path.read_text())["identities"][0]["credentials"][0]
         return cred["accessKey"], cred["secretKey"]
 
+    def _team_credentials(self) -> tuple[str, str]:
+        """Team mode's one account (user `flair`), generated on first use, kept in ROOT/auth.json (0600)."""
+        path = self.root / "auth.json"
+        if not path.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            supervisor.write_private(path, {"username": "flair", "password": secrets.token_urlsafe(24),
+                                            "mlflow_flask_secret": secrets.token_urlsafe(32)})
+        auth = json.loads(path.read_text())
+        return auth["username"], auth["password"]
+
+    def _mlflow_auth(self) -> dict[str, str]:
+        """MLflow's basic-auth app: its own user store beside ours, our account its admin, nobody else allowed in."""
+        user, password = self._team_credentials()
+        config = self.root / "mlflow-auth.ini"
+        config.write_text(f"[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+                          f"database_uri = sqlite:///{self.root / 'mlflow-auth.db'}\nadmin_username = {user}\n"
+                          "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        return {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": json.loads((self.root / "auth.json").read_text())[
+                    "mlflow_flask_secret"]}
+
     def _probe_env(self) -> dict:  # health probes only: no credentials generated as a side effect
         urls = self.urls()
         return {"PREFECT_API_URL": urls["prefect"] + "/api", "MLFLOW_TRACKING_URI": urls["mlflow"],
@@ -341,6 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--db", choices=("sqlite", "postgres"),
                        help="MLflow's and Optuna's database: sqlite (one machine) or a PostgreSQL server started "
                             "here (default: the last start's, else sqlite)")
+    start.add_argument("--auth", choices=("off", "on"),
+                       help="team mode: MLflow and Prefect ask for the credentials generated into ROOT/auth.json, "
+                            "which `env` hands to clients (default: the last start's, else off)")
+    start.add_argument("--bind", help="address MLflow and Prefect listen on; other than loopback needs --auth on "
+                                      "(default: the last start's, else 127.0.0.1)")
     start.add_argument("--postgres-dir", help="PostgreSQL's cluster folder (default: ROOT/postgres); under root it "
                                               "must be reachable by the postgres user")
     start.add_argument("--weed-ports", help="SeaweedFS master,volume,filer,admin ports; each also uses "
@@ -351,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     options = ("prefect_port", "mlflow_port", "s3_port", "backend_store_uri")
     try:
         services = LocalServices(args.root, *(getattr(args, k, None) for k in options), weed,
-                                 *(getattr(args, k, None) for k in ("db", "postgres_port", "postgres_dir")))
+                                 *(getattr(args, k, None) for k in ("db", "postgres_port", "postgres_dir", "auth",
+                                                                    "bind")))
         if args.command == "start":
             services.start()
         elif args.command == "stop":

@@ -147,7 +147,7 @@ def test_s3_killed_and_restarted_while_training_reads_shards_costs_a_pause_not_t
 
     upload_folder(tiny_data / "train", "s3://dvc/chaos/train")
     out = tmp_path / "run"
-    steps_per_epoch, epochs = 8, 10  # every epoch opens its shards again: one falls inside the outage
+    steps_per_epoch, epochs = 8, 5  # every epoch opens its shards again (~2 s apart): one falls inside the outage
     settings = {"train.model": "micro-32", "train.shards": "s3://dvc/chaos/train/shard-{000000..000003}.tar",
                 "train.batch_size": 16, "train.steps_per_epoch": steps_per_epoch, "train.epochs": epochs,
                 "train.checkpoint_every": steps_per_epoch, "loader.workers": 1}
@@ -165,9 +165,91 @@ def test_s3_killed_and_restarted_while_training_reads_shards_costs_a_pause_not_t
     assert training.poll() is None, training.communicate()  # still waiting on the store, not failed
     platform.start()
     outage = time.monotonic() - outage
-    stdout, stderr = training.communicate(timeout=300)
+    _, stderr = training.communicate(timeout=300)
     assert training.returncode == 0, stderr[-3000:]
     steps = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [s["step"] for s in steps] == list(range(1, steps_per_epoch * epochs + 1))
     assert max(s["seconds"] for s in steps) > 4, "no step waited for the store: the outage was not felt"
     print(f"outage {outage:.1f} s; longest step {max(s['seconds'] for s in steps):.1f} s")
+
+
+def test_prefect_restarted_in_training_and_mlflow_down_before_logging_the_flow_completes_and_registers_once(
+        platform, tmp_path):
+    """pretrain-eval in a scratch repo on the tiny preset: Prefect crashes while the flow trains and comes back; MLflow
+    crashes before the flow logs and comes back ~10 s later (5 s down, ~6 s to start). The Prefect client and the flow's task retries ride
+    both out: the flow completes, its run is recorded Completed, and the model has exactly one version."""
+    from mlflow import MlflowClient
+    from prefect.client.orchestration import get_client
+
+    from flows.pretrain_eval import BENCHMARKS
+    from tests.helpers.scratch_repo import scratch_copy
+
+    repo = scratch_copy(tmp_path)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    flow = subprocess.Popen([sys.executable, "-m", "flows.pretrain_eval", "run", "--method", "dreamlip"], cwd=repo,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def wait_for(pattern: str, count: int = 1) -> None:
+        deadline = time.time() + 300
+        while len(list(repo.glob(pattern))) < count:
+            assert flow.poll() is None and time.time() < deadline, flow.communicate()[0][-3000:]
+            time.sleep(0.2)
+
+    wait_for("runs/flows/dreamlip-*/metrics.jsonl")
+    crash(platform, "prefect")
+    platform.start()
+    wait_for("runs/flows/dreamlip-*/eval/*.json", len(BENCHMARKS))  # next: attention maps, then logging
+    crash(platform, "mlflow")
+    time.sleep(5)
+    platform.start()
+    output, _ = flow.communicate(timeout=600)
+    assert flow.returncode == 0, output[-4000:]
+    client = MlflowClient()
+    assert [v.version for v in client.search_model_versions("name = 'flair-lab-dreamlip'")] == ["1"]
+    assert client.get_model_version_by_alias("flair-lab-dreamlip", "champion").version == "1"
+    with get_client(sync_client=True) as prefect:
+        assert [r.state.type.value for r in prefect.read_flow_runs()] == ["COMPLETED"]
+
+
+def processes_under(folder: Path) -> list[str]:
+    """Live processes working in `folder` (services, flow runs, training, evaluation all do): pid and command."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or not os.readlink(proc / "cwd").startswith(str(folder)):
+                continue
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            found.append(f"{proc.name} {command[:120]}")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+def test_sigterm_to_the_main_job_stops_its_flow_run_and_the_services_and_leaves_no_process(platform, tmp_path):
+    """The last test here: the main job finds the module's services running, and its SIGTERM stops them."""
+    from tests.helpers.scratch_repo import scratch_copy
+
+    repo = scratch_copy(tmp_path)
+    (repo / ".venv").symlink_to(Path(sys.executable).parents[1])
+    root = platform.root
+    env = {**os.environ, "FLAIR_METHODS": "flair", "FLAIR_SERVICES_ROOT": str(root)}
+    job = subprocess.Popen(["bash", "infra/main_job.sh"], cwd=repo, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list((repo / "runs" / "flows").glob("flair-*/metrics.jsonl")):  # training is under way
+        assert job.poll() is None and time.time() < deadline, job.communicate()
+        time.sleep(0.5)
+    job.send_signal(signal.SIGTERM)
+    stdout, stderr = job.communicate(timeout=180)
+    assert job.returncode == 130, stdout[-2000:] + stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == \
+        "main job interrupted: stopping its flow runs, the dashboard and the services", stderr[-2000:]
+    assert json.loads((root / "state.json").read_text())["pids"] == {}
+    assert not any(s["up"] for s in platform.status().values())
+    deadline = time.time() + 30  # a data-loader worker notices its trainer is gone within seconds
+    while (left := processes_under(repo) + processes_under(root)) and time.time() < deadline:
+        time.sleep(0.5)
+    assert left == [], left
+

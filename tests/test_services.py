@@ -16,7 +16,7 @@ import pytest
 
 from services.stack import GRPC_OFFSET, WEED_PARTS, LocalServices, check_up
 from services.supervisor import ServiceError, free, members
-from tests.helpers.processes import free_port
+from tests.helpers.processes import free_port, listeners
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
@@ -47,13 +47,7 @@ def get(url: str) -> bytes:
 def listening() -> set[int]:
     """TCP ports with a listener. (A free-port probe could also trip over someone's outgoing connection
     that took the number from the ephemeral range after the servers stopped.)"""
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for row in Path(table).read_text().splitlines()[1:]:
-            local, state = row.split()[1], row.split()[3]
-            if state == "0A":  # LISTEN
-                ports.add(int(local.rsplit(":", 1)[1], 16))
-    return ports
+    return set(listeners())
 
 
 def all_ports(state: dict) -> list[int]:
@@ -81,6 +75,9 @@ def test_start_use_status_stop(tmp_path, monkeypatch, record_property):
         assert env["AWS_ENDPOINT_URL"] == env["MLFLOW_S3_ENDPOINT_URL"] == urls["s3"]
         assert stat.S_IMODE((root / "s3.json").stat().st_mode) == 0o600  # holds the generated secret key
         assert check_up(env) == []
+        bound = listeners()  # unless told otherwise (--bind), nothing listens beyond loopback
+        assert all(bound.get(port) == {"127.0.0.1"} for port in all_ports(state)[:3])  # Prefect, MLflow, S3
+        assert {p: bound[p] for p in all_ports(state) if bound.get(p, {"127.0.0.1"}) != {"127.0.0.1"}} == {}
 
         # health endpoints
         assert get(urls["mlflow"] + "/health").strip() == b"OK"
@@ -131,7 +128,7 @@ def test_start_use_status_stop(tmp_path, monkeypatch, record_property):
             time.sleep(0.1)
         assert not services.status()["seaweedfs"]["up"] and check_up(env)
         restarted = cli(root, "start")
-        assert restarted.returncode == 0 and "restarting SeaweedFS S3; MLflow, Prefect kept running" \
+        assert restarted.returncode == 0 and "restarting SeaweedFS S3; Prefect, MLflow kept running" \
             in restarted.stdout, restarted.stdout + restarted.stderr
         now = json.loads((root / "state.json").read_text())["pids"]
         assert {k: now[k] for k in ("mlflow", "prefect")} == {k: state["pids"][k] for k in ("mlflow", "prefect")}

@@ -33,14 +33,8 @@ def tiny_preset(repo: Path) -> None:
                       + yaml.safe_dump(merged, sort_keys=False))
 
 
-@contextlib.contextmanager
-def scratch_platform(folder: Path, deployments: dict[str, str], db: str = "sqlite"):
-    """`deployments`: flow module -> deployment name (e.g. {"flows.pretrain_eval": "pretrain-eval/test"}).
-    With db="postgres", MLflow's store and the sweeps' Optuna storage are a real PostgreSQL server.
-    Yields (repo, env); the MLflow/S3 client settings are also in os.environ meanwhile."""
-    from services.stack import LocalServices
-    from tests.helpers.processes import free_port
-
+def scratch_copy(folder: Path) -> Path:
+    """The repo's sources (no outputs, no venv) in `folder/repo`, on the tiny preset, committed to a fresh git."""
     repo = folder / "repo"
     top_level = {".venv", ".git", "runs", "data", "eval", "reports", ".services", "sweeps"}  # outputs, not sources
     shutil.copytree(REPO, repo, ignore=lambda parent, names: [
@@ -49,12 +43,25 @@ def scratch_platform(folder: Path, deployments: dict[str, str], db: str = "sqlit
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
                     ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "scratch"]):
         subprocess.run(command, cwd=repo, check=True)
+    return repo
+
+
+@contextlib.contextmanager
+def scratch_platform(folder: Path, deployments: dict[str, str], db: str = "sqlite", **settings):
+    """`deployments`: flow module -> deployment name (e.g. {"flows.pretrain_eval": "pretrain-eval/test"}).
+    With db="postgres", MLflow's store and the sweeps' Optuna storage are a real PostgreSQL server; `settings`
+    go to LocalServices (auth="on": team mode; bind=ADDRESS). Yields (repo, env); the MLflow/S3 client settings
+    are also in os.environ meanwhile."""
+    from services.stack import LocalServices
+    from tests.helpers.processes import free_port
+
+    repo = scratch_copy(folder)
     postgres = {}
     if db == "postgres":  # under root the server runs as `postgres`, which cannot enter pytest's 0700 folders
         cluster = Path(tempfile.mkdtemp(prefix="flair-pg-"))
         cluster.chmod(0o755)
         postgres = {"db": "postgres", "postgres_port": free_port(), "postgres_dir": cluster}
-    services = LocalServices(root=repo / ".services", **service_ports(), **postgres)
+    services = LocalServices(root=repo / ".services", **service_ports(), **postgres, **settings)
     services.start()
     env = {**os.environ, **services.client_env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
     log = open(repo / ".services" / "serve.log", "w")  # noqa: SIM115 - open for the serve processes' lifetime
