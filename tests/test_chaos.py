@@ -8,8 +8,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
+import urllib.request
 from pathlib import Path
 from unittest import mock
 
@@ -94,13 +94,14 @@ def test_mlflow_killed_while_registering_leaves_no_version_and_a_rerun_registers
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
-def test_two_promotions_of_one_model_at_once_leave_one_champion_and_consistent_aliases(platform, monkeypatch):
-    """Both candidates score the same, so whichever is promoted second must stay challenger; without the flow's
-    lock both would read "no champion yet" (decide is slowed to make that window certain) and both win."""
+def test_two_promotions_of_one_model_at_once_leave_one_champion_and_consistent_aliases(platform):
+    """Two processes promote two versions that score the same, so whichever goes second must stay challenger.
+    Without the flow's lock both would read "no champion yet" (each decision is slowed to make that window
+    certain) and both win."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from flows import pretrain_eval, tracking
+    from flows import tracking
 
     client = MlflowClient()
     metric = promotion_metric(get_method("clip").primary_mode)
@@ -113,23 +114,14 @@ def test_two_promotions_of_one_model_at_once_leave_one_champion_and_consistent_a
         client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in scored(6.0, metric).items()])
         version = client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id).version
         candidates.append((version, run.info.run_id))
-    decide = tracking.decide
-
-    def slow_decide(*args):
-        time.sleep(1.5)
-        return decide(*args)
-
-    monkeypatch.setattr(tracking, "decide", slow_decide)
+    promotions = [subprocess.Popen([sys.executable, "-m", "tests.helpers.slow_promotion", "clip", version, run_id,
+                                    metric], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                  for version, run_id in candidates]
     results = {}
-
-    def promote(version, run_id):
-        results[version] = pretrain_eval.promote("clip", version, run_id, metric, 2.0)
-
-    threads = [threading.Thread(target=promote, args=candidate) for candidate in candidates]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    for (version, _), promotion in zip(candidates, promotions, strict=True):
+        stdout, stderr = promotion.communicate(timeout=300)
+        assert promotion.returncode == 0, stderr[-3000:]
+        results[version] = json.loads(next(line for line in reversed(stdout.splitlines()) if line.startswith("{")))
     assert sorted(r["alias"] for r in results.values()) == ["challenger", "champion"], results
     first = next(v for v, r in results.items() if r["alias"] == "champion")
     second = next(v for v, r in results.items() if r["alias"] == "challenger")
@@ -179,10 +171,11 @@ def test_prefect_restarted_in_training_and_mlflow_down_before_logging_the_flow_c
     crashes before the flow logs and comes back ~10 s later (5 s down, ~6 s to start). The Prefect client and the flow's task retries ride
     both out: the flow completes, its run is recorded Completed, and the model has exactly one version."""
     from mlflow import MlflowClient
-    from prefect.client.orchestration import get_client
 
-    from flows.pretrain_eval import BENCHMARKS
+    from flair_core.evaluation.runner import benchmark_names
     from tests.helpers.scratch_repo import scratch_copy
+
+    evaluations = len([name for name in benchmark_names() if name.startswith("builtin_")])  # as the flow's
 
     repo = scratch_copy(tmp_path)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -198,7 +191,7 @@ def test_prefect_restarted_in_training_and_mlflow_down_before_logging_the_flow_c
     wait_for("runs/flows/dreamlip-*/metrics.jsonl")
     crash(platform, "prefect")
     platform.start()
-    wait_for("runs/flows/dreamlip-*/eval/*.json", len(BENCHMARKS))  # next: attention maps, then logging
+    wait_for("runs/flows/dreamlip-*/eval/*.json", evaluations)  # next: attention maps, then logging
     crash(platform, "mlflow")
     time.sleep(5)
     platform.start()
@@ -207,8 +200,12 @@ def test_prefect_restarted_in_training_and_mlflow_down_before_logging_the_flow_c
     client = MlflowClient()
     assert [v.version for v in client.search_model_versions("name = 'flair-lab-dreamlip'")] == ["1"]
     assert client.get_model_version_by_alias("flair-lab-dreamlip", "champion").version == "1"
-    with get_client(sync_client=True) as prefect:
-        assert [r.state.type.value for r in prefect.read_flow_runs()] == ["COMPLETED"]
+    # over HTTP: a Prefect client in this process would keep its settings from import time (and threads that
+    # later forked data-loader workers inherit)
+    request = urllib.request.Request(os.environ["PREFECT_API_URL"] + "/flow_runs/filter", data=b"{}",
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=30) as reply:
+        assert [run["state_type"] for run in json.load(reply)] == ["COMPLETED"]
 
 
 def processes_under(folder: Path) -> list[str]:
