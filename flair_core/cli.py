@@ -98,21 +98,24 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     if not Path(args.root).is_dir():  # before loading anything
         raise ValueError(f"benchmark root {args.root} does not exist")
+    if args.out and len(args.benchmark) > 1:
+        raise ValueError(f"--out names one file but {len(args.benchmark)} benchmarks were given: use --out-dir")
     model = load_trained(args.checkpoint, args.model, args.method)
     options = EvalOptions(modes=tuple(args.mode), topk=args.topk, budget_mb=args.budget_mb,
                           dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision],
                           background_threshold=args.background_threshold, class_names=tuple(args.class_name),
                           device=args.device)
-    start = time.perf_counter()
-    metrics = run_benchmark(model, args.benchmark, args.root, args.split, options)
-    metrics[f"seconds/{args.benchmark}"] = time.perf_counter() - start
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.out, json.dumps(metrics, indent=1, sort_keys=True))
-    for key, value in headline(metrics).items():
-        print(f"{key:60s} {format_cell(value, *noise_of(metrics, key))}")
-    if args.out:
-        print(f"wrote {args.out}")
+    for benchmark in args.benchmark:  # one start-up and one model load for all of them
+        start = time.perf_counter()
+        metrics = run_benchmark(model, benchmark, args.root, args.split, options)
+        metrics[f"seconds/{benchmark}"] = time.perf_counter() - start
+        for key, value in headline(metrics).items():
+            print(f"{key:60s} {format_cell(value, *noise_of(metrics, key))}")
+        out = Path(args.out_dir) / f"{benchmark}.json" if args.out_dir else args.out and Path(args.out)
+        if out:  # each as soon as it is done: an interrupted call keeps what it finished
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(out, json.dumps(metrics, indent=1, sort_keys=True))
+            print(f"wrote {out}")
 
 
 def cmd_attention(args: argparse.Namespace) -> None:
@@ -194,11 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from flair_core.evaluation.runner import benchmark_names
 
-    p = sub.add_parser("evaluate", help="evaluate a trained model on one benchmark")
+    p = sub.add_parser("evaluate", help="evaluate a trained model on one benchmark or several")
     p.add_argument("checkpoint", help="run folder, training checkpoint, or weights file (then give --model)")
-    p.add_argument("--benchmark", required=True, metavar="NAME",
-                   help="; ".join(f"{family}: {', '.join(benchmark_names(family))}"
-                                  for family in ("retrieval", "segmentation", "classification")))
+    p.add_argument("--benchmark", required=True, action="append", metavar="NAME",
+                   help="repeat it to evaluate several with one start-up and model load; "
+                        + "; ".join(f"{family}: {', '.join(benchmark_names(family))}"
+                                    for family in ("retrieval", "segmentation", "classification")))
     p.add_argument("--root", default="data/builtin", help="data root of the benchmark")
     p.add_argument("--split", help="benchmark split (built-in: test or val)")
     modes = {family: sorted({m for method in METHODS.values() for m in getattr(method, f"{family}_modes")})
@@ -207,14 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"scoring mode(s), repeatable; retrieval: {', '.join(modes['retrieval'])}; segmentation: "
                         f"{', '.join(modes['segmentation'])}; default: all the model's method offers (flair methods)")
     p.add_argument("--topk", type=int, default=128, help="k of the top-k retrieval mode")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="FLAIR-mode pooling precision")
-    p.add_argument("--budget-mb", type=float, default=512, help="working-memory budget of FLAIR scoring")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="precision of FLAIR-mode pooling and FILIP's token-wise scoring")
+    p.add_argument("--budget-mb", type=float, default=512, help="working-memory budget of FLAIR and FILIP scoring")
     p.add_argument("--background-threshold", type=float, help="segmentation: below it a pixel is background")
     p.add_argument("--class-name", action="append", default=[], help="ADE20K-style class names, in label order")
     p.add_argument("--device", default="cpu")
     p.add_argument("--model", help="model config for a bare weights file")
     p.add_argument("--method", default="flair", help="method for a bare weights file")
-    p.add_argument("--out", help="metrics JSON to write (atomically)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--out", help="metrics JSON to write (atomically), for one benchmark")
+    out.add_argument("--out-dir", help="folder for <benchmark>.json, one per benchmark, each written when done")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("attention", help="draw a FLAIR model's text-conditioned attention on built-in test images")

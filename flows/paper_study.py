@@ -133,11 +133,10 @@ def _train_and_evaluate(config: StudyConfig, params: dict, out: Path, data: Path
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     run_command([*FLAIR, "train", "--params", str(params_file), "--out", str(out), "--resume", "auto"],
                 f"training {out.name}")
-    for benchmark in config.benchmarks:
-        result = out / "eval" / f"{benchmark}.json"
-        if not result.is_file():
-            run_command([*FLAIR, "evaluate", str(out), "--benchmark", benchmark, "--root", str(data), "--out",
-                         str(result)], f"evaluating {out.name} on {benchmark}")
+    todo = [b for b in config.benchmarks if not (out / "eval" / f"{b}.json").is_file()]
+    if todo:  # one start-up and one model load for all of them
+        run_command([*FLAIR, "evaluate", str(out), *(x for b in todo for x in ("--benchmark", b)), "--root",
+                     str(data), "--out-dir", str(out / "eval")], f"evaluating {out.name} on {', '.join(todo)}")
 
 
 def log_run(parent: str, config: StudyConfig, run: Run, key: str, out: Path, metrics: dict[str, float]) -> None:

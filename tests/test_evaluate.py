@@ -43,18 +43,29 @@ def test_retrieval_segmentation_and_classification_metrics(trained_run, tiny_dat
                                  "segmentation/builtin_segmentation/attention/miou"],
         "builtin_classification": ["classification/builtin_classification/zeroshot/top1"],
     }
+    # every family in one call (one start-up, one model load): a file each in --out-dir
+    result = evaluate(str(trained_run), "--root", str(tiny_data), *(x for b in expected for x in ("--benchmark", b)),
+                      "--topk", "8", "--out-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
     for benchmark, keys in expected.items():
-        out = tmp_path / f"{benchmark}.json"
-        result = evaluate(str(trained_run), "--root", str(tiny_data), "--benchmark", benchmark, "--topk", "8",
-                          "--out", str(out))
-        assert result.returncode == 0, result.stderr
-        metrics = json.loads(out.read_text())
+        metrics = json.loads((tmp_path / f"{benchmark}.json").read_text())
         for key in keys:
             assert key in metrics and 0 <= metrics[key] <= 100 + 64, (key, metrics.get(key))
     fine = json.loads((tmp_path / "builtin_fine_grained.json").read_text())
     assert fine["retrieval/builtin_fine_grained/num_images"] == 64
     # counting any satisfying image can only help
     assert fine["retrieval/builtin_fine_grained/flair/t2i_r5"] >= fine["retrieval/builtin_fine_grained/flair/strict_t2i_r5"]
+    # one benchmark alone, --out naming its file, scores the same
+    single = tmp_path / "alone.json"
+    assert evaluate(str(trained_run), "--root", str(tiny_data), "--benchmark", "builtin_fine_grained", "--topk", "8",
+                    "--out", str(single)).returncode == 0
+    alone = json.loads(single.read_text())
+    assert {k: v for k, v in alone.items() if not k.startswith("seconds/")} == {
+        k: v for k, v in fine.items() if not k.startswith("seconds/")}
+    refused = evaluate(str(trained_run), "--root", str(tiny_data), "--benchmark", "builtin_long", "--benchmark",
+                       "builtin_standard", "--out", str(single))
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "flair evaluate: error: --out names one file but 2 benchmarks were given: use --out-dir"]
 
 
 def test_a_real_benchmark_through_the_runner(shared_dir, tmp_path):

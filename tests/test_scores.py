@@ -89,15 +89,21 @@ def test_topk_larger_than_gallery_is_refused():
         topk_scores(pooling, torch.randn(3, 32), tokens, texts, scale, k=5)
 
 
-def test_filip_scores_match_the_training_similarity():
+@pytest.mark.parametrize("budget_mb", [1e-3, 512])  # a few texts per chunk, or all at once
+@pytest.mark.parametrize("image_tokens", [6, 300])  # all images in one block, or blocks of 3 (1024 // 300)
+def test_filip_scores_match_the_training_similarity(budget_mb, image_tokens):
     from flair_core.methods.filip import token_similarities
 
     torch.manual_seed(0)
-    images = F.normalize(torch.randn(4, 6, 8), dim=-1)
+    images = F.normalize(torch.randn(4, image_tokens, 8), dim=-1)
     texts = F.normalize(torch.randn(10, 7, 8), dim=-1)
-    mask = torch.rand(10, 7) > 0.3
+    mask = torch.rand(10, 7) > 0.3  # holes too, though real padding only ends a text
     mask[:, 0] = True
-    i2t, t2i = filip_scores(images, texts, mask, torch.tensor(2.0), chunk=3)
+    mask[3, 1:] = False  # a one-token text
+    i2t, t2i = filip_scores(images, texts, mask, torch.tensor(2.0), budget_mb=budget_mb)
     ref_i2t, ref_t2i = token_similarities(images, texts, mask)
     torch.testing.assert_close(i2t, 2 * ref_i2t)
     torch.testing.assert_close(t2i, 2 * ref_t2i.T)
+    low_i2t, low_t2i = filip_scores(images, texts, mask, torch.tensor(2.0), dtype=torch.bfloat16)
+    torch.testing.assert_close(low_i2t, i2t, atol=0.05, rtol=0)  # bf16: ~3 significant digits of s·cos
+    torch.testing.assert_close(low_t2i, t2i, atol=0.05, rtol=0)

@@ -106,13 +106,51 @@ def topk_scores(pooling: TextConditionedPooling, image_features: torch.Tensor, i
 
 @torch.no_grad()
 def filip_scores(image_tokens: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
-                 scale: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """FILIP late interaction over all pairs, in text chunks: -> (i2t, t2i) each (I, T)."""
-    from flair_core.methods.filip import token_similarities
+                 scale: torch.Tensor, dtype: torch.dtype | None = None, budget_mb: float = 512
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """FILIP late interaction over all pairs: image_tokens (I, L, d), text_tokens (T, C, d), text_mask (T, C)
+    -> (i2t, t2i) each (I, T) fp32, as `methods.filip.token_similarities` defines them.
 
-    i2t = torch.empty(image_tokens.shape[0], text_tokens.shape[0])
+    Three things keep it near the matmul limit (benchmarks/retrieval.py): texts go in chunks sorted by length,
+    each cut to its longest text (captions fill a fraction of the 77-token context, so the padding's work is
+    never done); padding is pushed out of every max by one extra dimension in the GEMM itself (0 for a real
+    token, -1e4 for padding, against a constant 1 on the image side) instead of a masking pass; and blocks of
+    images × texts are sized so that their similarities stay in cache while the two max-reductions read them."""
+    dtype = dtype or text_tokens.dtype
+    n_images, n_tokens, dim = image_tokens.shape
+    ones = torch.ones(n_images, n_tokens, 1, dtype=dtype, device=image_tokens.device)
+    images = torch.cat([image_tokens.to(dtype), ones], dim=2)  # (I, L, d + 1)
+    padding = (~text_mask).to(dtype)[..., None] * -1e4  # (T, C, 1)
+    texts = torch.cat([text_tokens.to(dtype), padding], dim=2)  # (T, C, d + 1)
+    positions = torch.arange(1, text_mask.shape[1] + 1, device=text_mask.device)
+    lengths = (text_mask * positions).amax(dim=1).clamp(min=1)  # up to the last real token
+    order = lengths.argsort(descending=True)
+    i2t = torch.empty(n_images, text_tokens.shape[0])  # columns in `order` until the end
     t2i = torch.empty_like(i2t)
-    for j in range(0, text_tokens.shape[0], chunk):
-        a, b = token_similarities(image_tokens, text_tokens[j : j + chunk], text_mask[j : j + chunk])
-        i2t[:, j : j + chunk], t2i[:, j : j + chunk] = scale * a.cpu(), scale * b.T.cpu()
-    return i2t, t2i
+    itemsize = torch.finfo(dtype).bits // 8
+    # ~8 MB of similarities per block (1k image tokens x 2k text tokens), less if the budget says so
+    block_values = min(2**21, int(budget_mb * 2**20 // itemsize))
+    rows = max(1, min(n_images, 1024 // n_tokens or 1))  # images per block
+    j = 0
+    while j < len(order):
+        width = int(lengths[order[j]])  # the longest text left: chunks widen as texts get shorter
+        n = max(1, block_values // (rows * n_tokens * width))
+        chunk = order[j : j + n]
+        n = len(chunk)
+        queries = texts[chunk, :width].reshape(n * width, dim + 1)  # (n·C, d + 1)
+        mask = text_mask[chunk, :width, None]  # (n, C, 1)
+        counts = mask.sum(dim=1).clamp(min=1)  # (n, 1)
+        for i in range(0, n_images, rows):
+            block = images[i : i + rows]
+            b = block.shape[0]
+            # texts-major (n, C, b, L): both maxima then reduce a non-innermost dim, which PyTorch vectorises
+            # (a max over the short innermost C measured ~40x slower than the GEMM's own share)
+            sim = (queries @ block.reshape(b * n_tokens, dim + 1).T).view(n, width, b, n_tokens)
+            i2t[i : i + b, j : j + n] = sim.amax(dim=1).float().mean(dim=2).T.cpu()  # image tokens' best text
+            best_image = sim.amax(dim=3).float()  # (n, C, b): each text token's best image token
+            t2i[i : i + b, j : j + n] = ((best_image * mask).sum(dim=1) / counts).T.cpu()
+        j += n
+    scale = scale.float().cpu()
+    unsorted = torch.empty_like(order)
+    unsorted[order] = torch.arange(len(order), device=order.device)
+    return scale * i2t[:, unsorted.cpu()], scale * t2i[:, unsorted.cpu()]

@@ -77,7 +77,7 @@ class FilipModel(DualTowers):
         """`filip`: token-wise late interaction over all pairs."""
         if mode == "filip":
             return scores.filip_scores(features["image_tokens"], features["text_tokens"], features["text_mask"],
-                                       features["logit_scale"])
+                                       features["logit_scale"], dtype, budget_mb)
         return super().retrieval_scores(features, mode, topk, dtype, budget_mb)
 
 
