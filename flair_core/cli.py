@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"scoring mode(s), repeatable; retrieval: {', '.join(modes['retrieval'])}; segmentation: "
                         f"{', '.join(modes['segmentation'])}; default: all the model's method offers (flair methods)")
     p.add_argument("--topk", type=int, default=128, help="k of the top-k retrieval mode")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="precision of FLAIR-mode pooling and FILIP's token-wise scoring")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="precision of FLAIR-mode pooling and FILIP's token-wise scoring")
     p.add_argument("--budget-mb", type=float, default=512, help="working-memory budget of FLAIR and FILIP scoring")
     p.add_argument("--background-threshold", type=float, help="segmentation: below it a pixel is background")
     p.add_argument("--class-name", action="append", default=[], help="ADE20K-style class names, in label order")
