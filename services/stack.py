@@ -122,9 +122,9 @@ class LocalServices:
         if self.db == "postgres":  # sweeps read their Optuna storage from here (flows/study.py)
             env[OPTUNA_STORAGE_ENV] = postgres.url(self.root, self.ports["postgres"], "optuna")
         if self.auth == "on":  # the names MLflow's and Prefect's own clients read
-            user, password = self._team_credentials()
-            env |= {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password,
-                    "PREFECT_API_AUTH_STRING": f"{user}:{password}"}
+            team = self._team_account()
+            env |= {"MLFLOW_TRACKING_USERNAME": team["username"], "MLFLOW_TRACKING_PASSWORD": team["password"],
+                    "PREFECT_API_AUTH_STRING": f"{team['username']}:{team['password']}"}
         return env
 
     def status(self) -> dict:
@@ -333,26 +333,25 @@ class LocalServices:
         cred = json.loads(path.read_text())["identities"][0]["credentials"][0]
         return cred["accessKey"], cred["secretKey"]
 
-    def _team_credentials(self) -> tuple[str, str]:
-        """Team mode's one account (user `flair`), generated on first use, kept in ROOT/auth.json (0600)."""
+    def _team_account(self) -> dict[str, str]:
+        """Team mode's one account (user `flair`, its password, MLflow's Flask secret), generated on first use,
+        kept in ROOT/auth.json (0600)."""
         path = self.root / "auth.json"
         if not path.exists():
             self.root.mkdir(parents=True, exist_ok=True)
             supervisor.write_private(path, {"username": "flair", "password": secrets.token_urlsafe(24),
                                             "mlflow_flask_secret": secrets.token_urlsafe(32)})
-        auth = json.loads(path.read_text())
-        return auth["username"], auth["password"]
+        return json.loads(path.read_text())
 
     def _mlflow_auth(self) -> dict[str, str]:
         """MLflow's basic-auth app: its own user store beside ours, our account its admin, nobody else allowed in."""
-        user, password = self._team_credentials()
+        team = self._team_account()
         config = self.root / "mlflow-auth.ini"
         config.write_text(f"[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
-                          f"database_uri = sqlite:///{self.root / 'mlflow-auth.db'}\nadmin_username = {user}\n"
+                          f"database_uri = sqlite:///{self.root / 'mlflow-auth.db'}\nadmin_username = {team['username']}\n"
                           "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-        return {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
-                "MLFLOW_FLASK_SERVER_SECRET_KEY": json.loads((self.root / "auth.json").read_text())[
-                    "mlflow_flask_secret"]}
+        return {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": team["password"],
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": team["mlflow_flask_secret"]}
 
     def _probe_env(self) -> dict:  # health probes only: no credentials generated as a side effect
         urls = self.urls()

@@ -151,6 +151,5 @@ def filip_scores(image_tokens: torch.Tensor, text_tokens: torch.Tensor, text_mas
             t2i[i : i + b, j : j + n] = ((best_image * mask).sum(dim=1) / counts).T.cpu()
         j += n
     scale = scale.float().cpu()
-    unsorted = torch.empty_like(order)
-    unsorted[order] = torch.arange(len(order), device=order.device)
-    return scale * i2t[:, unsorted.cpu()], scale * t2i[:, unsorted.cpu()]
+    unsorted = order.argsort().cpu()  # column j of the results holds text order[j]
+    return scale * i2t[:, unsorted], scale * t2i[:, unsorted]
