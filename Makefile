@@ -33,7 +33,7 @@ test-unit: install  ## fast tests only: no services, no multi-process runs
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 lint: install  ## ruff over the code
-	$(VENV)/bin/ruff check flair_core flows dashboard services tests benchmarks
+	$(VENV)/bin/ruff check flair_core flair_cli flows dashboard services tests benchmarks
 
 bench: install  ## print the CPU preset's training-step time and parameter count
 	$(PY) benchmarks/train_step.py --model tiny-64

@@ -34,7 +34,7 @@ def train(method: str, args: argparse.Namespace) -> dict:
     timing = run / "timing.json"
     if timing.is_file():
         return json.loads(timing.read_text())
-    command = [sys.executable, "-m", "flair_core.cli", "train", "--out", str(run), "--resume", "auto",
+    command = [sys.executable, "-m", "flair_cli", "train", "--out", str(run), "--resume", "auto",
                *[x for p in args.params for x in ("--params", p)], "--set", f"method.name={method}",
                "--set", f"train.validate_every={args.validate_every}",
                *[x for s in args.set for x in ("--set", s)]]

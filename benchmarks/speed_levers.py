@@ -68,7 +68,7 @@ def train(method: str, name: str, args: argparse.Namespace, out: Path) -> dict:
     # The configuration's levers come last: they win over --set, so a row measures what its name says.
     sets = [f"method.name={method}", *args.set, "train.epochs=1", f"train.steps_per_epoch={args.steps}",
             f"train.checkpoint_every={args.steps}", "train.validate_every=null", *overrides]
-    command = [sys.executable, "-m", "flair_core.cli", "train", "--out", str(run),
+    command = [sys.executable, "-m", "flair_cli", "train", "--out", str(run),
                *[x for p in args.params for x in ("--params", p)], *[x for s in sets for x in ("--set", s)]]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     cpu, wall = children_cpu_seconds(), time.perf_counter()

@@ -79,10 +79,12 @@ def planned_runs(config: StudyConfig) -> list[Run]:
 
 
 def code_version() -> str:
-    """The library's git tree, plus a hash of uncommitted changes to it: what a cached result depends on."""
-    tree = subprocess.run(["git", "rev-parse", "HEAD:flair_core"], cwd=REPO, capture_output=True, text=True,
-                          check=False).stdout.strip() or "unknown"
-    diff = subprocess.run(["git", "diff", "HEAD", "--", "flair_core"], cwd=REPO, capture_output=True,
+    """The git trees of the library and its CLI, plus a hash of uncommitted changes to them: what a cached
+    result depends on."""
+    trees = subprocess.run(["git", "rev-parse", "HEAD:flair_core", "HEAD:flair_cli"], cwd=REPO, capture_output=True,
+                           text=True, check=False).stdout.split()
+    tree = "+".join(trees) if len(trees) == 2 else "unknown"
+    diff = subprocess.run(["git", "diff", "HEAD", "--", "flair_core", "flair_cli"], cwd=REPO, capture_output=True,
                           check=False).stdout
     return tree + (f"+{hashlib.sha256(diff).hexdigest()[:12]}" if diff else "")
 

@@ -35,7 +35,7 @@ from flair_core.methods import get_method
 from flows import tracking
 
 REPO = Path(__file__).resolve().parents[1]
-FLAIR = [sys.executable, "-m", "flair_core.cli"]
+FLAIR = [sys.executable, "-m", "flair_cli"]
 BENCHMARKS = [name for name in benchmark_names() if name.startswith("builtin_")]  # every family, built-in data
 
 
@@ -54,7 +54,7 @@ def run_command(command: list[str], what: str, threads: int | None = None) -> st
 
 def git_commit() -> str:
     result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False)
-    dirty = subprocess.run(["git", "status", "--porcelain", "flair_core"], cwd=REPO, capture_output=True,
+    dirty = subprocess.run(["git", "status", "--porcelain", "flair_core", "flair_cli"], cwd=REPO, capture_output=True,
                            text=True, check=False).stdout.strip()
     return (result.stdout.strip() or "unknown") + ("-dirty" if dirty else "")
 
@@ -73,7 +73,7 @@ def train(method: str, params_file: str, overrides: list[str], run_key: str, nod
     """torchrun over `flair train`; cached on the run key (data hash + params + code), and `--resume auto`
     makes a finished run return at once even without the cache."""
     out = REPO / "runs" / "flows" / f"{method}-{run_key[:12]}"
-    train_args = ["-m", "flair_core.cli", "train", "--params", params_file, "--set", f"method.name={method}",
+    train_args = ["-m", "flair_cli", "train", "--params", params_file, "--set", f"method.name={method}",
                   *[x for o in overrides for x in ("--set", o)], "--out", str(out), "--resume", "auto"]
     if nodes == 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 NAME=${FLAIR_DEPLOYMENT:-cpu}
-METHODS=${FLAIR_METHODS:-$($PY -m flair_core.cli methods --names | tr '\n' ' ')}  # default: every registered method
+METHODS=${FLAIR_METHODS:-$($PY -m flair_cli methods --names | tr '\n' ' ')}  # default: every registered method
 ROOT=${FLAIR_SERVICES_ROOT:-.services}
 export DVC_NO_ANALYTICS=1
 export PATH="$PWD/.venv/bin:$PATH"  # DVC stages and the deployment call `flair`, `dvc` and `prefect`

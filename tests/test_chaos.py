@@ -143,7 +143,7 @@ def test_s3_killed_and_restarted_while_training_reads_shards_costs_a_pause_not_t
     settings = {"train.model": "micro-32", "train.shards": "s3://dvc/chaos/train/shard-{000000..000003}.tar",
                 "train.batch_size": 16, "train.steps_per_epoch": steps_per_epoch, "train.epochs": epochs,
                 "train.checkpoint_every": steps_per_epoch, "loader.workers": 1}
-    command = [sys.executable, "-m", "flair_core.cli", "train", "--out", str(out),
+    command = [sys.executable, "-m", "flair_cli", "train", "--out", str(out),
                *(x for k, v in settings.items() for x in ("--set", f"{k}={v}"))]
     training = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"

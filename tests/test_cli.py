@@ -7,7 +7,7 @@ import torch
 
 from flair_core import create_model
 
-FLAIR = [sys.executable, "-m", "flair_core.cli"]
+FLAIR = [sys.executable, "-m", "flair_cli"]
 
 
 def run(*args):
@@ -38,7 +38,7 @@ def test_check_weights_errors_are_one_line(tmp_path):
 
 
 def test_attention_draws_flair_maps_and_says_why_other_methods_have_none(tmp_path, tiny_data):
-    from flair_core.cli import main
+    from flair_cli import main
 
     torch.save(create_model("micro-32").state_dict(), tmp_path / "flair.pt")
     assert main(["attention", str(tmp_path / "flair.pt"), "--model", "micro-32", "--root", str(tiny_data),
@@ -53,3 +53,27 @@ def test_attention_draws_flair_maps_and_says_why_other_methods_have_none(tmp_pat
     assert not (tmp_path / "none").exists()
     missing = run("attention", str(tmp_path / "flair.pt"), "--model", "micro-32", "--root", str(tmp_path))
     assert missing.returncode == 2 and "no test shards" in missing.stderr and missing.stderr.count("\n") == 1
+
+
+def test_parsing_any_verb_imports_no_library():
+    """`flair --help` and each verb's parsing stay free of torch and open_clip (seconds): a verb imports what it
+    needs when it runs."""
+    probe = ("import sys\n"
+             "from flair_cli import build_parser\n"
+             "parser = build_parser()\n"
+             "for argv in (['methods'], ['benchmarks', '--names'], ['prepare', '--out', 'x'], ['train', '--out', 'x'],"
+             " ['evaluate', 'run', '--benchmark', 'voc'], ['compare', 'eval', '--out', 'r']):\n"
+             "    parser.parse_args(argv)\n"
+             "print(sorted(m for m in ('torch', 'open_clip', 'flair_core', 'numpy') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
+    assert result.stdout.strip() == "[]"
+    assert run("--help").returncode == 0 and "benchmarks" in run("--help").stdout
+
+
+def test_benchmarks_lists_every_registered_benchmark():
+    from flair_core.evaluation.runner import BENCHMARKS
+
+    result = run("benchmarks", "--names")
+    assert result.returncode == 0 and result.stdout.split() == list(BENCHMARKS)
+    table = run("benchmarks").stdout
+    assert "voc" in table and "segmentation" in table and "default split: val" in table

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flair_core.cli import main
+from flair_cli import main
 from flair_core.evaluation import comparison as compare
 from flair_core.evaluation.headline import MAIN_TABLE
 

@@ -29,7 +29,7 @@ def trained_run(tiny_data, tmp_path_factory):
 
 
 def evaluate(*args):
-    return subprocess.run([sys.executable, "-m", "flair_core.cli", "evaluate", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "flair_cli", "evaluate", *args], capture_output=True,
                           text=True, check=False)
 
 

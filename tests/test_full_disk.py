@@ -34,7 +34,7 @@ def train(data, out, *extra):
                 "train.steps_per_epoch": 4, "train.checkpoint_every": 4, "train.keep_checkpoints": 1,
                 "loader.workers": 0}
     sets = [x for k, v in settings.items() for x in ("--set", f"{k}={v}")]
-    return subprocess.run([sys.executable, "-m", "flair_core.cli", "train", "--out", str(out), *sets, *extra],
+    return subprocess.run([sys.executable, "-m", "flair_cli", "train", "--out", str(out), *sets, *extra],
                           capture_output=True, text=True, check=False)
 
 

@@ -185,7 +185,7 @@ def test_every_python_module_named_exists(compose, pytorchjob):
     modules = [m for s in compose["services"].values() for m in _modules_in(_argv(s))]
     modules += _modules_in(_k8s_argv(pytorchjob))
     modules += re.findall(r"(?<![\w-])-m\s+([A-Za-z_][\w.]*)", SLURM.read_text())
-    assert {"flows.pretrain_eval", "flows.sweep", "streamlit", "flair_core.cli",
+    assert {"flows.pretrain_eval", "flows.sweep", "streamlit", "flair_cli",
             "torch.distributed.run"} <= set(modules)
     missing = sorted({m for m in modules if not _module_exists(m)})
     assert not missing, f"no such module: {missing}"
@@ -203,7 +203,7 @@ def test_every_params_file_referenced_exists(compose):
 # ---- multi-node manifests ------------------------------------------------------------------------------
 def test_slurm_runs_flair_train_over_c10d_with_resume():
     text = SLURM.read_text()
-    assert re.search(r"(flair|-m flair_core\.cli) train --params params/vit-b16-cc3m\.yaml", text)
+    assert re.search(r"(flair|-m flair_cli) train --params params/vit-b16-cc3m\.yaml", text)
     assert "--resume auto" in text and "--rdzv_backend=c10d" in text
     assert re.search(r"^#SBATCH --nodes=2$", text, re.MULTILINE) and re.search(r"^#SBATCH --gpus-per-node=8$", text, re.MULTILINE)
     assert "GLOBAL_BATCH=1024" in text
@@ -217,7 +217,7 @@ def test_pytorchjob_runs_the_same_train_command(pytorchjob):
     container = worker["template"]["spec"]["containers"][0]
     argv = _k8s_argv(pytorchjob)
     joined = " ".join(argv)
-    assert re.search(r"(flair|-m flair_core\.cli) train --params params/vit-b16-cc3m\.yaml", joined)
+    assert re.search(r"(flair|-m flair_cli) train --params params/vit-b16-cc3m\.yaml", joined)
     assert "--resume auto" in joined
     nproc = int(next(a.split("=")[1] for a in argv if a.startswith("--nproc_per_node=")))
     batch = int(next(a.split("=")[1] for a in argv if a.startswith("train.batch_size=")))

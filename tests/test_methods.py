@@ -9,6 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
+from flair_cli import main as flair
 from flair_core import (
     METHODS,
     Method,
@@ -19,7 +20,6 @@ from flair_core import (
     register,
     score_pairs,
 )
-from flair_core.cli import main as flair
 from flair_core.evaluation.headline import promotion_metric
 from flair_core.evaluation.runner import EvalOptions, run_benchmark
 from flair_core.methods import clip

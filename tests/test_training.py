@@ -74,7 +74,7 @@ def test_logit_scale_is_clamped_and_scalars_have_their_own_group(tiny_data, tmp_
 
 
 def flair(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "flair_core.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "flair_cli", *args], capture_output=True, text=True,
                           check=False, cwd=cwd)
 
 

@@ -27,7 +27,7 @@ def args(data, out, *extra):
 
 
 def cli(*a):
-    return [sys.executable, "-m", "flair_core.cli", *a]
+    return [sys.executable, "-m", "flair_cli", *a]
 
 
 def final_weights(out):
@@ -70,13 +70,13 @@ def torchrun(*a):
 def test_torchrun_restarts_a_killed_worker_and_the_run_continues(tiny_data, tmp_path):
     out = tmp_path / "run"
     agent = subprocess.Popen(
-        torchrun("--standalone", "--nproc_per_node=1", "--max-restarts=1", "-m", "flair_core.cli",
+        torchrun("--standalone", "--nproc_per_node=1", "--max-restarts=1", "-m", "flair_cli",
                  *args(tiny_data, out, "--resume", "auto")),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(out / "checkpoints" / "step-00000010.pt", agent)
     worker = next(int(line.split()[0]) for line in subprocess.run(
         ["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout.splitlines()
-        if "flair_core.cli train" in line and str(out) in line and "torch.distributed.run" not in line
+        if "flair_cli train" in line and str(out) in line and "torch.distributed.run" not in line
         and "unshare" not in line and "bash -c" not in line)  # this test's worker, not any training on the machine
     os.kill(worker, signal.SIGKILL)
     _, stderr = agent.communicate(timeout=600)
@@ -90,7 +90,7 @@ def test_two_nodes_train_together_over_c10d_rendezvous(tiny_data, tmp_path):
     port = free_port()
     node = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
             "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=flair-test"]
-    train = ["-m", "flair_core.cli", *args(tiny_data, out, "--set", "train.epochs=1", "--set",
+    train = ["-m", "flair_cli", *args(tiny_data, out, "--set", "train.epochs=1", "--set",
                                            "train.steps_per_epoch=6", "--set", "loader.workers=1")]
     quoted = lambda xs: " ".join(f"'{x}'" for x in xs)
     script = (f"{quoted(node + ['--node_rank=0'] + train)} & first=$!; "

@@ -1,13 +1,14 @@
 """`flair`: the one command-line front door that DVC stages, Prefect tasks and cluster jobs all call."""
 
+# Outside flair_core, so that parsing imports nothing of the library: `import flair_core` brings in torch and
+# open_clip (seconds), which each verb imports when it runs. Help texts therefore name the listing verbs
+# (`flair methods`, `flair benchmarks`) rather than reading the registries.
+
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-
-from flair_core.checkpoint import CheckpointError
-from flair_core.model_config import ConfigError
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -35,6 +36,14 @@ def cmd_methods(args: argparse.Namespace) -> None:
         else:
             print(f"{method.name:10s} retrieval modes {', '.join(method.retrieval_modes)} (own: {method.primary_mode}); "
                   f"segmentation {', '.join(method.segmentation_modes)}\n{'':10s} {method.summary}")
+
+
+def cmd_benchmarks(args: argparse.Namespace) -> None:
+    from flair_core.evaluation.runner import BENCHMARKS
+
+    for name, benchmark in BENCHMARKS.items():
+        split = benchmark.split or "the loader's own"
+        print(name if args.names else f"{name:22s} {benchmark.family:15s} default split: {split}")
 
 
 def cmd_check_weights(args: argparse.Namespace) -> None:
@@ -171,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", action="store_true", help="names only, one per line (for scripts)")
     p.set_defaults(func=cmd_methods)
 
+    p = sub.add_parser("benchmarks", help="list the evaluation benchmarks (names for evaluate --benchmark)")
+    p.add_argument("--names", action="store_true", help="names only, one per line (for scripts)")
+    p.set_defaults(func=cmd_benchmarks)
+
     p = sub.add_parser("prepare", help="generate the built-in scene data set into webdataset shards")
     p.add_argument("--out", required=True, help="output folder (replaced atomically when complete)")
     p.add_argument("--params", action="append", default=[], metavar="FILE",
@@ -180,11 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a data setting, e.g. --set train_images=1024 (repeatable)")
     p.set_defaults(func=cmd_prepare)
 
-    from flair_core.methods import METHODS
-
     p = sub.add_parser("train", help="train a method (run it under torchrun for several processes or nodes)",
-                       description=f"Train one of the methods {', '.join(METHODS)} (`flair methods` lists them; "
-                                   "their settings, method.settings.*, are in docs/training.md).")
+                       description="Train one of the registered methods (`flair methods` lists them; their "
+                                   "settings, method.settings.*, are in docs/training.md).")
     p.add_argument("--params", action="append", default=[], metavar="FILE",
                    help="params YAML (repeatable; later files override earlier ones section by section; a "
                         "file's `recipes: {<method>: ...}` applies to the method trained, before --set)")
@@ -195,21 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'auto': continue from the newest checkpoint in --out if any; or a checkpoint/run folder")
     p.set_defaults(func=cmd_train)
 
-    from flair_core.evaluation.runner import benchmark_names
-
     p = sub.add_parser("evaluate", help="evaluate a trained model on one benchmark or several")
     p.add_argument("checkpoint", help="run folder, training checkpoint, or weights file (then give --model)")
     p.add_argument("--benchmark", required=True, action="append", metavar="NAME",
-                   help="repeat it to evaluate several with one start-up and model load; "
-                        + "; ".join(f"{family}: {', '.join(benchmark_names(family))}"
-                                    for family in ("retrieval", "segmentation", "classification")))
+                   help="a benchmark `flair benchmarks` lists; repeat it to evaluate several with one start-up "
+                        "and model load")
     p.add_argument("--root", default="data/builtin", help="data root of the benchmark")
     p.add_argument("--split", help="benchmark split (built-in: test or val)")
-    modes = {family: sorted({m for method in METHODS.values() for m in getattr(method, f"{family}_modes")})
-             for family in ("retrieval", "segmentation")}
     p.add_argument("--mode", action="append", default=[],
-                   help=f"scoring mode(s), repeatable; retrieval: {', '.join(modes['retrieval'])}; segmentation: "
-                        f"{', '.join(modes['segmentation'])}; default: all the model's method offers (flair methods)")
+                   help="scoring mode, repeatable; default: every mode the model's method offers (`flair methods` "
+                        "lists each method's retrieval and segmentation modes)")
     p.add_argument("--topk", type=int, default=128, help="k of the top-k retrieval mode")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="precision of FLAIR-mode pooling and FILIP's token-wise scoring")
@@ -260,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, CheckpointError, ValueError, FloatingPointError, OSError) as err:
+    except (ValueError, FloatingPointError, OSError) as err:  # the library's input errors are ValueErrors
         print(f"flair {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0

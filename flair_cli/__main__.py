@@ -1,0 +1,5 @@
+import sys
+
+from flair_cli import main
+
+sys.exit(main())
