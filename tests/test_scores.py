@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from flair_core.evaluation.scores import (
     chunk_sizes,
+    explicit_attention,
     filip_scores,
     flair_scores,
     global_scores,
@@ -49,6 +50,20 @@ def test_bf16_scoring_stays_close_to_fp32():
     bf16 = flair_scores(pooling, tokens, texts, scale, dtype=torch.bfloat16)
     assert bf16.dtype == torch.float32
     assert (bf16 - fp32).abs().max() < 0.05 * scale  # bf16 has ~3 significant digits
+
+
+@pytest.mark.parametrize("logit_size", [3.0, 300.0])
+def test_explicit_attention_equals_softmax_attention_even_beyond_exp_range(logit_size):
+    """bf16 scoring skips softmax's max pass (the zero key keeps every sum >= 1); logits above ~88 overflow
+    exp, and that chunk falls back to softmax."""
+    torch.manual_seed(0)
+    q = torch.randn(2, 3, 5, 8) * logit_size / 8**0.5
+    keys = F.pad(torch.randn(2, 3, 7, 8), (0, 0, 0, 1))  # the zero key last, as project_keys_values gives
+    values = F.pad(torch.randn(2, 3, 7, 8), (0, 0, 0, 1))
+    expected = torch.softmax(q @ keys.transpose(-1, -2), dim=-1) @ values
+    overflows = not torch.isfinite((q @ keys.transpose(-1, -2)).exp().sum(-1)).all()
+    assert overflows == (logit_size > 88)  # the large case really takes the fallback
+    torch.testing.assert_close(explicit_attention(q, keys, values), expected)
 
 
 def test_budget_bounds_the_chunk():
