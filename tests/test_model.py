@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from flair_core import ConfigError, builtin_model_names, create_model, load_model_config
+from flair_core import ConfigError, builtin_model_names, create_model, load_model_config, towers
 
 
 def test_vit_b16_flair_has_exactly_the_released_keys_and_shapes(shared_dir):
@@ -71,6 +71,27 @@ def test_library_import_pulls_in_no_orchestrator():
     assert result.stdout.strip() == "[]"
 
 
+def test_length_groups_leave_text_features_unchanged():
+    """Enough texts for several length groups: the same features as one padded batch, in the input order."""
+    torch.manual_seed(0)
+    model = create_model("micro-32").eval()
+    lengths = torch.randint(3, 40, (3 * towers.MIN_GROUP_TEXTS,))
+    ids = torch.randint(1, 1000, (len(lengths), 77))
+    ids[:, 0] = 49406
+    ids[torch.arange(77)[None] >= lengths[:, None]] = 0
+    ids[torch.arange(len(lengths)), lengths - 1] = 49407
+    grouped_global, grouped_local = model.encode_text(ids)
+    groups, towers.LENGTH_GROUPS = towers.LENGTH_GROUPS, 1
+    try:
+        global_one, local_one = model.encode_text(ids)
+    finally:
+        towers.LENGTH_GROUPS = groups
+    torch.testing.assert_close(grouped_global, global_one, rtol=1e-5, atol=1e-5)
+    real = ids[:, : local_one.shape[1]] != 0
+    torch.testing.assert_close(grouped_local[real], local_one[real], rtol=1e-5, atol=1e-5)
+    assert grouped_local.shape == local_one.shape == (len(lengths), int(lengths.max()), 64)
+
+
 def test_trimming_padding_columns_leaves_text_features_unchanged():
     torch.manual_seed(0)
     model = create_model("micro-32").eval()
@@ -85,4 +106,4 @@ def test_trimming_padding_columns_leaves_text_features_unchanged():
     x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
     reference = x[torch.arange(3), ids.argmax(-1)]
     torch.testing.assert_close(global_trimmed, reference, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(local_trimmed, x[:, :10], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(local_trimmed, x[:, :10], rtol=1e-5, atol=1e-5)  # three texts: one group
