@@ -70,7 +70,7 @@ def flair_scores(pooling: TextConditionedPooling, image_tokens: torch.Tensor, te
 
 def explicit_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Attention of pre-scaled queries over keys whose last slot is FLAIR's zero key, normalised after the
-    weighted sum: a softmax without its max pass (~15 % of the bf16 chunk's time).
+    weighted sum: a softmax without its max pass (bf16, 4 images x 512 texts: 3.5 instead of 4.2 ms).
 
     Safe because every row holds the zero key's logit 0: its sum of exps is at least 1, so nothing underflows to
     0/0. A logit above ~88 overflows; such a chunk is redone with the max-subtracting softmax.
