@@ -242,7 +242,9 @@ def test_dvc_plots_read_columns_compare_writes(eval_dir, runs_dir, tmp_path):
     """Every column dvc.yaml plots from reports/compare.csv and train_loss.csv is one `flair compare` writes
     for the pipeline's methods and benchmarks."""
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    methods, benchmarks = pipeline["vars"][0]["methods"], pipeline["vars"][0]["benchmarks"]
+    methods, evaluate = pipeline["vars"][0]["methods"], pipeline["stages"]["evaluate"]["do"]
+    benchmarks = [Path(next(iter(metric))).stem for metric in evaluate["metrics"]]  # eval/${item}/<benchmark>.json
+    assert all(f"--benchmark {b}" in evaluate["cmd"] for b in benchmarks)  # each file is one the command writes
     every = {k: v for metrics in EVALS["flair"].values() for k, v in metrics.items()}
     every |= retrieval("builtin_standard", {"global": (1.0, 2.0)})
     table = compare.build_table(dict.fromkeys(methods, every))
