@@ -104,7 +104,10 @@ def test_dockerfile_pins_torch_as_pyproject_and_runs_flair_as_non_root():
     pins = dict(d.split("==") for d in deps if "==" in d)
     assert re.search(rf"^ARG TORCH_VERSION={re.escape(pins['torch'])}$", text, re.MULTILINE)
     assert re.search(rf"^ARG TORCHVISION_VERSION={re.escape(pins['torchvision'])}$", text, re.MULTILINE)
-    assert "pip install -e '.[platform]'" in text
+    assert "pip install --constraint /opt/constraints.txt -e '.[platform]'" in text
+    # the constraints are the tested .venv's: the same torch pins
+    constraints = (INFRA / "docker" / "constraints.txt").read_text().splitlines()
+    assert f"torch=={pins['torch']}" in constraints and f"torchvision=={pins['torchvision']}" in constraints
     assert re.search(r"^ENTRYPOINT \[\"flair\"\]$", text, re.MULTILINE)
     users = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
     assert users and users[-1] not in {"root", "0"}
@@ -162,10 +165,11 @@ def test_compose_interpolates_only_known_variables(compose):
 def test_compose_services_mirror_the_local_stack(compose):
     services = compose["services"]
     assert _argv(services["buckets"])[-len(BUCKETS):] == list(BUCKETS)
-    weed = _argv(services["seaweedfs"])
+    start = _argv(services["seaweedfs"])
+    weed = start[start.index("weed"):]  # after the shell line that writes the identity file
     assert weed[:2] == ["weed", "mini"] and f"-s3.port={DEFAULT_PORTS['s3']}" in weed
     config = next(a.split("=", 1)[1] for a in weed if a.startswith("-s3.config="))
-    assert services["seaweedfs"]["configs"][0]["target"] == config
+    assert f"> {config} && exec" in start[2]
     mlflow = " ".join(_argv(services["mlflow"]))
     assert f"--artifacts-destination s3://{BUCKETS[0]}" in mlflow and "--backend-store-uri" in mlflow
     health = {name: " ".join(services[name]["healthcheck"]["test"]) for name in EXPECTED_PORTS}
