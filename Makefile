@@ -4,12 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install chromium test test-unit lint bench demo sweep study dashboard services services-down
+.PHONY: help install chromium podman test test-unit lint bench demo sweep study dashboard services services-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed chromium  ## create .venv with the library and the whole platform stack, and Chromium
+install: $(VENV)/.installed chromium podman  ## create .venv with the library and the whole platform stack, Chromium and podman
 
 # The dashboard's browser test drives Debian's Chromium (apt, ~25 s the first time; root or sudo needed).
 chromium:
@@ -17,6 +17,14 @@ chromium:
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium > /dev/null \
 	  || echo "could not install chromium: the dashboard's browser test will be skipped"; }
+
+# The container test builds the platform image and runs the compose stack with Debian's podman (runc, a base
+# image from debootstrap: infra/containers.sh). Root or sudo needed; without them the test is skipped.
+podman:
+	@command -v podman > /dev/null && grep -qs cgroupfs /etc/containers/containers.conf || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO bash infra/containers.sh setup \
+	  || echo "could not set up podman: the container tests will be skipped"; }
 
 # torch/torchvision are pinned in pyproject.toml to the builds this machine kind keeps on disk.
 $(VENV)/.installed: pyproject.toml
@@ -33,7 +41,7 @@ test-unit: install  ## fast tests only: no services, no multi-process runs
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 lint: install  ## ruff over the code
-	$(VENV)/bin/ruff check flair_core flair_cli flows dashboard services tests benchmarks
+	$(VENV)/bin/ruff check flair_core flair_cli flows dashboard services tests benchmarks infra
 
 bench: install  ## print the CPU preset's training-step time and parameter count
 	$(PY) benchmarks/train_step.py --model tiny-64

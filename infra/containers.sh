@@ -8,12 +8,15 @@
 #                               # the code changed; prints its size and the build time
 #   infra/containers.sh up      # the compose stack (podman-compose), then waits until every service is healthy
 #   infra/containers.sh down    # stops and removes the containers; the named volumes (registry, runs) stay
+#   infra/containers.sh purge   # and the volumes
+# PROJECT (default flair-lab) names the containers and volumes; FLAIR_IMAGE skips the build.
 #   infra/containers.sh lock    # infra/docker/constraints.txt from the tested .venv (pip freeze)
 #
 # Docker users build the same Dockerfile from python:3.11-slim and PyTorch's index (infra/README.md). Here
 # the base comes from debootstrap, and pip reads this machine's local package mirrors (/opt/pypi*), mounted
 # into the build read-only, besides PyPI.
 set -euo pipefail
+shopt -s extglob
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BASE_IMAGE=${BASE_IMAGE:-localhost/flair-lab-base:bookworm-py311}
@@ -103,11 +106,11 @@ build() {
 }
 
 ENV_FILE=${ENV_FILE:-$ROOT/infra/.env}
-PROJECT=flair-lab
-HEALTHY=(seaweedfs mlflow prefect dashboard)  # the services with a health check
+PROJECT=${PROJECT:-flair-lab}
 
-# podman-compose from PyPI (the dev extra puts it in .venv)
+# podman-compose from PyPI and a Python with PyYAML: the dev extra puts both in .venv
 PODMAN_COMPOSE=${PODMAN_COMPOSE:-$(command -v podman-compose || echo "$ROOT/.venv/bin/podman-compose")}
+PYTHON=${PYTHON:-$( [[ -x $ROOT/.venv/bin/python ]] && echo "$ROOT/.venv/bin/python" || command -v python)}
 
 compose() {
     "$PODMAN_COMPOSE" --project-name "$PROJECT" --file "$ROOT/infra/compose.yaml" --env-file "$ENV_FILE" "$@"
@@ -122,29 +125,64 @@ env_file() {
         "$(id -u)" > "$ENV_FILE")
 }
 
-# podman runs health checks from systemd timers, which this machine does not have: run them here until
-# every service answers.
-wait_healthy() {
-    local deadline=$((SECONDS + ${1:-300})) service
-    for service in "${HEALTHY[@]}"; do
-        until podman healthcheck run "${PROJECT}_${service}_1" > /dev/null 2>&1; do
-            if ((SECONDS > deadline)); then
-                say "$service is not healthy; its last lines:"
-                podman logs --tail 5 "${PROJECT}_${service}_1" >&2 || true
-                exit 1
-            fi
-            sleep 2
-        done
-    done
+# compose.yaml's depends_on as start stages, each service with what its dependents wait for: "healthy"
+# (it has a health check), "completed" (a one-shot job) or "started".
+stages() {
+    "$PYTHON" - "$ROOT/infra/compose.yaml" <<'PY'
+import sys, yaml
+services = yaml.safe_load(open(sys.argv[1]))["services"]
+conditions = {dep: spec.get("condition", "service_started") for s in services.values()
+              for dep, spec in (s.get("depends_on") or {}).items()}
+done = set()
+while len(done) < len(services):
+    stage = [name for name, s in services.items() if name not in done and set(s.get("depends_on") or {}) <= done]
+    if not stage:
+        sys.exit(f"compose.yaml: depends_on has a cycle among {sorted(set(services) - done)}")
+    wait = {"service_completed_successfully": "completed"}
+    print(" ".join(f"{name}:{'healthy' if 'healthcheck' in services[name] else wait.get(conditions.get(name), 'started')}"
+                   for name in stage))
+    done |= set(stage)
+PY
 }
 
+# Wait for one container: its health check passing (podman 4.3 runs health checks from systemd timers, which
+# this machine lacks, so they are run from here), or a one-shot job's exit 0.
+wait_for() {
+    local container="${PROJECT}_$1_1" kind=$2 deadline=$((SECONDS + ${3:-600}))
+    case $kind in
+        healthy)
+            until podman healthcheck run "$container" > /dev/null 2>&1; do
+                if ((SECONDS > deadline)) || [[ $(podman inspect --format '{{.State.Status}}' "$container") == exited ]]; then
+                    say "$1 did not become healthy; its last lines:"
+                    podman logs --tail 5 "$container" >&2 || true
+                    exit 1
+                fi
+                sleep 2
+            done ;;
+        completed)
+            local code
+            code=$(podman wait "$container")
+            ((code == 0)) || { say "$1 exited with $code"; podman logs --tail 5 "$container" >&2; exit 1; } ;;
+    esac
+}
+
+# podman 4.3 cannot enforce depends_on conditions (podman-compose ignores "service_healthy" there and its
+# --requires links break when a one-shot job has exited), so the stack starts stage by stage from here.
 up() {
-    local tag start
-    tag=$(build)
+    local tag start stage item all
+    tag=${FLAIR_IMAGE:-$(build)}  # FLAIR_IMAGE: an image built elsewhere (the container test's)
     env_file
+    mapfile -t all < <(stages)
+    ((${#all[@]})) || { say "could not read the start order from infra/compose.yaml (with $PYTHON)"; exit 1; }
     start=$SECONDS
-    FLAIR_IMAGE=$tag compose up --detach --no-build >&2
-    wait_healthy 600
+    for stage in "${all[@]}"; do
+        # (podman's complaint that it cannot reach systemd for the health-check timers is filtered out)
+        FLAIR_IMAGE=$tag compose up --detach --no-build --no-deps ${stage//:+([a-z])/} 2>&1 \
+            | { grep -v "systemd connection" || true; } >&2
+        for item in $stage; do
+            wait_for "${item%%:*}" "${item##*:}"
+        done
+    done
     say "stack up and healthy in $((SECONDS - start)) s ($tag)"
 }
 
@@ -157,5 +195,6 @@ case "${1:-}" in
         { sed -n '1,2p' "$ROOT/infra/docker/constraints.txt"; "$ROOT/.venv/bin/pip" freeze --exclude-editable; } \
             > "$ROOT/infra/docker/constraints.txt.new" && mv "$ROOT/infra/docker/constraints.txt.new" "$ROOT/infra/docker/constraints.txt" ;;
     down) FLAIR_IMAGE=unused compose down >&2 ;;  # containers go, named volumes stay
-    *) echo "usage: $0 setup|base|build|up|down|lock" >&2; exit 2 ;;
+    purge) FLAIR_IMAGE=unused compose down --volumes >&2 ;;  # volumes too: the registry, runs and objects
+    *) echo "usage: $0 setup|base|build|up|down|purge|lock" >&2; exit 2 ;;
 esac
