@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The platform image and (later) the compose stack with podman, on a machine without an image registry.
+# The platform image and the compose stack with podman, on a machine without an image registry.
 #
 #   infra/containers.sh setup   # podman + runc + debootstrap from Debian, and the two engine settings this
 #                               # kind of machine needs (root; once)
@@ -9,8 +9,9 @@
 #   infra/containers.sh up      # the compose stack (podman-compose), then waits until every service is healthy
 #   infra/containers.sh down    # stops and removes the containers; the named volumes (registry, runs) stay
 #   infra/containers.sh purge   # and the volumes
-# PROJECT (default flair-lab) names the containers and volumes; FLAIR_IMAGE skips the build.
 #   infra/containers.sh lock    # infra/docker/constraints.txt from the tested .venv (pip freeze)
+#
+# PROJECT (default flair-lab) names the containers and volumes; FLAIR_IMAGE skips the build.
 #
 # Docker users build the same Dockerfile from python:3.11-slim and PyTorch's index (infra/README.md). Here
 # the base comes from debootstrap, and pip reads this machine's local package mirrors (/opt/pypi*), mounted
