@@ -86,6 +86,13 @@ def registry_state() -> tuple[list, list, int]:
     return model["registered_model"].get("aliases", []), runs, objects
 
 
+def flow_runs() -> dict[str, str]:
+    """Every flow run the containerised Prefect server knows, with its state."""
+    request = urllib.request.Request(f"http://127.0.0.1:{PORTS['prefect']}/api/flow_runs/filter", data=b"{}",
+                                     headers={"Content-Type": "application/json"})
+    return {r["id"]: r["state_type"] for r in json.loads(urllib.request.urlopen(request, timeout=10).read())}
+
+
 def test_deployment_runs_in_the_stack_and_survives_a_restart(stack, monkeypatch):
     repo, env, script = stack
     keys = dict(line.split("=", 1) for line in (repo / "infra" / ".env").read_text().split())
@@ -104,18 +111,14 @@ def test_deployment_runs_in_the_stack_and_survives_a_restart(stack, monkeypatch)
     assert "retrieval/builtin_fine_grained/flair/t2i_r1" in metrics
     assert objects > 0  # the model and its files, proxied by MLflow into the S3 store
     assert urllib.request.urlopen(f"http://127.0.0.1:{PORTS['dashboard']}/_stcore/health", timeout=10).read() == b"ok"
-    flow_runs = json.loads(urllib.request.urlopen(urllib.request.Request(
-        f"http://127.0.0.1:{PORTS['prefect']}/api/flow_runs/filter", data=b"{}",
-        headers={"Content-Type": "application/json"}), timeout=10).read())
+    runs_before = flow_runs()
+    assert list(runs_before.values()) == ["COMPLETED"]
 
     timed("down_seconds", [script, "down"], env, timeout=300)
     assert not any(taken(port) for port in PORTS.values())
     timed("second_up_seconds", [script, "up"], env, timeout=900)
     assert registry_state() == (aliases, runs, objects)  # nothing lost: versions, runs, artifacts
-    again = json.loads(urllib.request.urlopen(urllib.request.Request(
-        f"http://127.0.0.1:{PORTS['prefect']}/api/flow_runs/filter", data=b"{}",
-        headers={"Content-Type": "application/json"}), timeout=10).read())
-    assert {r["id"]: r["state_type"] for r in again} == {r["id"]: r["state_type"] for r in flow_runs}
+    assert flow_runs() == runs_before
 
 
 @pytest.mark.parametrize("manifest", ["k8s", "slurm"])
