@@ -76,6 +76,10 @@ image_tag() {
 }
 
 build() {
+    # one build at a time: a second caller (the container test, while the build started at the beginning of
+    # the test session still runs) waits here, then finds the image
+    exec 9> "${TMPDIR:-/tmp}/flair-lab-image-build.lock"
+    flock 9
     base
     local tag start mounts=()
     tag="$IMAGE:$(image_tag)"

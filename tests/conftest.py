@@ -1,7 +1,36 @@
 import os
+import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_IMAGE_BUILD: list[subprocess.Popen] = []
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected
+def pytest_collection_modifyitems(config, items):
+    """When container tests are selected, build the platform image in the background from the start: on a
+    fresh machine it takes ~5 min, which then overlaps the tests before them. Their fixture's own build call
+    waits for this one (infra/containers.sh builds one at a time) and finds the image."""
+    if not any(item.get_closest_marker("containers") for item in items) or shutil.which("podman") is None:
+        return
+    if subprocess.run(["podman", "info"], capture_output=True, check=False).returncode:
+        return
+    log = REPO / "test-artifacts"
+    log.mkdir(exist_ok=True)
+    with (log / "image_build.log").open("w") as out:
+        _IMAGE_BUILD.append(subprocess.Popen([REPO / "infra" / "containers.sh", "build"], stdout=out,
+                                             stderr=subprocess.STDOUT, start_new_session=True))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for build in _IMAGE_BUILD:  # a session cut short (e.g. -x) does not leave a build behind
+        if build.poll() is None:
+            os.killpg(build.pid, signal.SIGTERM)  # the script and the podman build it runs
+            build.wait(timeout=60)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
