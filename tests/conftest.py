@@ -1,10 +1,11 @@
 import os
-import shutil
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.podman import podman_problem
 
 REPO = Path(__file__).resolve().parents[1]
 _IMAGE_BUILD: list[subprocess.Popen] = []
@@ -15,9 +16,7 @@ def pytest_collection_modifyitems(config, items):
     """When container tests are selected, build the platform image in the background from the start: on a
     fresh machine it takes ~5 min, which then overlaps the tests before them. Their fixture's own build call
     waits for this one (infra/containers.sh builds one at a time) and finds the image."""
-    if not any(item.get_closest_marker("containers") for item in items) or shutil.which("podman") is None:
-        return
-    if subprocess.run(["podman", "info"], capture_output=True, check=False).returncode:
+    if not any(item.get_closest_marker("containers") for item in items) or podman_problem():
         return
     log = REPO / "test-artifacts"
     log.mkdir(exist_ok=True)

@@ -5,7 +5,6 @@ store; then the stack stopped and started again with its volumes, and everything
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.podman import podman_problem
 from tests.helpers.scratch_repo import scratch_copy
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]
@@ -47,11 +47,9 @@ def get(url: str) -> dict:
 @pytest.fixture(scope="module")
 def image() -> str:
     """The platform image of this checkout, built unless one with the same inputs exists (infra/containers.sh)."""
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed (infra/containers.sh setup installs it)")
-    info = subprocess.run(["podman", "info"], capture_output=True, text=True, check=False)
-    if info.returncode:
-        pytest.skip(f"podman cannot run containers here: {(info.stderr.strip().splitlines() or ['?'])[-1]}")
+    problem = podman_problem()
+    if problem:
+        pytest.skip(problem)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     build = timed("build_seconds", [REPO / "infra" / "containers.sh", "build"], env, timeout=3600)
     return build.stdout.strip().splitlines()[-1]
