@@ -3,6 +3,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Parallel test workers (pytest-xdist), each running whole test files so module fixtures (services) start once.
+# Most integration tests wait on servers and subprocesses: two workers fill two cores (docs/benchmarks.md, CI).
+TEST_WORKERS ?= 2
 
 .PHONY: help install chromium podman test test-unit lint bench demo sweep study dashboard services services-down
 
@@ -35,10 +38,10 @@ $(VENV)/.installed: pyproject.toml
 
 # pytest exits 5 when it collects nothing (e.g. a -k filter matching no test); that is not a failure.
 test: install  ## run every test: unit and integration (the README's test command; CI runs it)
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
 test-unit: install  ## fast tests only: no services, no multi-process runs
-	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not integration" $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 lint: install  ## ruff over the code
 	$(VENV)/bin/ruff check flair_core flair_cli flows dashboard services tests benchmarks infra

@@ -18,11 +18,43 @@ from torch import nn
 from flair_core.evaluation import scores
 from flair_core.model_config import ModelConfig
 
-# Text tower forward+backward on sub-captions of 9-36 tokens (benchmarks/methods.py): tiny-64, 256 texts:
-# 1/2/4/8 groups 0.46/0.37/0.32/0.33 s; micro-32, 128 texts: 0.044/0.037/0.047/0.056 s. Below ~64 texts a
-# group's GEMMs get too small to pay for the call.
+# Texts run through the text tower in up to LENGTH_GROUPS groups of similar length. A group of m texts cut at
+# length l costs each layer m*l*(12w^2 + 2lw) multiply-adds (projections and MLP, then causal attention) plus a
+# fixed price per call, which small groups do not repay. That price, fitted to forward+backward timings on
+# sub-captions of 9-36 tokens (benchmarks/methods.py; tiny-64, 256 texts, 1/2/4/8 equal groups: 0.46/0.37/
+# 0.32/0.33 s; micro-32, 128 texts: 0.044/0.037/0.047/0.056 s), is ~4e7 multiply-adds at either width.
 LENGTH_GROUPS = 4
-MIN_GROUP_TEXTS = 64
+GROUP_CALL_MACS = 4e7
+
+
+def length_groups(lengths: torch.Tensor, width: int, max_groups: int | None = None) -> list[torch.Tensor]:
+    """Row indices of `lengths`, sorted by length and cut into at most `max_groups` consecutive groups of least
+    total cost (the model above): e.g. DreamLIP's long captions apart from its short sub-captions."""
+    max_groups = LENGTH_GROUPS if max_groups is None else max_groups
+    order = lengths.argsort()
+    values, counts = torch.unique_consecutive(lengths[order], return_counts=True)
+    if max_groups <= 1 or len(values) == 1:
+        return [order]
+    ends = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).double()  # rows before each distinct length
+    v = values.double()
+    per_row = v * (12 * width**2 + 2 * v * width)  # one row cut at each distinct length
+    # cost[i, j]: the rows of distinct lengths i..j-1 (as counted in `ends`) in one group, cut at length j-1
+    rows = ends[None, 1:] - ends[:-1, None]
+    cost = torch.where(rows > 0, rows * per_row[None, :] + GROUP_CALL_MACS, torch.inf)
+    # best[g][j]: least cost of the first j distinct lengths in exactly g groups; start[g][j]: where its last began
+    best = [torch.full((len(ends),), torch.inf, dtype=torch.float64)]
+    best[0][0] = 0.0
+    starts = []
+    for _ in range(max_groups):
+        value, start = (best[-1][:-1, None] + cost).min(dim=0)
+        best.append(torch.cat([value.new_full((1,), torch.inf), value]))
+        starts.append(start)
+    groups = min(range(1, max_groups + 1), key=lambda g: float(best[g][-1]))
+    cuts, j = [], len(values)
+    for g in range(groups, 1, -1):
+        j = int(starts[g - 1][j - 1])
+        cuts.append(int(ends[j]))
+    return list(order.tensor_split(sorted(cuts)))
 
 
 class DualTowers(nn.Module):
@@ -78,28 +110,39 @@ class DualTowers(nn.Module):
     def encode_text(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids (..., C) -> EOT state (M, Wt), token states (M, C', Wt), M = prod(leading dims), row-major.
 
-        Texts run in up to LENGTH_GROUPS groups of similar length (at least MIN_GROUP_TEXTS each), each cut
-        after its own longest EOT; C' is the longest text's length. Under the causal mask later columns cannot
-        change any earlier state. Sub-captions fill a fraction of the 77-token context and their lengths vary
-        (built-in data: 9-36 tokens, median 18), so most of one padded batch is padding. States past a group's
-        cut are zeros: padding positions, which no method reads (FILIP masks id 0).
+        Each distinct text is encoded once. Texts run in up to LENGTH_GROUPS groups of similar length
+        (`length_groups`), each cut after its own longest EOT; C' is the longest text's length. Under the causal
+        mask later columns cannot change any earlier state. Sub-captions fill a fraction of the 77-token context
+        and their lengths vary (built-in data: 9-36 tokens, median 18), so most of one padded batch is padding.
+        States past a group's cut are zeros: padding positions, which no method reads (FILIP masks id 0).
         """
-        ids = ids.reshape(-1, ids.shape[-1])
+        return self._encode_text(ids, keep_tokens=True)
+
+    def encode_text_global(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (..., C) -> EOT state (M, Wt): `encode_text` without gathering the token states nobody reads."""
+        return self._encode_text(ids, keep_tokens=False)[0]
+
+    def _encode_text(self, ids: torch.Tensor, keep_tokens: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # A batch's sub-captions repeat (~12 % of the built-in ones: background and count sentences that many
+        # images share): every distinct text runs once and its rows share the result.
+        ids, rows_of = torch.unique(ids.reshape(-1, ids.shape[-1]), dim=0, return_inverse=True)
         # The EOT id is the largest in the vocabulary, so argmax finds it; the causal mask keeps padding after
         # it from leaking in, so no padding mask is needed.
         lengths = ids.argmax(dim=-1) + 1
-        order = lengths.argsort()
         longest = int(lengths.max())
+        groups = length_groups(lengths, self.config.text_cfg.width)
+        # One lookup for every group: the backward then writes one dense vocabulary-sized gradient, not one per group.
+        embedded = self.token_embedding(ids[:, :longest])
         pooled, states = [], []
-        for rows in order.tensor_split(max(1, min(LENGTH_GROUPS, len(order) // MIN_GROUP_TEXTS))):
+        for rows in groups:
             used = int(lengths[rows].max())
-            group = ids[rows, :used]
-            x = self.token_embedding(group) + self.positional_embedding[:used]
+            x = embedded[rows, :used] + self.positional_embedding[:used]
             x = self.ln_final(self.transformer(x, attn_mask=self.attn_mask[:used, :used]))  # (m, used, Wt)
-            pooled.append(text_global_pool(x, group, pool_type="argmax"))
-            states.append(F.pad(x, (0, 0, 0, longest - used)))
-        unsorted = order.argsort()
-        return torch.cat(pooled)[unsorted], torch.cat(states)[unsorted]
+            pooled.append(text_global_pool(x, ids[rows, :used], pool_type="argmax"))
+            if keep_tokens:
+                states.append(F.pad(x, (0, 0, 0, longest - used)))
+        position = torch.cat(groups).argsort()[rows_of]  # each input row's place in the grouped output
+        return torch.cat(pooled)[position], torch.cat(states)[position] if keep_tokens else None
 
     def embed_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """What retrieval keeps per image: images (B, 3, H, W) -> {"image_features": (B, D)}."""
@@ -108,8 +151,7 @@ class DualTowers(nn.Module):
 
     def embed_texts(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """What retrieval keeps per text: ids (T, C) -> {"text_features": (T, D)}."""
-        text_global, _ = self.encode_text(ids)
-        return {"text_features": self.text_post(text_global)}
+        return {"text_features": self.text_post(self.encode_text_global(ids))}
 
     def retrieval_scores(self, features: dict[str, torch.Tensor], mode: str, topk: int = 128,
                          dtype: torch.dtype | None = None, budget_mb: float = 512

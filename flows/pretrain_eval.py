@@ -62,23 +62,24 @@ def git_commit() -> str:
 @task(retries=1, retry_delay_seconds=5)
 def data_version() -> str:
     """Reproduce (or find up to date) the DVC `prepare` stage; its output hash versions the data."""
-    run_command([sys.executable, "-m", "dvc", "repro", "prepare"], "dvc repro prepare")
+    # Flow runs side by side share the repo: one prepares, the others wait for DVC's lock and find it up to date.
+    run_command([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "prepare"], "dvc repro prepare")
     lock = yaml.safe_load((REPO / "dvc.lock").read_text())
     return lock["stages"]["prepare"]["outs"][0]["md5"]
 
 
 @task(cache_policy=INPUTS, persist_result=True)
 def train(method: str, params_file: str, overrides: list[str], run_key: str, nodes: int,
-          procs_per_node: int) -> str:
+          procs_per_node: int, threads: int | None = None) -> str:
     """torchrun over `flair train`; cached on the run key (data hash + params + code), and `--resume auto`
-    makes a finished run return at once even without the cache."""
+    makes a finished run return at once even without the cache. `threads`: intra-op threads per process."""
     out = REPO / "runs" / "flows" / f"{method}-{run_key[:12]}"
     train_args = ["-m", "flair_cli", "train", "--params", params_file, "--set", f"method.name={method}",
                   *[x for o in overrides for x in ("--set", o)], "--out", str(out), "--resume", "auto"]
     if nodes == 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={procs_per_node}", *train_args]
-        run_command(command, f"training {method}")
+        run_command(command, f"training {method}", threads=threads)
     else:  # several "nodes" on this machine, joined by a c10d rendezvous on loopback
         port = 29400 + int(run_key[:4], 16) % 1000
         agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}",
@@ -142,8 +143,12 @@ def check_services() -> None:
 def pretrain_eval(method: str = "flair", params_file: str = "params/cpu.yaml", overrides: list[str] | None = None,
                   benchmarks: list[str] | None = None, nodes: int = 1, procs_per_node: int = 1,
                   experiment: str = "flair-lab", primary_metric: str | None = None,
-                  regression_tolerance: float = 2.0, data_root: str = "data/builtin") -> dict:
-    """Train one method on the built-in data, evaluate it on every benchmark, log, register and promote."""
+                  regression_tolerance: float = 2.0, data_root: str = "data/builtin",
+                  threads: int | None = None) -> dict:
+    """Train one method on the built-in data, evaluate it on every benchmark, log, register and promote.
+
+    `threads`: intra-op threads of the training (None: all cores). Flow runs side by side on one machine give
+    each its share of the cores (the main job runs two at a time with one thread each on 2 cores)."""
     logger = get_run_logger()
     started = time.perf_counter()
     check_services()
@@ -156,7 +161,7 @@ def pretrain_eval(method: str = "flair", params_file: str = "params/cpu.yaml", o
                                          procs_per_node]).encode()).hexdigest()
     phase = time.perf_counter()
     run_dir = train(method, params_file, overrides + [f"train.shards={data_root}/train"], run_key, nodes,
-                    procs_per_node)
+                    procs_per_node, threads)
     train_seconds, phase = time.perf_counter() - phase, time.perf_counter()
     # As many evaluations at once as there are cores, one thread each: no oversubscription.
     cores = os.cpu_count() or 1

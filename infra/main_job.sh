@@ -7,6 +7,11 @@ PY=.venv/bin/python
 NAME=${FLAIR_DEPLOYMENT:-cpu}
 METHODS=${FLAIR_METHODS:-$($PY -m flair_cli methods --names | tr '\n' ' ')}  # default: every registered method
 ROOT=${FLAIR_SERVICES_ROOT:-.services}
+# Flow runs at a time, each training on its share of the cores: at these widths one thread per run, two runs
+# side by side, beat one run on two threads after the other (docs/benchmarks.md, "The main job").
+CORES=$(nproc)
+PARALLEL=${FLAIR_PARALLEL:-$(( CORES >= 2 ? 2 : 1 ))}
+THREADS=$(( CORES / PARALLEL > 0 ? CORES / PARALLEL : 1 ))
 export DVC_NO_ANALYTICS=1
 export PATH="$PWD/.venv/bin:$PATH"  # DVC stages and the deployment call `flair`, `dvc` and `prefect`
 
@@ -14,7 +19,7 @@ export PATH="$PWD/.venv/bin:$PATH"  # DVC stages and the deployment call `flair`
 # Long steps run in the background under `wait`, which a signal interrupts (a foreground command would delay
 # the trap until it ended); the served deployment has its own process group, so one kill reaches its flow runs
 # and their training and evaluation processes (torchrun stops its own workers on SIGTERM).
-serve_pid="" step_pid=""
+serve_pid="" step_pid="" run_pids=()
 stop_serving() {
   [ -n "$serve_pid" ] || return 0
   kill -TERM -- "-$serve_pid" 2>/dev/null || true
@@ -26,6 +31,7 @@ on_signal() {
   trap - INT TERM
   echo "main job interrupted: stopping its flow runs, the dashboard and the services" >&2
   [ -n "$step_pid" ] && kill -TERM "$step_pid" 2>/dev/null
+  for pid in "${run_pids[@]}"; do pkill -TERM -P "$pid" 2>/dev/null; kill -TERM "$pid" 2>/dev/null; done  # watchers
   stop_serving
   $PY -m dashboard.serve stop --root "$ROOT" > /dev/null 2>&1 || true
   $PY -m services stop --root "$ROOT" > /dev/null
@@ -48,10 +54,30 @@ for _ in $(seq 120); do
   sleep 1
 done
 
+echo "services and deployment up after $(( $(date +%s) - start )) s"
+# Up to PARALLEL flow runs at once, each watched in the background; a new one starts when one ends. Each run's
+# output goes to its own log, printed when it ends, so that the runs' lines do not interleave.
+run_method() {
+  local log="$ROOT/logs/main-job-$1.log" rc=0
+  .venv/bin/prefect deployment run "pretrain-eval/$NAME" -p method="$1" -p threads="$THREADS" --watch \
+    > "$log" 2>&1 || rc=$?
+  echo "== pretrain-eval/$NAME method=$1: exit $rc, $(( $(date +%s) - start )) s into the job"; cat "$log"
+  return $rc
+}
+failed=0
+reap_one() {  # wait for one of the running flow runs and drop it from run_pids
+  local done_pid="" pid kept=()
+  wait -n -p done_pid "${run_pids[@]}" || failed=1
+  for pid in "${run_pids[@]}"; do [ "$pid" = "$done_pid" ] || kept+=("$pid"); done
+  run_pids=("${kept[@]}")
+}
 for method in $METHODS; do
-  echo "== pretrain-eval/$NAME method=$method"
-  step .venv/bin/prefect deployment run "pretrain-eval/$NAME" -p method="$method" --watch
+  while [ "${#run_pids[@]}" -ge "$PARALLEL" ]; do reap_one; done
+  run_method "$method" &
+  run_pids+=($!)
 done
+while [ "${#run_pids[@]}" -gt 0 ]; do reap_one; done
+[ "$failed" = 0 ] || { echo "a flow run failed: see its output above"; exit 1; }
 
 $PY -m dashboard.serve start --root "$ROOT"
 $PY -m flows.report --methods $METHODS

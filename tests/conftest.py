@@ -1,6 +1,7 @@
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -8,30 +9,57 @@ import pytest
 from tests.helpers.podman import podman_problem
 
 REPO = Path(__file__).resolve().parents[1]
-_IMAGE_BUILD: list[subprocess.Popen] = []
+IMAGE_BUILD_PID = REPO / "test-artifacts" / "image_build.pid"
+_IMAGE_BUILD: list[subprocess.Popen] = []  # the build this process started
 
 
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected
 def pytest_collection_modifyitems(config, items):
     """When container tests are selected, build the platform image in the background from the start: on a
     fresh machine it takes ~5 min, which then overlaps the tests before them. Their fixture's own build call
-    waits for this one (infra/containers.sh builds one at a time) and finds the image."""
+    waits for this one (infra/containers.sh builds one at a time) and finds the image. With parallel workers
+    (`make test` runs pytest-xdist), every worker collects every test: the first one starts the build."""
+    if getattr(config, "workerinput", {}).get("workerid", "gw0") != "gw0":
+        return
     if not any(item.get_closest_marker("containers") for item in items) or podman_problem():
         return
-    log = REPO / "test-artifacts"
-    log.mkdir(exist_ok=True)
-    with (log / "image_build.log").open("w") as out:
-        _IMAGE_BUILD.append(subprocess.Popen([REPO / "infra" / "containers.sh", "build"], stdout=out,
-                                             stderr=subprocess.STDOUT, start_new_session=True))
+    IMAGE_BUILD_PID.parent.mkdir(exist_ok=True)
+    with (IMAGE_BUILD_PID.parent / "image_build.log").open("w") as out:
+        build = subprocess.Popen([REPO / "infra" / "containers.sh", "build"], stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    _IMAGE_BUILD.append(build)
+    IMAGE_BUILD_PID.write_text(str(build.pid))
 
 
 def pytest_sessionfinish(session, exitstatus):
-    for build in _IMAGE_BUILD:  # a session cut short (e.g. -x) does not leave a build behind
-        if build.poll() is None:
-            os.killpg(build.pid, signal.SIGTERM)  # the script and the podman build it runs
-            build.wait(timeout=60)
+    """A session cut short (e.g. -x) does not leave a build behind. Under xdist this is the controller's end,
+    after every worker's: a worker that finished early must not stop a build another worker still waits for."""
+    if hasattr(session.config, "workerinput"):
+        if _IMAGE_BUILD:
+            _IMAGE_BUILD[0].poll()  # reap a finished build; a running one stays for the other workers
+        return
+    if not IMAGE_BUILD_PID.is_file():
+        return
+    pid = int(IMAGE_BUILD_PID.read_text())
+    IMAGE_BUILD_PID.unlink()
+    if running(pid):
+        os.killpg(pid, signal.SIGTERM)  # the script and the podman build it runs (their own session)
+        for _ in range(120):
+            if _IMAGE_BUILD:
+                _IMAGE_BUILD[0].poll()  # our own child: reap it, or it stays a zombie
+            if not running(pid):
+                break
+            time.sleep(0.5)
 
-REPO = Path(__file__).resolve().parents[1]
+
+def running(pid: int) -> bool:
+    """pid is a live process (not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 SHARED = REPO.parent / "shared"
 
 

@@ -182,6 +182,28 @@ def test_filip_loss_by_hand(fraction):
     close(terms["contrastive"], filip_expected(3.0, fraction))
 
 
+def test_filip_loss_skips_padding_columns_past_the_longest_text():
+    """Masked columns (the context past every text's end) change neither the loss nor any gradient."""
+    torch.manual_seed(0)
+    images = torch.randn(3, 5, 4, requires_grad=True)
+    texts = torch.randn(3, 6, 4, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+
+    def loss(texts, mask):
+        out = {"image_tokens": images, "image_features": images[:, 0], "text_tokens": texts, "text_mask": mask,
+               "logit_scale": torch.tensor(5.0)}
+        return FilipLoss(FilipSettings())(out, None)["contrastive"]
+
+    padded = torch.cat([texts, torch.randn(3, 71, 4)], dim=1)  # garbage in the padding columns
+    trimmed_loss = loss(texts[:, :4], mask[:, :4])
+    image_grad, text_grad = torch.autograd.grad(trimmed_loss, (images, texts))
+    padded_loss = loss(padded, torch.cat([mask, torch.zeros(3, 71, dtype=torch.bool)], dim=1))
+    padded_image_grad, padded_text_grad = torch.autograd.grad(padded_loss, (images, texts))
+    close(padded_loss, float(trimmed_loss))
+    torch.testing.assert_close(padded_image_grad, image_grad)
+    torch.testing.assert_close(padded_text_grad, text_grad)
+
+
 def test_filip_token_fraction_changes_the_loss():
     """Keeping half the image tokens must change the loss in this case (else the 0.5 case above proves little)."""
     assert abs(filip_terms(3.0, 1.0)["contrastive"] - filip_terms(3.0, 0.5)["contrastive"]) > 0.01

@@ -189,3 +189,24 @@ def test_shards_round_trip_through_s3(tmp_path, s3_endpoint):
     local = keys_of(f"{tmp_path}/local/shard-{{000000..000001}}.tar", steps=3, workers=2)
     remote = keys_of("s3://data/builtin/train/shard-{000000..000001}.tar", steps=3, workers=2)
     assert remote == local
+
+
+def test_a_samples_crop_is_the_one_torch_manual_seed_gives(tmp_path):
+    """The decoder seeds only the CPU generator per sample (fast); the crop equals the one after a full
+    torch.manual_seed with the same per-sample seed, so runs and resumes crop as before."""
+    from flair_core.data.captions import sample_rng
+    from flair_core.data.loader import BadSampleTracker, SampleDecoder
+
+    noisy = Image.fromarray(torch.randint(0, 256, (40, 40, 3), dtype=torch.uint8).numpy())
+    buffer = io.BytesIO()
+    noisy.save(buffer, format="PNG")
+    sample = {"__key__": "s00001", "png": buffer.getvalue(), "json": json.dumps({"sentences": ["a", "b"]})}
+    decoder = SampleDecoder(VIEWS, TOKENIZER, TRANSFORM, seed=3, epoch=1, tracker=BadSampleTracker(LoaderConfig()))
+    image = decoder.decode(sample)["image"]
+    rng = sample_rng(3, 1, "s00001")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(rng.getrandbits(63))
+        expected = TRANSFORM(Image.open(io.BytesIO(sample["png"])).convert("RGB"))
+    torch.testing.assert_close(image, expected, rtol=0, atol=0)
+    other = SampleDecoder(VIEWS, TOKENIZER, TRANSFORM, seed=4, epoch=1, tracker=BadSampleTracker(LoaderConfig()))
+    assert not torch.equal(other.decode(sample)["image"], image)  # the seed does reach the crop

@@ -71,15 +71,23 @@ def test_library_import_pulls_in_no_orchestrator():
     assert result.stdout.strip() == "[]"
 
 
-def test_length_groups_leave_text_features_unchanged():
-    """Enough texts for several length groups: the same features as one padded batch, in the input order."""
-    torch.manual_seed(0)
-    model = create_model("micro-32").eval()
-    lengths = torch.randint(3, 40, (3 * towers.MIN_GROUP_TEXTS,))
+def random_ids(lengths: torch.Tensor) -> torch.Tensor:
+    """Token ids with SOT, random words and EOT at each given length, zero padding after."""
     ids = torch.randint(1, 1000, (len(lengths), 77))
     ids[:, 0] = 49406
     ids[torch.arange(77)[None] >= lengths[:, None]] = 0
     ids[torch.arange(len(lengths)), lengths - 1] = 49407
+    return ids
+
+
+def test_length_groups_leave_text_features_unchanged():
+    """Texts of mixed lengths run in several length groups: the same features as one padded batch, in the
+    input order."""
+    torch.manual_seed(0)
+    model = create_model("micro-32").eval()
+    lengths = torch.cat([torch.randint(3, 40, (160,)), torch.full((32,), 77)])[torch.randperm(192)]
+    ids = random_ids(lengths)
+    assert len(towers.length_groups(lengths, model.config.text_cfg.width)) > 1
     grouped_global, grouped_local = model.encode_text(ids)
     groups, towers.LENGTH_GROUPS = towers.LENGTH_GROUPS, 1
     try:
@@ -90,6 +98,52 @@ def test_length_groups_leave_text_features_unchanged():
     real = ids[:, : local_one.shape[1]] != 0
     torch.testing.assert_close(grouped_local[real], local_one[real], rtol=1e-5, atol=1e-5)
     assert grouped_local.shape == local_one.shape == (len(lengths), int(lengths.max()), 64)
+
+
+def test_repeated_texts_are_encoded_once_with_the_features_and_gradients_of_each_row_alone():
+    torch.manual_seed(0)
+    model = create_model("micro-32").train()
+    distinct = random_ids(torch.randint(3, 30, (20,)))
+    ids = torch.cat([distinct, distinct[:8], distinct[3:4]])[torch.randperm(29)]
+    weights = torch.randn(29, model.config.text_cfg.width)
+    features, _ = model.encode_text(ids)
+    (features * weights).sum().backward()
+    deduplicated = model.token_embedding.weight.grad.clone()
+    model.zero_grad()
+    one_by_one = torch.cat([model.encode_text(row[None])[0] for row in ids])
+    (one_by_one * weights).sum().backward()
+    torch.testing.assert_close(features, one_by_one, rtol=1e-5, atol=1e-5)
+    reference = model.token_embedding.weight.grad  # summed over rows in another order: float rounding only
+    torch.testing.assert_close(deduplicated, reference, rtol=1e-4, atol=1e-5 * float(reference.abs().max()))
+
+
+def padded_cost(groups: list[torch.Tensor], lengths: torch.Tensor, width: int) -> float:
+    """The text tower's cost model of a grouping (multiply-adds per layer, the price per call included)."""
+    cost = 0.0
+    for rows in groups:
+        cut = float(lengths[rows].max())
+        cost += len(rows) * cut * (12 * width**2 + 2 * cut * width) + towers.GROUP_CALL_MACS
+    return cost
+
+
+def test_length_groups_put_long_captions_apart_and_cost_no_more_than_equal_splits():
+    """DreamLIP's batch: 32 long captions and 128 short sub-captions. The long ones form their own group, and no
+    split into equal groups (the previous rule) costs less under the same model."""
+    torch.manual_seed(0)
+    lengths = torch.cat([torch.randint(9, 37, (128,)), torch.full((32,), 77)])[torch.randperm(160)]
+    groups = towers.length_groups(lengths, width=128)
+    assert sorted(torch.cat(groups).tolist()) == list(range(160))  # every row once
+    assert all(len(g) for g in groups) and len(groups) <= towers.LENGTH_GROUPS
+    assert sorted(lengths[groups[-1]].tolist()) == [77] * 32
+    order = lengths.argsort()
+    for n in range(1, towers.LENGTH_GROUPS + 1):
+        equal = list(order.tensor_split(n))
+        assert padded_cost(groups, lengths, 128) <= padded_cost(equal, lengths, 128) + 1e-6
+
+
+def test_length_groups_of_equal_lengths_stay_one_group():
+    assert len(towers.length_groups(torch.full((500,), 77), width=128)) == 1
+    assert len(towers.length_groups(torch.tensor([5, 9, 77]), width=128)) == 1  # calls cost more than padding
 
 
 def test_trimming_padding_columns_leaves_text_features_unchanged():

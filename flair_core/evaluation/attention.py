@@ -58,7 +58,7 @@ def attention_maps(model, tokenizer: Callable, image_tensor: torch.Tensor, capti
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """One transformed image (3, H, W) and N captions -> maps (N, g, g) summing to 1, zero-slot mass (N,).
 
-    Queries are the raw `text_post(encode_text(caption)[0])`, as the original visualisation uses them.
+    Queries are the raw `text_post(encode_text_global(caption))`, as the original visualisation uses them.
     """
     pooling = require_pooling(model)
     if not captions:
@@ -66,7 +66,7 @@ def attention_maps(model, tokenizer: Callable, image_tensor: torch.Tensor, capti
     model.eval()
     device = next(model.parameters()).device
     tokens = model.image_post(model.encode_image(image_tensor[None].to(device))[1])  # (1, L, D)
-    queries = model.text_post(model.encode_text(tokenizer(list(captions)).to(device))[0])  # (N, D)
+    queries = model.text_post(model.encode_text_global(tokenizer(list(captions)).to(device)))  # (N, D)
     weights, zero = patch_attention(pooling, queries, tokens)
     return to_grid(weights[0].float().cpu()), zero[0].float().cpu()
 

@@ -1,6 +1,6 @@
 """Prompt templates and class text embeddings for zero-shot classification and segmentation.
 
-A class embedding is the mean over templates of the normalised `text_post(encode_text(prompt)[0])`,
+A class embedding is the mean over templates of the normalised `text_post(encode_text_global(prompt))`,
 renormalised (CLIP's prompt ensembling). Ensembles are plain tuples of format strings with one `{}`.
 """
 
@@ -115,6 +115,6 @@ def class_text_embeddings(model, tokenizer: Callable, class_names: Sequence[str]
     parts = []
     for chunk in batched(prompts, batch_size):
         ids = tokenizer(chunk).to(device)
-        parts.append(F.normalize(model.text_post(model.encode_text(ids)[0]).float(), dim=-1))
+        parts.append(F.normalize(model.text_post(model.encode_text_global(ids)).float(), dim=-1))
     per_prompt = torch.cat(parts).view(len(class_names), len(templates), -1)  # (C, T, D)
     return F.normalize(per_prompt.mean(dim=1), dim=-1)

@@ -42,7 +42,7 @@ class ClipModel(DualTowers):
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
         """images (B, 3, H, W), texts (N, C) -> global features (B, D), (N, D) and the scalars."""
         image_global, _ = self.encode_image(images)
-        text_global, _ = self.encode_text(texts)
+        text_global = self.encode_text_global(texts)
         return {
             "image_features": self.image_post(image_global),
             "text_features": self.text_post(text_global),

@@ -43,7 +43,7 @@ class DreamlipModel(DualTowers):
         image_global, image_local = self.encode_image(images)
         b = images.shape[0]
         # One text-tower pass for both views; trimming adapts to the longer (long caption) rows.
-        text_global, _ = self.encode_text(torch.cat([long_texts, texts.flatten(0, 1)]))
+        text_global = self.encode_text_global(torch.cat([long_texts, texts.flatten(0, 1)]))
         text_features = self.text_post(text_global)
         return {
             "image_features": self.image_post(image_global),

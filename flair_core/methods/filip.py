@@ -119,9 +119,16 @@ class FilipLoss(MethodLoss):
         all_images = distributed.gather_with_grad(images.to(dtype))
         all_texts = distributed.gather_with_grad(texts.to(dtype))
         all_mask = distributed.gather_with_grad(mask.float()).bool() if world > 1 else mask
+        # Text tokens come first and padding after: columns past the batch's longest text are masked out of both
+        # directions, so the similarities skip them (sub-captions fill a quarter of the 77-token context).
+        used = int(all_mask.any(dim=0).nonzero().max()) + 1 if all_mask.any() else 1
+        all_texts, all_mask, texts, mask = all_texts[:, :used], all_mask[:, :used], texts[:, :used], mask[:, :used]
         b = images.shape[0]
-        i2t, _ = token_similarities(images.to(dtype), all_texts, all_mask)  # (B, W·B)
-        _, t2i = token_similarities(all_images, texts.to(dtype), mask)  # (B texts, W·B images)
+        if world == 1:  # both directions read the same (B, B, L, C) similarities: compute them once
+            i2t, t2i = token_similarities(images.to(dtype), texts.to(dtype), mask)
+        else:
+            i2t, _ = token_similarities(images.to(dtype), all_texts, all_mask)  # (B, W·B)
+            _, t2i = token_similarities(all_images, texts.to(dtype), mask)  # (B texts, W·B images)
         positive = positive_mask(b, b * world, 1, images.device, step=1, first_row=rank * b)
         scale = out["logit_scale"]
         loss = (softmax_contrastive(scale * i2t, positive) + softmax_contrastive(scale * t2i, positive)) / 2

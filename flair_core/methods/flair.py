@@ -44,7 +44,7 @@ class FlairModel(DualTowers):
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
         """images (B, 3, H, W), texts (B, K, C) or (N, C) -> projected features and the two scalars."""
         image_global, image_local = self.encode_image(images)
-        text_global, _ = self.encode_text(texts)  # local text tokens are never used by FLAIR
+        text_global = self.encode_text_global(texts)  # local text tokens are never used by FLAIR
         return {
             "image_features": self.image_post(image_global),  # (B, D)
             "image_tokens": self.image_post(image_local),  # (B, L, D)
