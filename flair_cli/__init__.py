@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -78,12 +79,19 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     from flair_core.fileio import WriteError
     from flair_core.run_config import load_run_config
-    from flair_core.training.loop import train
+    from flair_core.training.loop import Stopped, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_run_config(args.params, args.set)
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker: nothing left to coordinate it once the agent dies
+        from flair_cli.processes import die_with_parent
+
+        die_with_parent()
     try:
         last = train(config, args.out, resume=args.resume)
+    except Stopped as stop:  # SIGTERM between two steps: what was written is whole, --resume auto goes on
+        print(f"flair train: {stop}", file=sys.stderr)
+        raise SystemExit(128 + stop.signal) from None
     except WriteError as err:  # every file was written whole or not at all: the run can go on from here
         if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise

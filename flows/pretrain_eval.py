@@ -28,6 +28,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flair_cli.processes import run_tree
 from flair_core.evaluation.comparison import format_cell, noise_of
 from flair_core.evaluation.headline import headline, promotion_metric
 from flair_core.evaluation.runner import benchmark_names
@@ -45,7 +46,9 @@ def run_command(command: list[str], what: str, threads: int | None = None) -> st
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     if threads:  # concurrent evaluations share the cores instead of oversubscribing them
         env["OMP_NUM_THREADS"] = str(threads)
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    # Its whole process tree (torchrun's workers and their loader workers included) ends with the task: when the
+    # flow run is stopped or cancelled, and when its process is killed outright.
+    result = run_tree(command, cwd=REPO, env=env)
     if result.returncode != 0:
         lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
         raise RuntimeError(f"{what} failed (exit {result.returncode}): {lines[-1] if lines else 'no output'}")
@@ -62,8 +65,18 @@ def git_commit() -> str:
 @task(retries=1, retry_delay_seconds=5)
 def data_version() -> str:
     """Reproduce (or find up to date) the DVC `prepare` stage; its output hash versions the data."""
-    # Flow runs side by side share the repo: one prepares, the others wait for DVC's lock and find it up to date.
-    run_command([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "prepare"], "dvc repro prepare")
+    # Flow runs side by side share the repo: one prepares, the others wait and then find it up to date. DVC waits
+    # for its repo lock (--wait-for-lock) but not for the lock on the stage's output, which a running
+    # `prepare` holds: that refusal is retried here for as long as a preparation can take.
+    deadline = time.monotonic() + 900
+    while True:
+        try:
+            run_command([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "prepare"], "dvc repro prepare")
+            break
+        except RuntimeError as err:
+            if "rwlock" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
     lock = yaml.safe_load((REPO / "dvc.lock").read_text())
     return lock["stages"]["prepare"]["outs"][0]["md5"]
 

@@ -19,6 +19,7 @@ from flair_core.evaluation.headline import promotion_metric
 from flair_core.methods import get_method
 from services.stack import LocalServices
 from services.supervisor import members
+from tests.helpers.processes import cpu_burners, wait_until_gone
 from tests.test_services import service_ports
 
 pytestmark = pytest.mark.integration
@@ -224,29 +225,39 @@ def processes_under(folder: Path) -> list[str]:
     return found
 
 
-def test_sigterm_to_the_main_job_stops_its_flow_run_and_the_services_and_leaves_no_process(platform, tmp_path):
-    """The last test here: the main job finds the module's services running, and its SIGTERM stops them."""
+@pytest.mark.parametrize("load", ["idle", "loaded"])
+def test_sigterm_to_the_main_job_stops_its_flow_run_and_the_services_and_leaves_no_process(platform, tmp_path, load):
+    """The last tests here: the main job finds the module's services running, and its SIGTERM stops them, its
+    flow run and the training below it (torchrun's worker in a session of its own, and its loader worker) on an
+    idle machine and beside two CPU-burning processes."""
     from tests.helpers.scratch_repo import scratch_copy
 
     repo = scratch_copy(tmp_path)
     (repo / ".venv").symlink_to(Path(sys.executable).parents[1])
     root = platform.root
+    if load == "loaded":
+        platform.start()  # the idle case stopped them
     env = {**os.environ, "FLAIR_METHODS": "flair", "FLAIR_SERVICES_ROOT": str(root)}
     job = subprocess.Popen(["bash", "infra/main_job.sh"], cwd=repo, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not list((repo / "runs" / "flows").glob("flair-*/metrics.jsonl")):  # training is under way
-        assert job.poll() is None and time.time() < deadline, job.communicate()
-        time.sleep(0.5)
-    job.send_signal(signal.SIGTERM)
-    stdout, stderr = job.communicate(timeout=180)
+    with cpu_burners(2 if load == "loaded" else 0):
+        deadline = time.time() + 300
+        while not list((repo / "runs" / "flows").glob("flair-*/metrics.jsonl")):  # training is under way
+            assert job.poll() is None and time.time() < deadline, job.communicate()
+            time.sleep(0.5)
+        sent = time.monotonic()
+        job.send_signal(signal.SIGTERM)
+        stdout, stderr = job.communicate(timeout=180)
+        _, left_training = wait_until_gone(str(repo / "runs" / "flows"), timeout=60)
+        seconds = time.monotonic() - sent
     assert job.returncode == 130, stdout[-2000:] + stderr[-2000:]
     assert stderr.strip().splitlines()[-1] == \
         "main job interrupted: stopping its flow runs, the dashboard and the services", stderr[-2000:]
+    assert left_training == [], left_training  # nothing whose command line names the run folder
+    print(f"main job, {load}: SIGTERM to the last training process gone in {seconds:.1f} s")
     assert json.loads((root / "state.json").read_text())["pids"] == {}
     assert not any(s["up"] for s in platform.status().values())
     deadline = time.time() + 30  # a data-loader worker notices its trainer is gone within seconds
     while (left := processes_under(repo) + processes_under(root)) and time.time() < deadline:
         time.sleep(0.5)
     assert left == [], left
-

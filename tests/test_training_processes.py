@@ -1,5 +1,6 @@
-"""Training as real processes: SIGKILL + resume equals an uninterrupted run, torchrun restarts a killed
-worker, and two torchrun nodes train together over a c10d rendezvous on loopback."""
+"""Training as real processes: SIGKILL + resume and SIGTERM + resume equal an uninterrupted run, torchrun
+restarts a killed worker, a launcher's end takes its torchrun workers with it (on a loaded machine too), and two
+torchrun nodes train together over a c10d rendezvous on loopback."""
 
 import json
 import os
@@ -11,7 +12,7 @@ import time
 import pytest
 import torch
 
-from tests.helpers.processes import free_port, private_network
+from tests.helpers.processes import cpu_burners, free_port, private_network, wait_until_gone
 
 pytestmark = pytest.mark.integration
 STEPS = 48
@@ -61,6 +62,64 @@ def test_sigkill_and_resume_ends_with_the_same_weights(tiny_data, tmp_path):
     reference, resumed = final_weights(tmp_path / "reference"), final_weights(killed)
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
     assert steps_logged(killed) == list(range(1, STEPS + 1))
+
+
+def test_sigterm_stops_between_steps_on_a_loaded_machine_and_resume_ends_with_the_same_weights(tiny_data,
+                                                                                               tmp_path):
+    subprocess.run(cli(*args(tiny_data, tmp_path / "reference")), check=True, capture_output=True)
+    stopped = tmp_path / "stopped"
+    with cpu_burners(2):
+        process = subprocess.Popen(cli(*args(tiny_data, stopped)), start_new_session=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_for(stopped / "checkpoints" / "step-00000010.pt", process)
+        sent = time.monotonic()
+        os.killpg(process.pid, signal.SIGTERM)  # as torchrun stops a worker: its loader workers get it too
+        _, stderr = process.communicate(timeout=60)
+        _, left = wait_until_gone(str(stopped), timeout=30)
+        seconds = time.monotonic() - sent
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    line = stderr.strip().splitlines()[-1]
+    step = int(line.split(" at step ")[1].split()[0])
+    assert line == f"flair train: stopped by SIGTERM at step {step} of {STEPS}; --resume auto continues from step {step}"
+    assert 10 <= step < STEPS and (stopped / "checkpoints" / f"step-{step:08d}.pt").is_file()
+    assert left == [], f"still running {seconds:.1f} s after the SIGTERM: {left}"
+    print(f"SIGTERM to a training on a loaded machine: stopped at step {step}, every process gone {seconds:.1f} s later")
+    assert steps_logged(stopped) == list(range(1, step + 1))
+
+    subprocess.run(cli(*args(tiny_data, stopped, "--resume", "auto")), check=True, capture_output=True)
+    reference, resumed = final_weights(tmp_path / "reference"), final_weights(stopped)
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    assert steps_logged(stopped) == list(range(1, STEPS + 1))
+
+
+LAUNCHER = """
+import signal, sys
+from pathlib import Path
+from flair_cli.processes import run_tree
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # as a Prefect flow run turns SIGTERM into an exception
+run_tree(sys.argv[1:], cwd=Path.cwd(), env=None, grace=10)
+"""
+
+
+@pytest.mark.parametrize("end", ["SIGTERM", "SIGKILL"])
+def test_a_launchers_end_takes_torchrun_and_its_workers_with_it_on_a_loaded_machine(tiny_data, tmp_path, end):
+    """A flow task launches torchrun with run_tree. Stopped (SIGTERM), the task stops the whole tree; killed
+    outright (SIGKILL), the kernel's parent-death signals do: torchrun gets SIGTERM, its workers SIGKILL once it
+    is gone. Either way nothing naming the run folder survives, even with every core busy."""
+    out = tmp_path / "run"
+    long_run = ("--set", "train.epochs=50")
+    with cpu_burners(2):
+        launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, *torchrun(
+            "--standalone", "--nproc_per_node=1", "-m", "flair_cli", *args(tiny_data, out, *long_run))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(out / "checkpoints" / "step-00000005.pt", launcher, timeout=300)
+        sent = time.monotonic()
+        launcher.send_signal(getattr(signal, end))
+        launcher.wait(timeout=60)
+        _, left = wait_until_gone(str(out), timeout=60)
+        seconds = time.monotonic() - sent
+    assert left == [], f"still running {seconds:.1f} s after {end} to the launcher: {left}"
+    print(f"{end} to the launcher: every process of the run gone {seconds:.1f} s later (2 CPU burners)")
 
 
 def torchrun(*a):

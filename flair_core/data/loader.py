@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import random
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -245,4 +246,13 @@ def train_loader(
         raise DataError(f"skip_batches {skip_batches} outside 0..{steps_per_epoch}")
     dataset = EpochDataset(urls, views, tokenizer, transform, batch_size, steps_per_epoch, config, seed, epoch,
                            rank, world, skip_batches)
-    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=config.workers)
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=config.workers,
+                                       worker_init_fn=leave_stop_signals_to_the_trainer)
+
+
+def leave_stop_signals_to_the_trainer(_worker_id: int) -> None:
+    """A SIGTERM or Ctrl-C to the process group reaches the loader's workers too: they ignore it and let the
+    trainer stop between two steps (a worker that died first would fail that step). They still end with the
+    trainer: DataLoader shuts them down, and they exit on their own once their parent is gone."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

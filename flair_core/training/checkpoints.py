@@ -33,6 +33,11 @@ def save(folder: Path, step: int, state: dict, keep: int) -> Path:
     return final
 
 
+def step_of(path: Path) -> int:
+    """The step a checkpoint file was written at (its name: step-00000256.pt)."""
+    return int(path.stem.split("-")[1])
+
+
 def newest(folder: Path) -> Path | None:
     found = sorted(folder.glob(PATTERN)) if folder.is_dir() else []
     return found[-1] if found else None

@@ -15,7 +15,9 @@ import json
 import logging
 import math
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +37,30 @@ from flair_core.training import checkpoints
 from flair_core.training.optim import clamp_logit_scale, param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
+
+
+class Stopped(Exception):
+    """Training stopped between two steps on a signal (SIGTERM); str() is one line saying where to resume."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal = signal_number
+
+
+@contextlib.contextmanager
+def stop_requests(signals=(signal.SIGTERM,)):
+    """Within: the signals set a flag (the yielded list gets their number) instead of ending the process, so
+    the loop can stop between steps. Outside the main thread, signals cannot be caught: nothing changes."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {sig: signal.signal(sig, lambda number, _frame: received.append(number)) for sig in signals}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def shard_urls(spec: str) -> list[str] | str:
@@ -300,7 +326,8 @@ class Trainer:
             self.on_validation(self.step, self.val_metrics)
 
     def fit(self) -> Path | None:
-        t = self.config.train
+        """Train to the end; returns the newest checkpoint (rank 0). A SIGTERM stops it between two steps with
+        `Stopped`, after a checkpoint (one process) or at the last periodic one (several)."""
         progress = None
         if self.world.is_main and sys.stderr.isatty():
             from tqdm import tqdm
@@ -309,27 +336,46 @@ class Trainer:
         tokenizer, transform = get_tokenizer(self.head.config), get_transform(self.head.config, train=True)
         last = None
         self.model.train()
-        while self.step < self.total_steps:
-            epoch, skip = divmod(self.step, self.steps_per_epoch)
-            batches = train_loader(shard_urls(t.shards), self.views, tokenizer, transform, t.batch_size,
-                                   self.steps_per_epoch, self.config.loader, seed=t.seed, epoch=epoch,
-                                   rank=self.world.rank, world=self.world.size, skip_batches=skip)
-            tick = time.perf_counter()
-            for batch in batches:
-                terms = self.accumulate_gradients(batch)
-                self._optimizer_step()
-                self.step += 1
-                now = time.perf_counter()  # wall time per step, data waiting included
-                self._log(terms, now - tick, progress)
-                tick = now
-                if self.step % t.checkpoint_every == 0 or self.step == self.total_steps:
-                    last = self._checkpoint()
-                if t.validate_every and (self.step % t.validate_every == 0 or self.step == self.total_steps):
-                    self._validate()
+        with stop_requests() as received:
+            while self.step < self.total_steps:
+                last = self._epoch(tokenizer, transform, progress, received) or last
         if progress is not None:
             progress.close()
         if last is None and self.world.is_main:
             last = checkpoints.newest(self.ckpt_dir)
+        return last
+
+    def _stop(self, signal_number: int, last: Path | None) -> None:
+        """Stop between steps: one process checkpoints where it is (a group's ranks may be a step apart, so
+        they resume from the last periodic checkpoint instead), then raise Stopped."""
+        if self.world.size == 1 and (last is None or checkpoints.step_of(last) != self.step):
+            last = self._checkpoint()
+        resume = f"step {checkpoints.step_of(last)}" if last else "the start"
+        raise Stopped(f"stopped by {signal.Signals(signal_number).name} at step {self.step} of {self.total_steps}; "
+                      f"--resume auto continues from {resume}", signal_number)
+
+    def _epoch(self, tokenizer, transform, progress, received: list[int]) -> Path | None:
+        """The rest of the current epoch; the newest checkpoint written meanwhile."""
+        t = self.config.train
+        last = None
+        epoch, skip = divmod(self.step, self.steps_per_epoch)
+        batches = train_loader(shard_urls(t.shards), self.views, tokenizer, transform, t.batch_size,
+                               self.steps_per_epoch, self.config.loader, seed=t.seed, epoch=epoch,
+                               rank=self.world.rank, world=self.world.size, skip_batches=skip)
+        tick = time.perf_counter()
+        for batch in batches:
+            terms = self.accumulate_gradients(batch)
+            self._optimizer_step()
+            self.step += 1
+            now = time.perf_counter()  # wall time per step, data waiting included
+            self._log(terms, now - tick, progress)
+            tick = now
+            if self.step % t.checkpoint_every == 0 or self.step == self.total_steps:
+                last = self._checkpoint()
+            if t.validate_every and (self.step % t.validate_every == 0 or self.step == self.total_steps):
+                self._validate()
+            if received:
+                self._stop(received[0], last or checkpoints.newest(self.ckpt_dir))
         return last
 
 

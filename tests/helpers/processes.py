@@ -1,10 +1,13 @@
 """Helpers for tests that start processes: private network namespaces and free loopback ports."""
 
+import contextlib
 import ipaddress
 import os
 import shutil
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 
@@ -36,3 +39,41 @@ def listeners() -> dict[int, set[str]]:
                 words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
                 found.setdefault(int(port, 16), set()).add(str(ipaddress.ip_address(words)))
     return found
+
+
+@contextlib.contextmanager
+def cpu_burners(count: int = 2):
+    """`count` processes spinning on a core each while the block runs: the loaded machine a stop must also
+    work on (a slow step, a late signal handler, a grace period running out)."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield burners
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+
+
+def processes_naming(text: str) -> list[str]:
+    """Live processes whose command line contains `text` (e.g. a run folder): pid and command."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if text in command:
+            found.append(f"{proc.name} {command[:160]}")
+    return found
+
+
+def wait_until_gone(text: str, timeout: float) -> tuple[float, list[str]]:
+    """Seconds until no process names `text` (or `timeout`), and what was left then."""
+    start = time.monotonic()
+    while (left := processes_naming(text)) and time.monotonic() - start < timeout:
+        time.sleep(0.1)
+    return time.monotonic() - start, left
