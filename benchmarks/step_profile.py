@@ -93,7 +93,9 @@ class MethodProfile:
         """Record what the method's forward hands each tower (its images, and exactly the ids it encodes)."""
         head = self.trainer.head
         for name in ("encode_image", "encode_text", "encode_text_global"):
-            original = getattr(head, name)
+            original = getattr(head, name, None)
+            if original is None:  # a tree before encode_text_global (benchmarking an older commit)
+                continue
 
             def wrapped(x, _original=original, _name=name):
                 self.tower_calls.setdefault("image" if _name == "encode_image" else "text", (_name, x.detach().clone()))
@@ -133,7 +135,8 @@ class MethodProfile:
 
     def parts(self, steps: int) -> dict[str, float]:
         head, t = self.trainer.head, self.config.train
-        del head.encode_image, head.encode_text, head.encode_text_global  # the class's own methods again
+        for name in ("encode_image", "encode_text", "encode_text_global"):  # the class's own methods again
+            head.__dict__.pop(name, None)
         batches = iter(self.decode_batches)
         decode = []
         for _ in range(3):
