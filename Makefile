@@ -38,10 +38,10 @@ $(VENV)/.installed: pyproject.toml
 
 # pytest exits 5 when it collects nothing (e.g. a -k filter matching no test); that is not a failure.
 test: install  ## run every test: unit and integration (the README's test command; CI runs it)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
 test-unit: install  ## fast tests only: no services, no multi-process runs
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not integration" $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not integration" $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 lint: install  ## ruff over the code
 	$(VENV)/bin/ruff check flair_core flair_cli flows dashboard services tests benchmarks infra

@@ -1,17 +1,20 @@
 """The pretrain-eval deployment run through a real Prefect server, logged to a real MLflow server (its store a
-real PostgreSQL server) whose artifacts land in the real S3 store; registration, promotion, re-run caching and a
-failing evaluation."""
+real PostgreSQL server) whose artifacts land in the real S3 store; registration, promotion, re-run caching, a
+failing evaluation and a cancelled run."""
 
 import base64
 import io
 import json
+import re
+import subprocess
 import time
 
 import pytest
 from PIL import Image
 
+from tests.helpers.processes import wait_until_gone
+from tests.helpers.scratch_repo import BIN, scratch_platform
 from tests.helpers.scratch_repo import deployment_run as run_deployment
-from tests.helpers.scratch_repo import scratch_platform
 
 pytestmark = pytest.mark.integration
 
@@ -104,3 +107,28 @@ def test_a_failing_evaluation_is_retried_then_fails_the_flow_without_promoting(p
     assert "unknown benchmark 'cocoa'" in result.stdout + result.stderr or "Failed" in result.stdout
     after = client.search_model_versions("name = 'flair-lab-flair'")
     assert [(v.version, v.description) for v in after] == [(v.version, v.description) for v in before]
+
+
+def test_cancelling_a_flow_run_stops_its_training_down_to_the_last_process(platform):
+    """A cancel from the UI (the same API call) while the flow trains: the runner stops the flow run's process,
+    and nothing under it (torchrun, its worker in a session of its own, the loader worker) survives."""
+    repo, env = platform
+    started = subprocess.run([BIN / "prefect", "deployment", "run", "pretrain-eval/test", "-p", "method=clip",
+                              "-p", 'overrides=["train.epochs=400"]'], env=env, capture_output=True, text=True,
+                             check=True)
+    flow_run = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+    deadline = time.time() + 300
+    while not (logs := list((repo / "runs" / "flows").glob("clip-*/metrics.jsonl"))):  # training is under way
+        assert time.time() < deadline, (repo / ".services" / "serve.log").read_text()[-3000:]
+        time.sleep(0.5)
+    sent = time.monotonic()
+    subprocess.run([BIN / "prefect", "flow-run", "cancel", flow_run], env=env, capture_output=True, check=True)
+    _, left = wait_until_gone(str(logs[0].parent), timeout=120)
+    seconds = time.monotonic() - sent
+    assert left == [], f"{seconds:.0f} s after the cancel: {left}"
+    print(f"cancel to the last training process gone: {seconds:.1f} s")
+    deadline = time.time() + 60
+    while "Cancelled" not in (state := subprocess.run([BIN / "prefect", "flow-run", "inspect", flow_run], env=env,
+                                                       capture_output=True, text=True, check=False).stdout):
+        assert time.time() < deadline, state[-2000:]
+        time.sleep(1)
