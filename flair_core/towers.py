@@ -38,10 +38,11 @@ def length_groups(lengths: torch.Tensor, width: int, max_groups: int | None = No
     ends = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).double()  # rows before each distinct length
     v = values.double()
     per_row = v * (12 * width**2 + 2 * v * width)  # one row cut at each distinct length
-    # cost[i, j]: the rows of distinct lengths i..j-1 (as counted in `ends`) in one group, cut at length j-1
+    # cost[i, j]: distinct lengths i..j (rows ends[i] to ends[j + 1]) as one group, cut at length values[j]
     rows = ends[None, 1:] - ends[:-1, None]
     cost = torch.where(rows > 0, rows * per_row[None, :] + GROUP_CALL_MACS, torch.inf)
-    # best[g][j]: least cost of the first j distinct lengths in exactly g groups; start[g][j]: where its last began
+    # best[g][j]: least cost of the first j distinct lengths in exactly g groups; starts[g - 1][j - 1]: where
+    # its last group began
     best = [torch.full((len(ends),), torch.inf, dtype=torch.float64)]
     best[0][0] = 0.0
     starts = []
