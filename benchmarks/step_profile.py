@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from methods import time_steps  # benchmarks/methods.py: median of timed calls after a warm-up
 
 from flair_core.methods import METHODS
 
@@ -49,19 +50,14 @@ def tower_part(fn, x: torch.Tensor, steps: int) -> float:
             grads.extend(torch.randn(o.shape, generator=gen) for o in outputs)
         sum((o * g).sum() for o, g in zip(outputs, grads, strict=True)).backward()
 
-    run()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return time_steps(run, steps)
 
 
 class MethodProfile:
     """One method's real trainer, loader and the parts of its step."""
 
     def __init__(self, method: str, args: argparse.Namespace, out: Path):
+        from flair_core import get_tokenizer, get_transform
         from flair_core.data.loader import train_loader
         from flair_core.run_config import load_run_config
         from flair_core.training.loop import Trainer, shard_urls
@@ -71,8 +67,6 @@ class MethodProfile:
         self.config = load_run_config(args.params, overrides)
         self.trainer = Trainer(self.config, out / method)
         t = self.config.train
-        from flair_core import get_tokenizer, get_transform
-
         tokenizer = get_tokenizer(self.trainer.head.config)
         transform = get_transform(self.trainer.head.config, train=True)
 
@@ -125,13 +119,7 @@ class MethodProfile:
         def run():
             sum(loss_fn(leaves, head).values()).backward()
 
-        run()
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        return time_steps(run, steps)
 
     def parts(self, steps: int) -> dict[str, float]:
         head, t = self.trainer.head, self.config.train

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from flair_cli.processes import alive as running
 from tests.helpers.podman import podman_problem
 
 # Parallel workers (`make test`) share the cores: each runs its trainings (in-process and in the processes it
@@ -70,14 +71,6 @@ def pytest_sessionfinish(session, exitstatus):
             if not running(pid):
                 break
             time.sleep(0.5)
-
-
-def running(pid: int) -> bool:
-    """pid is a live process (not a zombie waiting to be reaped)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 SHARED = REPO.parent / "shared"

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from flair_cli.processes import alive
+
 
 def private_network() -> list[str]:
     """A command prefix running its command where only loopback exists (torchrun's rendezvous store
@@ -61,10 +63,10 @@ def processes_naming(text: str) -> list[str]:
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                continue
             command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if not alive(int(proc.name)):  # a zombie waiting to be reaped
             continue
         if text in command:
             found.append(f"{proc.name} {command[:160]}")
