@@ -73,7 +73,13 @@ reap_one() {  # wait for one of the running flow runs and drop it from run_pids
   for pid in "${run_pids[@]}"; do [ "$pid" = "$done_pid" ] || kept+=("$pid"); done
   run_pids=("${kept[@]}")
 }
-for method in $METHODS; do
+# Longest flow run first (DreamLIP: its step is ~1.5x CLIP's, docs/benchmarks.md), so that the last run in a
+# lane is a short one and neither core idles long at the end; the table keeps the registry's order.
+FIRST=${FLAIR_FIRST_METHODS:-dreamlip}
+LAUNCH=""
+for m in $FIRST; do if [[ " $METHODS " == *" $m "* ]]; then LAUNCH+="$m "; fi; done
+for m in $METHODS; do if [[ " $FIRST " != *" $m "* ]]; then LAUNCH+="$m "; fi; done
+for method in $LAUNCH; do
   while [ "${#run_pids[@]}" -ge "$PARALLEL" ]; do reap_one; done
   run_method "$method" &
   run_pids+=($!)
