@@ -12,7 +12,6 @@ from pathlib import Path
 from pydantic import BaseModel
 from torch import nn
 
-from flair_core.checkpoint import CheckpointError, load_weights, read_state_dict
 from flair_core.inference import (
     embed_images,
     embed_texts,
@@ -24,6 +23,7 @@ from flair_core.inference import (
 from flair_core.methods import METHODS, Method, get_method, method_of, register
 from flair_core.model_config import ConfigError, ModelConfig, builtin_model_names, load_model_config
 from flair_core.preprocess import get_tokenizer, get_transform
+from flair_core.weights import CheckpointError, load_weights, read_state_dict
 
 __all__ = [
     "METHODS",

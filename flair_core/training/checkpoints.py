@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from flair_core.checkpoint import CheckpointError
 from flair_core.fileio import write_atomic
+from flair_core.weights import CheckpointError
 
 PATTERN = "step-*.pt"
 
@@ -73,8 +73,8 @@ def load_trained(path: str | Path, model: str | None = None, method: str = "flai
     architecture and method), or any weights file with `model` naming the architecture and `method` its
     method. Returns the model in eval mode; `model.method_name` names its method."""
     from flair_core import create_model, get_method, load_model_config
-    from flair_core.checkpoint import load_checked, load_weights
     from flair_core.model_config import ModelConfig
+    from flair_core.weights import load_checked, load_weights
 
     path = Path(path)
     if path.is_dir():

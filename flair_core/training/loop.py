@@ -26,7 +26,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from flair_core import create_model, distributed, get_tokenizer, get_transform, load_weights
-from flair_core.checkpoint import CheckpointError, load_checked
 from flair_core.data.loader import train_loader
 from flair_core.evaluation.runner import EvalOptions, get_benchmark, run_benchmark
 from flair_core.fileio import append_line, write_atomic
@@ -35,6 +34,7 @@ from flair_core.model_config import ConfigError, ModelConfig, load_model_config
 from flair_core.run_config import RunConfig, dump_run_config
 from flair_core.training import checkpoints
 from flair_core.training.optim import clamp_logit_scale, param_groups, warmup_cosine
+from flair_core.weights import CheckpointError, load_checked
 
 log = logging.getLogger(__name__)
 
