@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from flair_core.evaluation.runner import EvalOptions, run_benchmark
-from flair_core.training.checkpoints import load_trained
+from flair_core.models import load_trained
 
 
 def r1(metrics: dict, benchmark: str, mode: str, direction: str) -> tuple[float, float, float]:

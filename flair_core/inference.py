@@ -18,8 +18,8 @@ from PIL import Image
 
 from flair_core.evaluation.templates import batched
 from flair_core.methods import method_of
+from flair_core.models import load_trained
 from flair_core.preprocess import get_tokenizer, get_transform
-from flair_core.training.checkpoints import load_trained
 
 Embeddings = Mapping[str, torch.Tensor]
 
