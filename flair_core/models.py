@@ -8,9 +8,9 @@ from pathlib import Path
 from pydantic import BaseModel
 from torch import nn
 
+from flair_core import checkpoints
 from flair_core.methods import get_method
 from flair_core.model_config import ModelConfig, load_model_config
-from flair_core.training import checkpoints
 from flair_core.weights import CheckpointError, load_checked, load_weights
 
 

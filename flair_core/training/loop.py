@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from flair_core import distributed
+from flair_core import checkpoints, distributed
 from flair_core.data.loader import train_loader
 from flair_core.evaluation.runner import EvalOptions, get_benchmark, run_benchmark
 from flair_core.fileio import append_line, write_atomic
@@ -34,7 +34,6 @@ from flair_core.model_config import ConfigError, ModelConfig, load_model_config
 from flair_core.models import create_model
 from flair_core.preprocess import get_tokenizer, get_transform
 from flair_core.run_config import RunConfig, dump_run_config
-from flair_core.training import checkpoints
 from flair_core.training.optim import clamp_logit_scale, param_groups, warmup_cosine
 from flair_core.weights import CheckpointError, load_checked, load_weights
 
