@@ -191,6 +191,18 @@ def test_a_method_trains_with_its_recipe_and_overrides_still_win(tmp_path):
     assert "recipes" not in load_run_config([params]).model_dump()
 
 
+def test_a_section_is_merged_and_overridden_as_in_a_run_config():
+    from pathlib import Path
+
+    from flair_core.data.builtin import BuiltinDataConfig
+    from flair_core.run_config import load_section
+
+    params = [Path(__file__).parents[1] / "params" / f"{name}.yaml" for name in ("cpu", "pipeline")]
+    section = load_section(BuiltinDataConfig, "data", params, ["image_size=48", "data.seed=3"])
+    assert section == load_run_config(params, ["data.image_size=48", "data.seed=3"]).data
+    assert (section.image_size, section.train_images, section.level) == (48, 128, "easy")  # override, 2nd, 1st file
+
+
 @pytest.mark.parametrize("recipes,message", [
     ("recipes: {siglip: {train: {lr: 1.0}}}", "recipes: unknown method 'siglip'"),
     ("recipes: [clip]", "recipes: expected a mapping"),
