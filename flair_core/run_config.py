@@ -189,8 +189,19 @@ def load_run_config(paths: list[str | Path] = (), overrides: list[str] = ()) -> 
     return config
 
 
+RUN_CONFIG_FILE = "config.yaml"  # in a run folder, beside metrics.jsonl and checkpoints/
+
+
 def dump_run_config(config: RunConfig, path: Path) -> None:
     write_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run trained with, as `dump_run_config` wrote it into the run folder."""
+    path = Path(run_dir) / RUN_CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no {RUN_CONFIG_FILE} (not a run folder?)")
+    return validate(RunConfig, read_yaml(path), str(path))
 
 
 def require(condition: bool, message: str) -> None:

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from flair_core.run_config import load_run_config
+from flair_core.run_config import load_run_config, read_run_config
 from flair_core.training.loop import Trainer
 
 METHODS = ["flair", "clip", "filip", "dreamlip"]
@@ -31,7 +31,7 @@ def test_loss_falls_for_every_method(method, tiny_data, tmp_path):
     last = sum(x["loss/total"] for x in lines[-5:]) / 5
     assert last < 0.95 * first, (method, first, last)
     assert (tmp_path / "run" / "checkpoints" / "step-00000030.pt").is_file()
-    assert "method" in (tmp_path / "run" / "config.yaml").read_text()
+    assert read_run_config(tmp_path / "run") == config
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -201,6 +201,13 @@ def test_a_section_is_merged_and_overridden_as_in_a_run_config():
     section = load_section(BuiltinDataConfig, "data", params, ["image_size=48", "data.seed=3"])
     assert section == load_run_config(params, ["data.image_size=48", "data.seed=3"]).data
     assert (section.image_size, section.train_images, section.level) == (48, 128, "easy")  # override, 2nd, 1st file
+
+
+def test_a_folder_without_a_run_config_is_named(tmp_path):
+    from flair_core.model_config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{tmp_path}: no config.yaml"):
+        read_run_config(tmp_path)
 
 
 @pytest.mark.parametrize("recipes,message", [

@@ -33,7 +33,7 @@ from flair_core.methods import get_method
 from flair_core.model_config import ConfigError, ModelConfig, load_model_config
 from flair_core.models import create_model
 from flair_core.preprocess import get_tokenizer, get_transform
-from flair_core.run_config import RunConfig, dump_run_config
+from flair_core.run_config import RUN_CONFIG_FILE, RunConfig, dump_run_config
 from flair_core.training.optim import clamp_logit_scale, param_groups, warmup_cosine
 from flair_core.weights import CheckpointError, load_checked, load_weights
 
@@ -176,7 +176,7 @@ class Trainer:
             self._restore(checkpoints.load(Path(value)), Path(value))
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            dump_run_config(self.config, self.out / "config.yaml")
+            dump_run_config(self.config, self.out / RUN_CONFIG_FILE)
             self._truncate_metrics()
 
     def _decide(self, resume: str | None) -> tuple[str, str | None]:
@@ -190,7 +190,7 @@ class Trainer:
             if path is None or not path.is_file():
                 return "error", f"--resume {resume}: no complete checkpoint found"
             return "resume", str(path)
-        if (self.out / "config.yaml").exists():
+        if (self.out / RUN_CONFIG_FILE).exists():
             return "error", f"{self.out} already holds a run: pass --resume auto to continue it, or another --out"
         return "fresh", None
 
