@@ -18,9 +18,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from flair_core.evaluation.scores import filip_scores, flair_scores, global_scores, topk_scores
 from flair_core.methods.filip import token_similarities
 from flair_core.pooling import TextConditionedPooling
+from flair_core.scores import filip_scores, flair_scores, global_scores, topk_scores
 
 
 def peak_rss_gb() -> float:

@@ -28,9 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from flair_core.methods import METHODS
+from flair_core.run_config import read_run_config
 
 WARMUP = 5  # steps left out of the median
 # name -> (precision, compile, loader workers, OMP threads). Every run sets all four, so a params file's own
@@ -78,7 +77,7 @@ def train(method: str, name: str, args: argparse.Namespace, out: Path) -> dict:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         return {"error": f"failed (exit {result.returncode}): {lines[-1] if lines else 'no output'}"}
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    batch = yaml.safe_load((run / "config.yaml").read_text())["train"]["batch_size"]
+    batch = read_run_config(run).train.batch_size
     return {"samples_per_s": statistics.median(s["samples_per_s"] for s in steps[WARMUP:]),
             "first_step_s": batch / steps[0]["samples_per_s"], "cpu_s_per_1000": 1000 * cpu / (batch * len(steps)),
             "wall_s": wall}

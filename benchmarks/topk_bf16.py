@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from flair_core.evaluation.runner import EvalOptions, run_benchmark
-from flair_core.training.checkpoints import load_trained
+from flair_core.models import load_trained
+from flair_core.run_config import read_run_config
 
 
 def r1(metrics: dict, benchmark: str, mode: str, direction: str) -> tuple[float, float, float]:
@@ -38,8 +38,7 @@ def main() -> None:
     print("| run | benchmark | scoring | t2i R@1 [95 %] | i2t R@1 [95 %] | t2i of full | seconds |")
     print("|---|---|---|---|---|---|---|")
     for run in map(Path, args.runs):
-        config = yaml.safe_load((run / "config.yaml").read_text())
-        root = Path(config["train"]["shards"]).parent
+        root = Path(read_run_config(run).train.shards).parent
         model = load_trained(run)
         for benchmark in benchmarks:
             rows = [("flair fp32", EvalOptions(modes=("flair",)), "flair"),

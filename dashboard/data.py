@@ -291,7 +291,7 @@ def model(tracking_uri: str, name: str, version: int):
     """A registered version's model, from the checkpoint its run logged."""
     import mlflow
 
-    from flair_core.training.checkpoints import load_trained
+    from flair_core.models import load_trained
 
     client = _client(tracking_uri)
     run_id = _reachable(lambda: client.get_model_version(name, str(version)).run_id, f"{name} v{version}",

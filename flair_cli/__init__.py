@@ -111,7 +111,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from flair_core.evaluation.headline import headline
     from flair_core.evaluation.runner import EvalOptions, run_benchmark
     from flair_core.fileio import write_atomic
-    from flair_core.training.checkpoints import load_trained
+    from flair_core.models import load_trained
 
     if not Path(args.root).is_dir():  # before loading anything
         raise ValueError(f"benchmark root {args.root} does not exist")

@@ -12,14 +12,14 @@ queries can be embedded once with `embed_images` and passed instead of the image
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import islice
 
 import torch
 from PIL import Image
 
-from flair_core.evaluation.templates import batched
 from flair_core.methods import method_of
+from flair_core.models import load_trained
 from flair_core.preprocess import get_tokenizer, get_transform
-from flair_core.training.checkpoints import load_trained
 
 Embeddings = Mapping[str, torch.Tensor]
 
@@ -34,7 +34,8 @@ def embed_images(model, images: Iterable[Image.Image], batch_size: int = 64, tra
     model.eval()
     transform = transform or get_transform(model.config, train=False)
     parts: dict[str, list[torch.Tensor]] = {}
-    for batch in batched(images, batch_size):
+    images = iter(images)
+    while batch := list(islice(images, batch_size)):
         x = torch.stack([transform(image.convert("RGB")) for image in batch]).to(_device(model))
         _append(parts, model.embed_images(x))
     return _concat(parts)

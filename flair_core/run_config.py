@@ -64,16 +64,12 @@ def validate(model: type[M], data: dict, source: str, prefix: str = "") -> M:
 
 def load_section(model: type[M], section: str, paths: str | Path | Sequence[str | Path] | None,
                  overrides: list[str] = ()) -> M:
-    """The `section` of one or more params files, merged key by key (later wins; no file = defaults), then
-    overridden by `section.key=value` items."""
+    """The `section` of params files merged as a run's are (`read_params`; no file = defaults), then overridden
+    by `key=value` or `section.key=value` items. Recipes are a run's: a section on its own takes none."""
     paths = [paths] if isinstance(paths, str | Path) else list(paths or [])
-    merged: dict = {}
-    for path in paths:
-        values = read_yaml(path).get(section) or {}
-        mapping = isinstance(values, dict) and isinstance(merged, dict)
-        merged = {**merged, **values} if mapping else values  # not a mapping: `validate` names it
-    data = apply_overrides({section: merged}, [o if o.startswith(f"{section}.") else f"{section}.{o}" for o in overrides])
-    return validate(model, data.get(section) or {}, ", ".join(map(str, paths)) or "params", prefix=section)
+    overrides = [o if o.startswith(f"{section}.") else f"{section}.{o}" for o in overrides]
+    values = apply_overrides(read_params(paths), overrides).get(section)
+    return validate(model, values or {}, source_of(paths), prefix=section)
 
 
 class MethodConfig(Frozen):
@@ -150,18 +146,17 @@ def merge_sections(data: dict, update: dict) -> dict:
     return data
 
 
-def with_recipe(data: dict, overrides: list[str] = (), source: str = "params") -> dict:
-    """Merged params sections with the recipe of the method they (or the overrides) name applied, and the
-    `recipes` section removed; the overrides themselves are not applied."""
-    data = dict(data)
-    recipes = data.pop("recipes", None) or {}
-    if not isinstance(recipes, dict) or not all(isinstance(r, dict) for r in recipes.values()):
-        raise ConfigError(f"{source}: recipes: expected a mapping of method name to sections")
-    unknown = sorted(set(recipes) - set(METHODS))
-    if unknown:
-        raise ConfigError(f"{source}: recipes: unknown method {unknown[0]!r} (known: {', '.join(sorted(METHODS))})")
-    method = (apply_overrides(data, list(overrides)).get("method") or {}).get("name", MethodConfig().name)
-    return merge_sections(data, recipes.get(method, {}))
+def read_params(paths: Sequence[str | Path]) -> dict:
+    """Params files merged left to right (`merge_sections`)."""
+    data: dict = {}
+    for path in paths:
+        data = merge_sections(data, read_yaml(path))
+    return data
+
+
+def source_of(paths: Sequence[str | Path]) -> str:
+    """How errors name the params files."""
+    return ", ".join(str(p) for p in paths) or "params"
 
 
 def merged_params(paths: list[str | Path] = (), overrides: list[str] = ()) -> dict:
@@ -171,22 +166,42 @@ def merged_params(paths: list[str | Path] = (), overrides: list[str] = ()) -> di
     A params file may hold `recipes: {<method>: {<section>: {...}}}`: settings that apply only when that
     method trains (e.g. its learning rate or caption variant), so one file trains every method its own way.
     """
-    data: dict = {}
-    for path in paths:
-        data = merge_sections(data, read_yaml(path))
-    return apply_overrides(with_recipe(data, overrides, ", ".join(str(p) for p in paths) or "params"),
-                           list(overrides))
+    data = read_params(paths)
+    recipes = data.pop("recipes", None) or {}
+    if not isinstance(recipes, dict) or not all(isinstance(r, dict) for r in recipes.values()):
+        raise ConfigError(f"{source_of(paths)}: recipes: expected a mapping of method name to sections")
+    unknown = sorted(set(recipes) - set(METHODS))
+    if unknown:
+        raise ConfigError(f"{source_of(paths)}: recipes: unknown method {unknown[0]!r} "
+                          f"(known: {', '.join(sorted(METHODS))})")
+    overridden = apply_overrides(data, list(overrides))
+    recipe = recipes.get((overridden.get("method") or {}).get("name", MethodConfig().name))
+    if not recipe:
+        return overridden
+    # The overrides chose the recipe (`--set method.name=clip`) and must still beat it: they go on top again.
+    return apply_overrides(merge_sections(data, recipe), list(overrides))
 
 
 def load_run_config(paths: list[str | Path] = (), overrides: list[str] = ()) -> RunConfig:
     """The validated run configuration of params files and overrides (`merged_params`)."""
-    config = validate(RunConfig, merged_params(paths, overrides), ", ".join(str(p) for p in paths) or "params")
+    config = validate(RunConfig, merged_params(paths, overrides), source_of(paths))
     config.method_settings()  # method settings are checked now, not at the first step
     return config
 
 
+RUN_CONFIG_FILE = "config.yaml"  # in a run folder, beside metrics.jsonl and checkpoints/
+
+
 def dump_run_config(config: RunConfig, path: Path) -> None:
     write_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run trained with, as `dump_run_config` wrote it into the run folder."""
+    path = Path(run_dir) / RUN_CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no {RUN_CONFIG_FILE} (not a run folder?)")
+    return validate(RunConfig, read_yaml(path), str(path))
 
 
 def require(condition: bool, message: str) -> None:

@@ -15,7 +15,7 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg, _build_text_tower, _buil
 from open_clip.transformer import text_global_pool
 from torch import nn
 
-from flair_core.evaluation import scores
+from flair_core import scores
 from flair_core.model_config import ModelConfig
 
 # Texts run through the text tower in up to LENGTH_GROUPS groups of similar length. A group of m texts cut at

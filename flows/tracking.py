@@ -22,10 +22,10 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from PIL import Image
 
+from flair_core.checkpoints import newest
 from flair_core.evaluation.comparison import noise_of
 from flair_core.evaluation.headline import headline, is_headline
 from flair_core.evaluation.metrics import non_finite_metrics
-from flair_core.training.checkpoints import newest
 from flows.pyfunc_model import ImageTextScorer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from flair_core import create_model, get_tokenizer, get_transform
-from flair_core.data.retrieval_sets import RetrievalTask
-from flair_core.evaluation.metrics import EvaluationError, relevance_matrix
+from flair_core.data.retrieval_sets import RetrievalTask, relevance_matrix
+from flair_core.evaluation.metrics import EvaluationError
 from flair_core.evaluation.retrieval import evaluate_retrieval
 from flair_core.evaluation.runner import EvalOptions, run_benchmark
 from flair_core.run_config import load_run_config

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from flair_core import checkpoints
 from flair_core.fileio import WriteError, append_line
-from flair_core.training import checkpoints
 
 pytestmark = pytest.mark.integration
 

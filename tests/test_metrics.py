@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from flair_core.data.retrieval_sets import relevance_matrix
 from flair_core.evaluation.metrics import (
     bootstrap_recall,
     chance_mean_rank,
     chance_recall,
     ranks,
-    relevance_matrix,
     retrieval_metrics,
 )
 

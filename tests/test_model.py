@@ -65,7 +65,7 @@ def test_pooling_heads_must_divide_embed_dim(tmp_path):
 
 
 def test_library_import_pulls_in_no_orchestrator():
-    code = ("import sys, flair_core, flair_core.evaluation.scores; "
+    code = ("import sys, flair_core, flair_core.scores; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect','mlflow','dvc','streamlit','optuna'}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

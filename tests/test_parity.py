@@ -132,7 +132,7 @@ def test_losses_and_gradients(fx):
 
 @torch.no_grad()
 def test_retrieval_score_matrices(fx):
-    from flair_core.evaluation.scores import flair_pair_scores, flair_scores, global_scores, topk_mask
+    from flair_core.scores import flair_pair_scores, flair_scores, global_scores, topk_mask
 
     m, e = fx["model"], fx["expected"]
     out = m(e["images"], e["text_tokens"])

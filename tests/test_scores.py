@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flair_core.evaluation.scores import (
+from flair_core.pooling import TextConditionedPooling
+from flair_core.scores import (
     chunk_sizes,
     explicit_attention,
     filip_scores,
@@ -12,7 +13,6 @@ from flair_core.evaluation.scores import (
     global_scores,
     topk_scores,
 )
-from flair_core.pooling import TextConditionedPooling
 
 
 def random_case(images=6, texts=11, dim=32, patches=9, seed=0):

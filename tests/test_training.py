@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from flair_core.run_config import load_run_config
+from flair_core.run_config import load_run_config, read_run_config
 from flair_core.training.loop import Trainer
 
 METHODS = ["flair", "clip", "filip", "dreamlip"]
@@ -31,7 +31,7 @@ def test_loss_falls_for_every_method(method, tiny_data, tmp_path):
     last = sum(x["loss/total"] for x in lines[-5:]) / 5
     assert last < 0.95 * first, (method, first, last)
     assert (tmp_path / "run" / "checkpoints" / "step-00000030.pt").is_file()
-    assert "method" in (tmp_path / "run" / "config.yaml").read_text()
+    assert read_run_config(tmp_path / "run") == config
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -189,6 +189,25 @@ def test_a_method_trains_with_its_recipe_and_overrides_still_win(tmp_path):
     assert load_run_config([params], ["method.name=filip"]).train.lr == 1e-3  # no recipe: the file's values
     assert load_run_config([params], ["method.name=clip", "train.lr=5e-4"]).train.lr == 5e-4
     assert "recipes" not in load_run_config([params]).model_dump()
+
+
+def test_a_section_is_merged_and_overridden_as_in_a_run_config():
+    from pathlib import Path
+
+    from flair_core.data.builtin import BuiltinDataConfig
+    from flair_core.run_config import load_section
+
+    params = [Path(__file__).parents[1] / "params" / f"{name}.yaml" for name in ("cpu", "pipeline")]
+    section = load_section(BuiltinDataConfig, "data", params, ["image_size=48", "data.seed=3"])
+    assert section == load_run_config(params, ["data.image_size=48", "data.seed=3"]).data
+    assert (section.image_size, section.train_images, section.level) == (48, 128, "easy")  # override, 2nd, 1st file
+
+
+def test_a_folder_without_a_run_config_is_named(tmp_path):
+    from flair_core.model_config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{tmp_path}: no config.yaml"):
+        read_run_config(tmp_path)
 
 
 @pytest.mark.parametrize("recipes,message", [

@@ -21,7 +21,6 @@ from PIL import Image
 from flair_core.data.benchmarks import load_benchmark
 from flair_core.data.errors import DataError
 from flair_core.data.files import decoded
-from flair_core.evaluation.metrics import relevance_matrix
 
 BUILTIN_FAMILIES = ("fine_grained", "long", "standard")
 
@@ -34,6 +33,14 @@ class RetrievalTask:
     strict: torch.Tensor | None  # bool (I, T): only each text's source image, where that differs
     images: Callable[[], Iterator[Image.Image]]  # the I images, in order
     num_images: int
+
+
+def relevance_matrix(num_images: int, text_positives: list[list[int]] | list[tuple[int, ...]]) -> torch.Tensor:
+    """bool (I, T): text t is relevant to every image in text_positives[t]."""
+    relevant = torch.zeros(num_images, len(text_positives), dtype=torch.bool)
+    for t, images in enumerate(text_positives):
+        relevant[list(images), t] = True
+    return relevant
 
 
 def builtin_task(root: Path, split: str, family: str) -> RetrievalTask:

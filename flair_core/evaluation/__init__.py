@@ -1,4 +1,4 @@
-"""Evaluation: retrieval scoring, metrics and benchmarks."""
+"""Evaluation: benchmarks, metrics and reports (the models score with `flair_core.scores`)."""
 
 # Each recall metric `m` is reported with `m_ci_low`, `m_ci_high` (a seeded 95 % bootstrap interval over
 # queries) and `m_chance` (a random ranking's expected value). Here, free of torch, so that reporting code

@@ -127,11 +127,3 @@ def retrieval_metrics(i2t: torch.Tensor, t2i: torch.Tensor, relevant: torch.Tens
         **direction_metrics(t2i.T[texts], relevant.T[texts], "t2i"),
         **direction_metrics(i2t[images], relevant[images], "i2t"),
     }
-
-
-def relevance_matrix(num_images: int, text_positives: list[list[int]] | list[tuple[int, ...]]) -> torch.Tensor:
-    """bool (I, T): text t is relevant to every image in text_positives[t]."""
-    relevant = torch.zeros(num_images, len(text_positives), dtype=torch.bool)
-    for t, images in enumerate(text_positives):
-        relevant[list(images), t] = True
-    return relevant

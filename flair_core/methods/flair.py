@@ -13,10 +13,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from flair_core import distributed
+from flair_core import distributed, scores
 from flair_core.data.captions import SamplingConfig
 from flair_core.data.loader import TextViews
-from flair_core.evaluation import scores
 from flair_core.losses import MethodLoss, positive_mask, sigmoid_loss_sum
 from flair_core.methods.method import Method
 from flair_core.model_config import Frozen, ModelConfig

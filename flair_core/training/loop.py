@@ -25,16 +25,17 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from flair_core import create_model, distributed, get_tokenizer, get_transform, load_weights
-from flair_core.checkpoint import CheckpointError, load_checked
+from flair_core import checkpoints, distributed
 from flair_core.data.loader import train_loader
 from flair_core.evaluation.runner import EvalOptions, get_benchmark, run_benchmark
 from flair_core.fileio import append_line, write_atomic
 from flair_core.methods import get_method
 from flair_core.model_config import ConfigError, ModelConfig, load_model_config
-from flair_core.run_config import RunConfig, dump_run_config
-from flair_core.training import checkpoints
+from flair_core.models import create_model
+from flair_core.preprocess import get_tokenizer, get_transform
+from flair_core.run_config import RUN_CONFIG_FILE, RunConfig, dump_run_config
 from flair_core.training.optim import clamp_logit_scale, param_groups, warmup_cosine
+from flair_core.weights import CheckpointError, load_checked, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class Trainer:
             self._restore(checkpoints.load(Path(value)), Path(value))
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            dump_run_config(self.config, self.out / "config.yaml")
+            dump_run_config(self.config, self.out / RUN_CONFIG_FILE)
             self._truncate_metrics()
 
     def _decide(self, resume: str | None) -> tuple[str, str | None]:
@@ -189,7 +190,7 @@ class Trainer:
             if path is None or not path.is_file():
                 return "error", f"--resume {resume}: no complete checkpoint found"
             return "resume", str(path)
-        if (self.out / "config.yaml").exists():
+        if (self.out / RUN_CONFIG_FILE).exists():
             return "error", f"{self.out} already holds a run: pass --resume auto to continue it, or another --out"
         return "fresh", None
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from flair_core.checkpoint import CheckpointError
 from flair_core.fileio import write_atomic
+from flair_core.weights import CheckpointError
 
 PATTERN = "step-*.pt"
 
@@ -66,28 +66,3 @@ def restore_rng(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_trained(path: str | Path, model: str | None = None, method: str = "flair"):
-    """A trained model from a run folder (its newest checkpoint), a training checkpoint (which records its
-    architecture and method), or any weights file with `model` naming the architecture and `method` its
-    method. Returns the model in eval mode; `model.method_name` names its method."""
-    from flair_core import create_model, get_method, load_model_config
-    from flair_core.checkpoint import load_checked, load_weights
-    from flair_core.model_config import ModelConfig
-
-    path = Path(path)
-    if path.is_dir():
-        found = newest(path / "checkpoints") or newest(path)
-        if found is None:
-            raise CheckpointError(f"{path}: no complete checkpoint found")
-        path = found
-    if model is not None:
-        return load_weights(create_model(load_model_config(model), method), path).eval()
-    state = load(path)
-    if "model_config" not in state or "method" not in state:
-        raise CheckpointError(f"{path}: does not record its architecture; pass the model config name")
-    spec = get_method(state["method"])
-    settings = spec.settings(**state.get("method_settings", {}))
-    net = create_model(ModelConfig.model_validate(state["model_config"]), state["method"], settings=settings)
-    return load_checked(net, state["model"], str(path)).eval()
