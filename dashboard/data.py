@@ -49,7 +49,7 @@ def settings() -> Settings:
             storage = f"sqlite:///{REPO / storage.removeprefix('sqlite:///')}"  # relative to the repo
     return Settings(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", ""), sweep_storage=storage,
                     data_root=Path(os.environ.get("FLAIR_DATA_ROOT", REPO / "data" / "builtin")),
-                    paper_file=Path(os.environ.get("FLAIR_PAPER_NUMBERS", REPO / "dashboard" / "paper_numbers.yaml")))
+                    paper_file=Path(os.environ.get("FLAIR_PAPER_NUMBERS", REPO / "flair_lab" / "paper_numbers.yaml")))
 
 
 def _client(tracking_uri: str):

@@ -111,7 +111,7 @@ def test_paper_page_marks_secondary_tables_as_secondary(env):
 def test_every_published_table_declares_its_provenance_and_source():
     import yaml
 
-    text = (REPO / "dashboard" / "paper_numbers.yaml").read_text()
+    text = (REPO / "flair_lab" / "paper_numbers.yaml").read_text()
     assert "/work/" not in text  # cited by repo-relative name, never a machine path
     tables = yaml.safe_load(text)["tables"]
     assert {t["provenance"] for t in tables} == {"primary", "secondary"}
@@ -124,7 +124,7 @@ def test_every_published_table_declares_its_provenance_and_source():
 def test_a_table_without_provenance_is_one_warning(env, monkeypatch, tmp_path):
     import yaml
 
-    published = yaml.safe_load((REPO / "dashboard" / "paper_numbers.yaml").read_text())
+    published = yaml.safe_load((REPO / "flair_lab" / "paper_numbers.yaml").read_text())
     del published["tables"][1]["provenance"]
     (tmp_path / "paper.yaml").write_text(yaml.safe_dump(published, allow_unicode=True))
     monkeypatch.setenv("FLAIR_PAPER_NUMBERS", str(tmp_path / "paper.yaml"))

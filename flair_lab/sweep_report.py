@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import optuna
 
-from flows.study import SweepConfig, is_surplus, pick_trial
+from flair_lab.sweeps import SweepConfig, is_surplus, pick_trial
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
 STATE_COLOURS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red", "RUNNING": "tab:gray"}

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from flair_core.evaluation.comparison import main_table
 from flair_core.evaluation.headline import MAIN_TABLE
 from flair_core.methods import METHODS, get_method
-from flows.tracking import registered_name
+from flair_lab.tracking import registered_name
 
 
 def rows(methods: list[str]) -> list[list[str]]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from flows.paper_study import StudyConfig
-from flows.study_report import compare, write_report
+from flair_lab.equal_budget_report import compare, write_report
+from flows.equal_budget_study import StudyConfig
 
 FINE, LONG = "builtin_fine_grained", "builtin_long"
 MODE = {"flair": "flair", "clip": "global"}

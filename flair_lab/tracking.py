@@ -26,7 +26,7 @@ from flair_core.evaluation.comparison import noise_of
 from flair_core.evaluation.headline import headline, is_headline
 from flair_core.evaluation.metrics import non_finite_metrics
 from flair_core.training.checkpoints import newest
-from flows.pyfunc_model import ImageTextScorer
+from flair_lab.pyfunc_model import ImageTextScorer
 
 REPO = Path(__file__).resolve().parents[1]
 # Pinned so that logging never resolves requirements over the network (and takes ~1 s, not ~5 s).
@@ -134,7 +134,7 @@ def log_training_run(run_dir: Path, method: str, eval_metrics: dict[str, float],
         mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
         info = mlflow.pyfunc.log_model(
             name="model", python_model=ImageTextScorer(), artifacts={"checkpoint": str(checkpoint)},
-            pip_requirements=PIP_REQUIREMENTS, code_paths=[str(REPO / "flair_core"), str(REPO / "flows")],
+            pip_requirements=PIP_REQUIREMENTS, code_paths=[str(REPO / "flair_core"), str(REPO / "flair_lab")],
             signature=SIGNATURE, input_example=input_example(),
         )
         # The version and its lineage tags in one request: a version without its run_key could not be found

@@ -31,7 +31,7 @@ from pydantic import Field
 
 from flair_core.model_config import ConfigError, Frozen
 from flair_core.run_config import RunConfig, merged_params, read_yaml, validate
-from flows import tracking
+from flair_lab import tracking
 from flows.pretrain_eval import FLAIR, REPO, check_services, run_command
 
 EXPERIMENT = "flair-lab-studies"
@@ -169,7 +169,7 @@ def log_run(parent: str, config: StudyConfig, run: Run, key: str, out: Path, met
 @flow(name="study", log_prints=True)
 def study(config_file: str = "params/study.yaml", quick: bool = False) -> dict:
     """Run (or resume) every planned run of the study, log them, and write the report."""
-    from flows.study_report import write_report
+    from flair_lab.equal_budget_report import write_report
 
     logger = get_run_logger()
     check_services()
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             print(json.dumps(study(config_file=args.config, quick=args.quick), indent=1))
         else:
-            from flows.study_report import write_report
+            from flair_lab.equal_budget_report import write_report
 
             config = load_study_config(REPO / args.config, args.quick)
             for path in write_report(config, REPO / config.report_dir):

@@ -252,7 +252,7 @@ def pareto_front(runs: dict, config, out: Path) -> tuple[list[str], Path | None]
     runs, not a search (no trial here was sampled)."""
     import optuna
 
-    from flows.study import load_sweep_config
+    from flair_lab.sweeps import load_sweep_config
 
     space = load_sweep_config(Path(__file__).resolve().parents[1] / config.sweep_file).space
     configurations = flair_configurations(runs, config)
