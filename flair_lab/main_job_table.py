@@ -1,6 +1,6 @@
 """The main job's closing table: per method, the newest registered version's key metrics and its alias.
 
-    python -m flows.report [--methods flair clip ...]    # default: every registered method
+    python -m flair_lab.main_job_table [--methods flair clip ...]    # default: every registered method
 """
 
 from __future__ import annotations

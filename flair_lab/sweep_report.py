@@ -1,4 +1,4 @@
-"""A study's report: best (or Pareto) trials, parameter importances, the objective against each searched
+"""A sweep's report: best (or Pareto) trials, parameter importances, the objective against each searched
 setting and over time. Plain files (`summary.json`, `trials.csv`, PNGs) that MLflow and the dashboard show.
 """
 

@@ -144,7 +144,7 @@ def log_training_run(run_dir: Path, method: str, eval_metrics: dict[str, float],
     return run.info.run_id, str(version)
 
 
-# What `predict` takes and returns, so pyfunc users see it in the registry (flows/pyfunc_model.py).
+# What `predict` takes and returns, so pyfunc users see it in the registry (flair_lab/pyfunc_model.py).
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "image"), ColSpec("string", "caption")]),  # image: base64 of PNG/JPEG bytes
     outputs=Schema([ColSpec("double", "score")]),

@@ -2,11 +2,12 @@
 
 Every method × data seed, and FLAIR with one setting changed (loss components, K, sub-caption length), each
 trained at the same budget and evaluated on every built-in benchmark through the `flair` CLI; one MLflow
-parent run per study with a nested run per configuration and seed; then the report (flows/study_report.py).
+parent run per study with a nested run per configuration and seed; then the report
+(flair_lab/equal_budget_report.py).
 
-    python -m flows.paper_study run [--quick] [--config params/study.yaml]   # run or resume, then report
-    python -m flows.paper_study serve --name cpu                               # the deployment study/cpu
-    python -m flows.paper_study report [--quick]                               # the report of what finished
+    python -m flows.equal_budget_study run [--quick] [--config params/study.yaml]  # run or resume, and report
+    python -m flows.equal_budget_study serve --name cpu                            # the deployment study/cpu
+    python -m flows.equal_budget_study report [--quick]                            # the report of what finished
 
 A run is cached by its resolved config and the library's code version (its folder is named by that key):
 an interrupted study continues where it stopped and a finished run is never redone.
@@ -217,7 +218,7 @@ def record_run(out: Path, config: StudyConfig, run: Run, key: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.paper_study", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m flows.equal_budget_study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the deployment study/<name> (blocks)")
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in write_report(config, REPO / config.report_dir):
                 print(f"wrote {path}")
     except (ConfigError, RuntimeError) as err:
-        print(f"python -m flows.paper_study {args.command}: error: {err}", file=sys.stderr)
+        print(f"python -m flows.equal_budget_study {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
 
