@@ -19,6 +19,8 @@ import pandas as pd
 import streamlit as st
 import yaml
 
+from flair_lab import paper_numbers
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -49,7 +51,7 @@ def settings() -> Settings:
             storage = f"sqlite:///{REPO / storage.removeprefix('sqlite:///')}"  # relative to the repo
     return Settings(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", ""), sweep_storage=storage,
                     data_root=Path(os.environ.get("FLAIR_DATA_ROOT", REPO / "data" / "builtin")),
-                    paper_file=Path(os.environ.get("FLAIR_PAPER_NUMBERS", REPO / "flair_lab" / "paper_numbers.yaml")))
+                    paper_file=Path(os.environ.get("FLAIR_PAPER_NUMBERS", paper_numbers.PATH)))
 
 
 def _client(tracking_uri: str):
