@@ -20,6 +20,7 @@ import streamlit as st
 import yaml
 
 from flair_lab import paper_numbers
+from flair_lab.experiments import STUDY_EXPERIMENT
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -190,7 +191,6 @@ def paper(path: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- study
-STUDY_EXPERIMENT = "flair-lab-studies"  # flows.paper_study.EXPERIMENT; not imported: that pulls in Prefect
 STUDY_FINE = "retrieval/builtin_fine_grained/{mode}/t2i_r1"
 
 

@@ -33,9 +33,8 @@ from pydantic import Field
 from flair_core.model_config import ConfigError, Frozen
 from flair_core.run_config import RunConfig, merged_params, read_yaml, validate
 from flair_lab import tracking
+from flair_lab.experiments import STUDY_EXPERIMENT
 from flows.pretrain_eval import FLAIR, REPO, check_services, run_command
-
-EXPERIMENT = "flair-lab-studies"
 
 
 class StudyConfig(Frozen):
@@ -176,7 +175,7 @@ def study(config_file: str = "params/study.yaml", quick: bool = False) -> dict:
     check_services()
     config = load_study_config(REPO / config_file, quick)
     code = code_version()
-    parent = tracking.parent_run(EXPERIMENT, f"study-{config.name}", {"study": config.name, "study_role": "study"},
+    parent = tracking.parent_run(STUDY_EXPERIMENT, f"study-{config.name}", {"study": config.name, "study_role": "study"},
                                  {"budget": " ".join(config.budget), "seeds": json.dumps(list(config.seeds)),
                                   "code_version": code})
     done: dict[str, Path] = {}
