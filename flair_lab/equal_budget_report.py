@@ -140,9 +140,10 @@ def verdicts(runs: dict) -> list[tuple[str, str, str]]:
     rivals = {m: cell(method[m], FINE) for m in ("clip", "dreamlip", "filip") if method.get(m)}
     if flair_fine and rivals:
         best = max(rivals, key=lambda m: rivals[m]["value"])
-        docci = {m: paper_numbers.value("main_comparison", "docci_fg_t2i_r1", method=m) for m in ("FLAIR", "DreamLIP")}
-        out.append(((f"FLAIR beats CLIP, FILIP and DreamLIP on fine-grained t2i R@1 (paper: DOCCI-FG {docci['FLAIR']} "
-                    f"vs DreamLIP {docci['DreamLIP']})"), compare(flair_fine, rivals[best]),
+        paper_flair, paper_dreamlip = (paper_numbers.value("main_comparison", "docci_fg_t2i_r1", method=m)
+                                       for m in ("FLAIR", "DreamLIP"))
+        out.append(((f"FLAIR beats CLIP, FILIP and DreamLIP on fine-grained t2i R@1 (paper: DOCCI-FG "
+                    f"{paper_flair} vs DreamLIP {paper_dreamlip})"), compare(flair_fine, rivals[best]),
                     f"FLAIR {text(flair_fine)} vs best baseline {best} {text(rivals[best])}"))
         doubled = flair_fine["value"] >= 2 * rivals[best]["value"] and compare(flair_fine, rivals[best]) == "holds"
         out.append(("target: FLAIR fine-grained ≥ 2× the best baseline, intervals apart",
@@ -171,8 +172,8 @@ def verdicts(runs: dict) -> list[tuple[str, str, str]]:
     k2, k8 = runs.get(("k", "K 2")), runs.get(("k", "K 8"))
     if k2 and k8:
         a, b = cell(k8, FINE), cell(k2, FINE)
-        out.append((f"more sub-captions help: K 8 > K 2 (paper: COCO T2I {paper_k('K 8')} vs {paper_k('K 2')})",
-                    compare(a, b), f"K 8 {text(a)} vs K 2 {text(b)} (fine-grained t2i R@1)"))
+        claim = f"more sub-captions help: K 8 > K 2 (paper: COCO T2I {paper_k('K 8')} vs {paper_k('K 2')})"
+        out.append((claim, compare(a, b), f"K 8 {text(a)} vs K 2 {text(b)} (fine-grained t2i R@1)"))
     mixed = runs.get(("length", "mixed 1–3"))
     fixed = {label: runs.get(("length", label)) for label in ("fixed 1", "fixed 2", "fixed 3")}
     if mixed and all(fixed.values()):

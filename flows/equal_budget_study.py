@@ -7,7 +7,7 @@ parent run per study with a nested run per configuration and seed; then the repo
 
     python -m flows.equal_budget_study run [--quick] [--config params/study.yaml]  # run or resume, and report
     python -m flows.equal_budget_study serve --name cpu                            # the deployment study/cpu
-    python -m flows.equal_budget_study report [--quick]                            # the report of what finished
+    python -m flows.equal_budget_study report [--quick]                            # the report so far
 
 A run is cached by its resolved config and the library's code version (its folder is named by that key):
 an interrupted study continues where it stopped and a finished run is never redone.
@@ -175,7 +175,8 @@ def study(config_file: str = "params/study.yaml", quick: bool = False) -> dict:
     check_services()
     config = load_study_config(REPO / config_file, quick)
     code = code_version()
-    parent = tracking.parent_run(STUDY_EXPERIMENT, f"study-{config.name}", {"study": config.name, "study_role": "study"},
+    parent = tracking.parent_run(STUDY_EXPERIMENT, f"study-{config.name}",
+                                 {"study": config.name, "study_role": "study"},
                                  {"budget": " ".join(config.budget), "seeds": json.dumps(list(config.seeds)),
                                   "code_version": code})
     done: dict[str, Path] = {}

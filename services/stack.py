@@ -35,7 +35,8 @@ from pathlib import Path
 from services import postgres, supervisor
 from services.supervisor import HOST, ServiceError
 
-OPTUNA_STORAGE_ENV = "FLAIR_OPTUNA_STORAGE"  # set by `services env` with --db postgres; read by flair_lab/sweeps.py
+# set by `services env` with --db postgres; read by flair_lab/sweeps.py
+OPTUNA_STORAGE_ENV = "FLAIR_OPTUNA_STORAGE"
 
 ORDER = ("postgres", "seaweedfs", "prefect", "mlflow")  # start order (Prefect boots while MLflow migrates); stop: reverse
 LABEL = {"postgres": "PostgreSQL", "seaweedfs": "SeaweedFS S3", "mlflow": "MLflow", "prefect": "Prefect"}

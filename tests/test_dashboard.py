@@ -254,8 +254,9 @@ STUDY_REPORT = f"""# Study `seeded-study`: FLAIR against its baselines at one CP
 
 
 def seed_study(root: Path) -> dict:
-    """An MLflow store as flows/equal_budget_study.py leaves it: a finished study (parent run with report/report.md and a
-    PNG, two nested runs) and, older, a study whose report is not logged yet (still running)."""
+    """An MLflow store as flows/equal_budget_study.py leaves it: a finished study (parent run with
+    report/report.md and a PNG, two nested runs) and, older, a study whose report is not logged yet (still
+    running)."""
     from mlflow import MlflowClient
     from PIL import Image
 

@@ -22,7 +22,7 @@ def imported(path: Path) -> set[str]:
 
 
 def test_every_flow_module_imports_prefect():
-    flows = [p for p in (REPO / "flows").glob("*.py") if p.name != "__init__.py"]  # the package marker is no flow
+    flows = [p for p in (REPO / "flows").glob("*.py") if p.name != "__init__.py"]  # the marker is no flow
     assert len(flows) >= 3
     assert [p.name for p in flows if "prefect" not in imported(p)] == []
 
