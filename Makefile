@@ -44,7 +44,7 @@ test-unit: install  ## fast tests only: no services, no multi-process runs
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not integration" $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 lint: install  ## ruff over the code
-	$(VENV)/bin/ruff check flair_core flair_cli flows dashboard services tests benchmarks infra
+	$(VENV)/bin/ruff check flair_core flair_cli flair_lab flows dashboard services tests benchmarks infra
 
 bench: install  ## print the CPU preset's training-step time and parameter count
 	$(PY) benchmarks/train_step.py --model tiny-64
@@ -56,7 +56,7 @@ sweep: services  ## the default Optuna sweep (params/sweep.yaml) through the swe
 	eval "$$($(PY) -m services env)" && $(PY) -m flows.sweep run
 
 study: services  ## the equal-budget study (params/study.yaml, ~2 h, resumable) and its report in docs/study/
-	eval "$$($(PY) -m services env)" && $(PY) -m flows.paper_study run
+	eval "$$($(PY) -m services env)" && $(PY) -m flows.equal_budget_study run
 
 # DB=postgres: MLflow's store and the sweeps' Optuna storage in a PostgreSQL server started here (remembered
 # by later starts); DB=sqlite goes back to the one-machine default. AUTH=on: team mode (MLflow and Prefect ask

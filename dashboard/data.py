@@ -19,6 +19,9 @@ import pandas as pd
 import streamlit as st
 import yaml
 
+from flair_lab import paper_numbers
+from flair_lab.experiments import STUDY_EXPERIMENT
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -49,7 +52,7 @@ def settings() -> Settings:
             storage = f"sqlite:///{REPO / storage.removeprefix('sqlite:///')}"  # relative to the repo
     return Settings(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", ""), sweep_storage=storage,
                     data_root=Path(os.environ.get("FLAIR_DATA_ROOT", REPO / "data" / "builtin")),
-                    paper_file=Path(os.environ.get("FLAIR_PAPER_NUMBERS", REPO / "dashboard" / "paper_numbers.yaml")))
+                    paper_file=Path(os.environ.get("FLAIR_PAPER_NUMBERS", paper_numbers.PATH)))
 
 
 def _client(tracking_uri: str):
@@ -188,7 +191,6 @@ def paper(path: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- study
-STUDY_EXPERIMENT = "flair-lab-studies"  # flows.paper_study.EXPERIMENT; not imported: that pulls in Prefect
 STUDY_FINE = "retrieval/builtin_fine_grained/{mode}/t2i_r1"
 
 

@@ -21,7 +21,8 @@ QUICK_FAILURE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TI
 
 
 def command(port: int) -> list[str]:
-    # `-m streamlit` from the repo root puts the repo on sys.path (flair_core, dashboard, flows, services)
+    # `-m streamlit` from the repo root puts the repo on sys.path (flair_core, flair_lab, dashboard, flows,
+    # services)
     return [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"), "--server.headless",
             "true", "--server.address", HOST, "--server.port", str(port), "--browser.gatherUsageStats",
             "false", "--server.fileWatcherType", "none"]

@@ -34,7 +34,7 @@ from flair_core.evaluation.comparison import format_cell, noise_of
 from flair_core.evaluation.headline import headline, promotion_metric
 from flair_core.evaluation.runner import benchmark_names
 from flair_core.methods import get_method
-from flows import tracking
+from flair_lab import tracking
 
 REPO = Path(__file__).resolve().parents[1]
 FLAIR = [sys.executable, "-m", "flair_cli"]

@@ -27,9 +27,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flair_core.model_config import ConfigError
-from flows import tracking
-from flows.pretrain_eval import REPO, check_services, data_version, git_commit
-from flows.study import (
+from flair_lab import tracking
+from flair_lab.sweep_report import write_report
+from flair_lab.sweeps import (
     SweepConfig,
     is_surplus,
     load_sweep_config,
@@ -38,7 +38,7 @@ from flows.study import (
     space_signature,
     write_best_params,
 )
-from flows.sweep_report import write_report
+from flows.pretrain_eval import REPO, check_services, data_version, git_commit
 
 EXPERIMENT = "flair-lab-sweeps"
 
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 def worker(config: SweepConfig, data_root: str, parent_run_id: str | None, index: int | None) -> int:
     import torch
 
-    from flows.trials import run_worker
+    from flair_lab.sweep_trials import run_worker
 
     if config.threads_per_worker:
         torch.set_num_threads(config.threads_per_worker)

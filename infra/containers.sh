@@ -72,7 +72,7 @@ base() {
 # unchanged checkout finds its image.
 image_tag() {
     (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard -- infra/docker pyproject.toml flair_core \
-        flair_cli flows services dashboard params | xargs -0 sha256sum 2> /dev/null | sha256sum | cut -c1-12)
+        flair_cli flair_lab flows services dashboard params | xargs -0 sha256sum 2> /dev/null | sha256sum | cut -c1-12)
 }
 
 build() {

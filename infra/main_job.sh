@@ -88,7 +88,7 @@ while [ "${#run_pids[@]}" -gt 0 ]; do reap_one; done
 [ "$failed" = 0 ] || { echo "a flow run failed: see its output above"; exit 1; }
 
 $PY -m dashboard.serve start --root "$ROOT"
-$PY -m flows.report --methods $METHODS
+$PY -m flair_lab.main_job_table --methods $METHODS
 echo "main job took $(( $(date +%s) - start )) s"
 $PY -m services status --root "$ROOT"
 echo "Open the dashboard at http://127.0.0.1:8501 (Compare, Paper, Sweeps, Registry, Inspect);"

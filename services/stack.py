@@ -35,7 +35,8 @@ from pathlib import Path
 from services import postgres, supervisor
 from services.supervisor import HOST, ServiceError
 
-OPTUNA_STORAGE_ENV = "FLAIR_OPTUNA_STORAGE"  # set by `services env` with --db postgres; read by flows/study.py
+# set by `services env` with --db postgres; read by flair_lab/sweeps.py
+OPTUNA_STORAGE_ENV = "FLAIR_OPTUNA_STORAGE"
 
 ORDER = ("postgres", "seaweedfs", "prefect", "mlflow")  # start order (Prefect boots while MLflow migrates); stop: reverse
 LABEL = {"postgres": "PostgreSQL", "seaweedfs": "SeaweedFS S3", "mlflow": "MLflow", "prefect": "Prefect"}
@@ -119,7 +120,7 @@ class LocalServices:
                # task retries span a longer outage (a restart takes ~15 s) before failing with one line
                "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                "DVC_NO_ANALYTICS": "1"}
-        if self.db == "postgres":  # sweeps read their Optuna storage from here (flows/study.py)
+        if self.db == "postgres":  # sweeps read their Optuna storage from here (flair_lab/sweeps.py)
             env[OPTUNA_STORAGE_ENV] = postgres.url(self.root, self.ports["postgres"], "optuna")
         if self.auth == "on":  # the names MLflow's and Prefect's own clients read
             team = self._team_account()

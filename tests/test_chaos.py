@@ -64,7 +64,7 @@ def test_mlflow_killed_while_registering_leaves_no_version_and_a_rerun_registers
         platform, trained, monkeypatch):
     from mlflow import MlflowClient
 
-    from flows import tracking
+    from flair_lab import tracking
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the flow's task retries are not under test here
     metric = promotion_metric(get_method("flair").primary_mode)
@@ -102,7 +102,7 @@ def test_two_promotions_of_one_model_at_once_leave_one_champion_and_consistent_a
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from flows import tracking
+    from flair_lab import tracking
 
     client = MlflowClient()
     metric = promotion_metric(get_method("clip").primary_mode)

@@ -1,6 +1,6 @@
 """The comparison table (`flair_core.evaluation.comparison`): hand-made eval files -> the right number in the
-right cell, one mode per cell, bad input; `flair compare`'s files; the main table of flows.report and the
-dashboard."""
+right cell, one mode per cell, bad input; `flair compare`'s files; the main table of flair_lab.main_job_table
+and the dashboard."""
 
 import csv
 import json
@@ -221,7 +221,8 @@ def test_cells_show_what_is_recorded():
 
 
 def test_main_table_shows_each_run_in_the_mode_it_is_given():
-    """flows.report and the dashboard: MAIN_TABLE's columns, each run in its method's own mode, not the best."""
+    """flair_lab.main_job_table and the dashboard: MAIN_TABLE's columns, each run in its method's own mode, not
+    the best."""
     flair = EVALS["flair"]["builtin_fine_grained"] | EVALS["flair"]["builtin_segmentation"] | {
         "retrieval/builtin_fine_grained/flair/t2i_r1_ci_low": 36.1,
         "retrieval/builtin_fine_grained/flair/t2i_r1_ci_high": 43.9,

@@ -111,7 +111,7 @@ def test_paper_page_marks_secondary_tables_as_secondary(env):
 def test_every_published_table_declares_its_provenance_and_source():
     import yaml
 
-    text = (REPO / "dashboard" / "paper_numbers.yaml").read_text()
+    text = (REPO / "flair_lab" / "paper_numbers.yaml").read_text()
     assert "/work/" not in text  # cited by repo-relative name, never a machine path
     tables = yaml.safe_load(text)["tables"]
     assert {t["provenance"] for t in tables} == {"primary", "secondary"}
@@ -124,7 +124,7 @@ def test_every_published_table_declares_its_provenance_and_source():
 def test_a_table_without_provenance_is_one_warning(env, monkeypatch, tmp_path):
     import yaml
 
-    published = yaml.safe_load((REPO / "dashboard" / "paper_numbers.yaml").read_text())
+    published = yaml.safe_load((REPO / "flair_lab" / "paper_numbers.yaml").read_text())
     del published["tables"][1]["provenance"]
     (tmp_path / "paper.yaml").write_text(yaml.safe_dump(published, allow_unicode=True))
     monkeypatch.setenv("FLAIR_PAPER_NUMBERS", str(tmp_path / "paper.yaml"))
@@ -254,8 +254,9 @@ STUDY_REPORT = f"""# Study `seeded-study`: FLAIR against its baselines at one CP
 
 
 def seed_study(root: Path) -> dict:
-    """An MLflow store as flows/paper_study.py leaves it: a finished study (parent run with report/report.md and a
-    PNG, two nested runs) and, older, a study whose report is not logged yet (still running)."""
+    """An MLflow store as flows/equal_budget_study.py leaves it: a finished study (parent run with
+    report/report.md and a PNG, two nested runs) and, older, a study whose report is not logged yet (still
+    running)."""
     from mlflow import MlflowClient
     from PIL import Image
 
@@ -320,7 +321,7 @@ def test_a_study_without_its_report_yet_says_how_to_produce_it(studied, monkeypa
     assert not app.exception
     info = [e.value for e in app.info]
     assert info[0].startswith("No report logged for study running-study yet") and "make study" in info[0]
-    assert "python -m flows.paper_study run --quick" in info[0] and "\n" not in info[0]
+    assert "python -m flows.equal_budget_study run --quick" in info[0] and "\n" not in info[0]
     assert info[1] == "No run of this study has finished yet." and not app.dataframe
 
 
@@ -329,7 +330,7 @@ def test_no_study_experiment_is_one_info_line(env):
     assert len(app.info) == 1 and not app.warning and not app.selectbox
     line = app.info[0].value
     assert line.startswith("No study logged yet") and "\n" not in line
-    assert "make study" in line and "python -m flows.paper_study run --quick" in line
+    assert "make study" in line and "python -m flows.equal_budget_study run --quick" in line
 
 
 def test_study_page_with_mlflow_down_is_one_warning(monkeypatch):

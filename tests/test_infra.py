@@ -188,9 +188,10 @@ def test_compose_services_mirror_the_local_stack(compose):
 def test_every_python_module_named_exists(compose, pytorchjob):
     modules = [m for s in compose["services"].values() for m in _modules_in(_argv(s))]
     modules += _modules_in(_k8s_argv(pytorchjob))
-    modules += re.findall(r"(?<![\w-])-m\s+([A-Za-z_][\w.]*)", SLURM.read_text())
-    assert {"flows.pretrain_eval", "flows.sweep", "streamlit", "flair_cli",
-            "torch.distributed.run"} <= set(modules)
+    scripts = [SLURM, INFRA / "main_job.sh", REPO / "Makefile"]  # the main job and `make` name modules too
+    modules += [m for s in scripts for m in re.findall(r"(?<![\w-])-m\s+([A-Za-z_][\w.]*)", s.read_text())]
+    assert {"flows.pretrain_eval", "flows.sweep", "flows.equal_budget_study", "flair_lab.main_job_table",
+            "streamlit", "flair_cli", "torch.distributed.run"} <= set(modules)
     missing = sorted({m for m in modules if not _module_exists(m)})
     assert not missing, f"no such module: {missing}"
 

@@ -33,7 +33,7 @@ def test_the_postgres_password_reaches_clients_only_through_their_environment(tm
 
 
 def test_the_sweep_takes_its_storage_from_the_services_unless_told_otherwise(monkeypatch):
-    from flows.study import load_sweep_config
+    from flair_lab.sweeps import load_sweep_config
 
     shared = "postgresql+psycopg2://flair:pw@127.0.0.1:5432/optuna"
     assert load_sweep_config("params/sweep.yaml").storage.startswith("sqlite:///")

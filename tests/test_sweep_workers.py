@@ -14,7 +14,7 @@ import optuna
 import pytest
 import yaml
 
-from flows.study import is_surplus, load_sweep_config, open_study
+from flair_lab.sweeps import is_surplus, load_sweep_config, open_study
 from tests.helpers.processes import private_network
 
 pytestmark = pytest.mark.integration

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from flows.report import cells
-from flows.tracking import data_level, decide
+from flair_lab.main_job_table import cells
+from flair_lab.tracking import data_level, decide
 
 P = "retrieval/builtin_fine_grained/flair/t2i_r1"
 OTHER = "retrieval/builtin_long/flair/t2i_r1"
@@ -71,7 +71,7 @@ def test_the_data_level_comes_from_meta_json_and_old_data_is_hard(tmp_path):
 
 
 def test_the_report_states_each_run_s_budget():
-    from flows.report import budget
+    from flair_lab.main_job_table import budget
 
     assert budget({"train/steps": 1024.0, "train/seconds": 306.0}) == "1024 steps, 5.1 min"
     assert budget({"train/steps": 8.0}) == "8 steps"
@@ -79,7 +79,7 @@ def test_the_report_states_each_run_s_budget():
 
 
 def test_world_size_is_read_back_from_the_logged_rate():
-    from flows.tracking import world_size
+    from flair_lab.tracking import world_size
 
     config = {"train": {"batch_size": 32}}
     assert world_size([{"samples_per_s": 128.0, "seconds": 0.5}], config) == 2  # 64 samples in 0.5 s
@@ -87,7 +87,7 @@ def test_world_size_is_read_back_from_the_logged_rate():
 
 
 def test_a_run_with_a_metric_that_is_not_finite_is_refused_before_mlflow_is_touched(tmp_path, monkeypatch):
-    from flows import tracking
+    from flair_lab import tracking
 
     monkeypatch.setattr(tracking, "MlflowClient", lambda *a, **k: pytest.fail("MLflow was contacted"))
     monkeypatch.setattr(tracking.mlflow, "start_run", lambda *a, **k: pytest.fail("a run was started"))

@@ -39,7 +39,7 @@ if shown.empty:
     st.info("No run matches these filters.")
     st.stop()
 
-# The main table, as the main job prints it (flows/report.py): each run in its method's own mode.
+# The main table, as the main job prints it (flair_lab/main_job_table.py): each run in its method's own mode.
 main = main_table({r["run_id"]: {k: v for k, v in r.items() if "/" in k and isinstance(v, float) and not pd.isna(v)}
                    for _, r in shown.iterrows()},
                   {r["run_id"]: data.own_mode(r["method"]) for _, r in shown.iterrows()})

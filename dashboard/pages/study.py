@@ -6,14 +6,15 @@ import streamlit as st
 
 from dashboard import data
 
-HOW = ("`make study` (the default study, about 2 h) or `python -m flows.paper_study run --quick` (the tiny one, "
-       "minutes)")
-IMAGE = re.compile(r"^!\[[^\]]*\]\(([^)\s]+)\)\s*$")  # how flows/study_report.py links its PNGs
+HOW = ("`make study` (the default study, about 2 h) or `python -m flows.equal_budget_study run --quick` "
+       "(the tiny one, minutes)")
+IMAGE = re.compile(r"^!\[[^\]]*\]\(([^)\s]+)\)\s*$")  # how flair_lab/equal_budget_report.py links its PNGs
 
 st.title("Equal-budget study")
 st.caption("FLAIR against CLIP, FILIP and DreamLIP at one training budget, with the paper's ablations, as the "
-           "study flow (flows/paper_study.py) wrote and logged it to MLflow. Verdicts are computed from the "
-           "intervals, never tuned; the paper's numbers beside ours are secondary [S] and not comparable in value.")
+           "study flow (flows/equal_budget_study.py) wrote and logged it to MLflow. Verdicts are computed from "
+           "the intervals, never tuned; the paper's numbers beside ours are secondary [S] and not comparable in "
+           "value.")
 
 settings = data.settings()
 studies = data.or_stop(data.paper_studies, settings.tracking_uri)

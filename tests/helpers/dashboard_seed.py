@@ -19,7 +19,7 @@ def seed_platform(root: Path, tiny_data: Path) -> dict:
 
     from flair_core.run_config import load_run_config
     from flair_core.training.loop import Trainer
-    from flows.tracking import decide
+    from flair_lab.tracking import decide
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

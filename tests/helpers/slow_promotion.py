@@ -8,7 +8,8 @@ import json
 import sys
 import time
 
-from flows import pretrain_eval, tracking
+from flair_lab import tracking
+from flows import pretrain_eval
 
 
 def main(method: str, version: str, run_id: str, metric: str) -> None:

@@ -11,8 +11,8 @@ import yaml
 
 from flair_core.model_config import ConfigError
 from flair_core.run_config import load_run_config
-from flows.study import load_sweep_config, open_study, pick_trial, safe_url, write_best_params
-from flows.sweep_report import write_report
+from flair_lab.sweep_report import write_report
+from flair_lab.sweeps import load_sweep_config, open_study, pick_trial, safe_url, write_best_params
 
 REPO = Path(__file__).resolve().parents[1]
 T2I = "retrieval/builtin_fine_grained/flair/t2i_r1"
@@ -141,17 +141,17 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path):
 
 
 def test_a_worker_that_asks_after_the_study_filled_stops_without_overshooting(tmp_path, monkeypatch):
-    from flows import trials
-    from flows.study import is_surplus
-    from flows.sweep_report import summarize
+    from flair_lab import sweep_trials
+    from flair_lab.sweep_report import summarize
+    from flair_lab.sweeps import is_surplus
 
     config = load_sweep_config(sweep_file(tmp_path, n_trials=2))
     study = open_study(config)
     for value in (1.0, 2.0):  # another worker's two finished trials
         study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=value))
     # this worker counted before the other's last trial existed: the stale read that used to overshoot
-    monkeypatch.setattr(trials, "finished_or_running", lambda study: 1)
-    assert trials.run_worker(config, str(tmp_path), worker=0) == []  # it trained nothing
+    monkeypatch.setattr(sweep_trials, "finished_or_running", lambda study: 1)
+    assert sweep_trials.run_worker(config, str(tmp_path), worker=0) == []  # it trained nothing
     study = open_study(config)
     extra = study.trials[-1]
     assert len(study.trials) == 3 and is_surplus(extra) and extra.state == optuna.trial.TrialState.PRUNED
@@ -180,7 +180,7 @@ def test_report_says_which_trials_the_best_beats_beyond_its_validation_interval(
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_a_trial_whose_objective_is_not_finite_fails_and_is_never_best(tmp_path, monkeypatch, value):
-    from flows import trials
+    from flair_lab import sweep_trials
 
     class Trainer:  # stands in for training: validates twice, the last time to `value`
         def __init__(self, config, out, on_validation):
@@ -191,7 +191,7 @@ def test_a_trial_whose_objective_is_not_finite_fails_and_is_never_best(tmp_path,
                 self.val_metrics = {T2I: metric}
                 self.on_validation(step, self.val_metrics)
 
-    monkeypatch.setattr(trials, "Trainer", Trainer)
+    monkeypatch.setattr(sweep_trials, "Trainer", Trainer)
     config = load_sweep_config(sweep_file(tmp_path, n_trials=1, pruner="none"))
     study = open_study(config)
     study.add_trial(optuna.trial.create_trial(params={"sampling.k": 2, "method.settings.tcs_weight": 0.5},
@@ -200,7 +200,7 @@ def test_a_trial_whose_objective_is_not_finite_fails_and_is_never_best(tmp_path,
                                               value=1.0))
     config = load_sweep_config(sweep_file(tmp_path, n_trials=2, pruner="none"))
     with pytest.raises(RuntimeError, match=r"last 3 trials failed; the last one: EvaluationError: .* is not finite$"):
-        trials.run_worker(config, str(tmp_path), worker=0)
+        sweep_trials.run_worker(config, str(tmp_path), worker=0)
     study = open_study(config)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "FAIL", "FAIL"]
     assert study.best_trial.number == 0  # the finite one, whatever the broken ones "scored"

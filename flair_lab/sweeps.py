@@ -212,7 +212,8 @@ def as_overrides(params: dict[str, object]) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in params.items()]
 
 
-SURPLUS = "surplus"  # user attribute of a trial started after the study was already full (see trials.py)
+# user attribute of a trial started after the study was already full (see sweep_trials.py)
+SURPLUS = "surplus"
 
 
 def is_surplus(trial: optuna.trial.FrozenTrial) -> bool:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from flair_core.model_config import ConfigError
-from flows.paper_study import data_dir, load_study_config, planned_runs, resolved, run_key
+from flows.equal_budget_study import data_dir, load_study_config, planned_runs, resolved, run_key
 
 REPO = Path(__file__).resolve().parents[1]
 

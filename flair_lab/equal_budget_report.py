@@ -25,13 +25,17 @@ from flair_core.evaluation import CHANCE, CI_HIGH, CI_LOW
 from flair_core.evaluation.comparison import format_cell
 from flair_core.evaluation.headline import MAIN_TABLE
 from flair_core.methods import METHODS
+from flair_lab import paper_numbers
 
 PAPER = "../shared/reference/paper_numbers.md"
-# Published at ViT-B/16 on CC3M-recap (millions of pairs); all secondary [S] (third-party notes of the paper),
-# paper_numbers.md §3 (loss ablation: COCO T2I, VOC20 mIoU, ImageNet top-1) and §4 (K: COCO T2I).
-PAPER_LOSS = {"global sigmoid only": (28.3, 3.1, 25.4), "MPS only": (32.9, 1.7, 27.9), "TCS only": (32.0, 36.9, 28.1),
-              "TCS + MPS, w 0.5": (37.7, 59.7, 33.8)}
-PAPER_K = {"K 2": 36.4, "K 8": 37.7}
+# Our ablation settings (params/study.yaml) and the paper's row of the same setting in paper_numbers.yaml; the
+# paper's labels differ from ours, so the pairing is stated here.
+PAPER_LOSS_ROWS = {"global sigmoid only": "global sigmoid loss, one caption",
+                   "MPS only": "global + multi-caption (MPS, no TCS)",
+                   "TCS only": "text-conditioned loss only (TCS)",
+                   "TCS + MPS, w 0.5": "FLAIR full (TCS + MPS + multi-caption + diverse sampling)"}
+PAPER_LOSS_COLUMNS = ("coco_t2i_r1", "voc20_miou", "imagenet_top1")
+PAPER_K_ROWS = {"K 2": 2, "K 8": 8}
 SEG_MARGIN = 10.0  # mIoU points a segmentation claim needs (no interval for mIoU)
 FINE, LONG = "retrieval/builtin_fine_grained/{mode}/t2i_r1", "retrieval/builtin_long/{mode}/t2i_r1"
 SEG_PATCH = "segmentation/builtin_segmentation/patch/miou"
@@ -56,6 +60,23 @@ def collect(config, runs_dir: Path) -> dict[tuple[str, str], dict[int, dict]]:
                 out.setdefault((entry["group"], entry["label"]), {})[entry["seed"]] = {
                     "metrics": metrics, "method": resolved["method"]["name"], "config": resolved, "dir": folder}
     return out
+
+
+def paper_loss(label: str, column: str) -> float:
+    return paper_numbers.value("loss_ablation", column, method=PAPER_LOSS_ROWS[label])
+
+
+def paper_k(label: str) -> float:
+    return paper_numbers.value("num_sub_captions", "coco_t2i_r1", K=PAPER_K_ROWS[label])
+
+
+def published(group: str, label: str) -> str:
+    """The paper's numbers beside one of our ablation rows, "—" where it published none."""
+    if group == "loss":
+        if label not in PAPER_LOSS_ROWS:
+            return "—"
+        return " / ".join(str(paper_loss(label, column)) for column in PAPER_LOSS_COLUMNS)
+    return f"COCO T2I {paper_k(label)}" if label in PAPER_K_ROWS else "—"
 
 
 def own(key: str, method: str) -> str:
@@ -119,19 +140,21 @@ def verdicts(runs: dict) -> list[tuple[str, str, str]]:
     rivals = {m: cell(method[m], FINE) for m in ("clip", "dreamlip", "filip") if method.get(m)}
     if flair_fine and rivals:
         best = max(rivals, key=lambda m: rivals[m]["value"])
-        out.append((("FLAIR beats CLIP, FILIP and DreamLIP on fine-grained t2i R@1 (paper: DOCCI-FG 25.0 vs "
-                    "DreamLIP 21.6)"), compare(flair_fine, rivals[best]),
+        paper_flair, paper_dreamlip = (paper_numbers.value("main_comparison", "docci_fg_t2i_r1", method=m)
+                                       for m in ("FLAIR", "DreamLIP"))
+        out.append(((f"FLAIR beats CLIP, FILIP and DreamLIP on fine-grained t2i R@1 (paper: DOCCI-FG "
+                    f"{paper_flair} vs DreamLIP {paper_dreamlip})"), compare(flair_fine, rivals[best]),
                     f"FLAIR {text(flair_fine)} vs best baseline {best} {text(rivals[best])}"))
         doubled = flair_fine["value"] >= 2 * rivals[best]["value"] and compare(flair_fine, rivals[best]) == "holds"
         out.append(("target: FLAIR fine-grained ≥ 2× the best baseline, intervals apart",
                     "holds" if doubled else "does not hold",
                     f"FLAIR {flair_fine['value']:.2f} vs 2 × {rivals[best]['value']:.2f}"))
-    loss = {label: runs.get(("loss", label)) for label in PAPER_LOSS}
-    tcs, glob = loss.get("TCS only"), loss.get("global sigmoid only")
+    tcs, glob = runs.get(("loss", "TCS only")), runs.get(("loss", "global sigmoid only"))
     if tcs and glob:
         a, b = cell(tcs, SEG_ATTENTION), cell(glob, SEG_PATCH)
+        voc20 = [paper_loss(label, "voc20_miou") for label in ("TCS only", "global sigmoid only")]
         out.append(((f"TCS creates spatial grounding: TCS-only segmentation ≫ global-only (≥ {SEG_MARGIN:.0f} mIoU; "
-                    "paper 36.9 vs 3.1)"), compare(a, b, SEG_MARGIN),
+                    f"paper {voc20[0]} vs {voc20[1]})"), compare(a, b, SEG_MARGIN),
                     f"TCS only (attention) {text(a)} vs global only (patch) {text(b)}"))
     if method["flair"] and method.get("clip"):
         a, b = cell(method["flair"], SEG_ATTENTION), cell(method["clip"], SEG_PATCH)
@@ -149,8 +172,8 @@ def verdicts(runs: dict) -> list[tuple[str, str, str]]:
     k2, k8 = runs.get(("k", "K 2")), runs.get(("k", "K 8"))
     if k2 and k8:
         a, b = cell(k8, FINE), cell(k2, FINE)
-        out.append(("more sub-captions help: K 8 > K 2 (paper: COCO T2I 37.7 vs 36.4)", compare(a, b),
-                    f"K 8 {text(a)} vs K 2 {text(b)} (fine-grained t2i R@1)"))
+        claim = f"more sub-captions help: K 8 > K 2 (paper: COCO T2I {paper_k('K 8')} vs {paper_k('K 2')})"
+        out.append((claim, compare(a, b), f"K 8 {text(a)} vs K 2 {text(b)} (fine-grained t2i R@1)"))
     mixed = runs.get(("length", "mixed 1–3"))
     fixed = {label: runs.get(("length", label)) for label in ("fixed 1", "fixed 2", "fixed 3")}
     if mixed and all(fixed.values()):
@@ -202,10 +225,8 @@ def write_report(config, out: Path) -> list[Path]:
             keys = [FINE, LONG, SEG_ATTENTION if "global" not in label else SEG_PATCH,
                     MAIN_TABLE[-1].key]
             cells = [cell(seeds, k) for k in keys]
-            paper = PAPER_LOSS.get(label) if group == "loss" else PAPER_K.get(label)
-            published = ("—" if paper is None else " / ".join(map(str, paper)) if isinstance(paper, tuple)
-                         else f"COCO T2I {paper}")
-            lines.append(f"| {group} | {label} | " + " | ".join(text(c) for c in cells) + f" | {published} |")
+            lines.append(f"| {group} | {label} | " + " | ".join(text(c) for c in cells)
+                         + f" | {published(group, label)} |")
             rows.append([group, label, len(seeds), *[c["value"] if c else "" for c in cells]])
     front_lines, front_plot = pareto_front(runs, config, out)
     lines += front_lines
@@ -252,7 +273,7 @@ def pareto_front(runs: dict, config, out: Path) -> tuple[list[str], Path | None]
     runs, not a search (no trial here was sampled)."""
     import optuna
 
-    from flows.study import load_sweep_config
+    from flair_lab.sweeps import load_sweep_config
 
     space = load_sweep_config(Path(__file__).resolve().parents[1] / config.sweep_file).space
     configurations = flair_configurations(runs, config)

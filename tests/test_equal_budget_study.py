@@ -18,7 +18,7 @@ def test_quick_study_runs_caches_logs_and_reports(tmp_path_factory):
     from mlflow import MlflowClient
 
     with scratch_platform(tmp_path_factory.mktemp("study"), {}) as (repo, env):
-        command = [sys.executable, "-m", "flows.paper_study", "run", "--quick"]
+        command = [sys.executable, "-m", "flows.equal_budget_study", "run", "--quick"]
         start = time.time()
         first = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, check=False)
         first_seconds = time.time() - start

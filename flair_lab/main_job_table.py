@@ -1,6 +1,6 @@
 """The main job's closing table: per method, the newest registered version's key metrics and its alias.
 
-    python -m flows.report [--methods flair clip ...]    # default: every registered method
+    python -m flair_lab.main_job_table [--methods flair clip ...]    # default: every registered method
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from flair_core.evaluation.comparison import main_table
 from flair_core.evaluation.headline import MAIN_TABLE
 from flair_core.methods import METHODS, get_method
-from flows.tracking import registered_name
+from flair_lab.tracking import registered_name
 
 
 def rows(methods: list[str]) -> list[list[str]]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from flows.paper_study import StudyConfig
-from flows.study_report import compare, write_report
+from flair_lab.equal_budget_report import PAPER_K_ROWS, PAPER_LOSS_ROWS, compare, published, write_report
+from flows.equal_budget_study import StudyConfig, load_study_config
 
 FINE, LONG = "builtin_fine_grained", "builtin_long"
 MODE = {"flair": "flair", "clip": "global"}
@@ -72,3 +72,13 @@ def test_report_puts_optunas_pareto_front_and_judges_the_long_target_on_the_swee
     # The sweep's configuration (long 10) against CLIP on seed 0 only (14), not the mean with seed 1 (27): holds.
     target = next(line for line in report.splitlines() if "within 5 points" in line)
     assert "the sweep's best FLAIR" in target and "**holds**" in target and "(seeds [0])" in target
+
+
+def test_the_published_numbers_come_from_paper_numbers_yaml_for_every_paired_setting_of_the_shipped_study():
+    ablations = load_study_config(Path(__file__).resolve().parents[1] / "params" / "study.yaml").ablations
+    assert set(PAPER_LOSS_ROWS) <= set(ablations["loss"]) and set(PAPER_K_ROWS) <= set(ablations["k"])
+    cells = [published("loss", label) for label in PAPER_LOSS_ROWS]
+    cells += [published("k", label) for label in PAPER_K_ROWS]
+    assert "—" not in cells  # every pairing finds its row in the YAML (a lost row raises KeyError)
+    assert published("k", "K 8") == "COCO T2I 37.7" and published("loss", "MPS only") == "32.9 / 1.7 / 27.9"
+    assert published("loss", "TCS + MPS, w 0.25") == published("length", "fixed 1") == "—"  # none published

@@ -2,11 +2,12 @@
 
 Every method × data seed, and FLAIR with one setting changed (loss components, K, sub-caption length), each
 trained at the same budget and evaluated on every built-in benchmark through the `flair` CLI; one MLflow
-parent run per study with a nested run per configuration and seed; then the report (flows/study_report.py).
+parent run per study with a nested run per configuration and seed; then the report
+(flair_lab/equal_budget_report.py).
 
-    python -m flows.paper_study run [--quick] [--config params/study.yaml]   # run or resume, then report
-    python -m flows.paper_study serve --name cpu                               # the deployment study/cpu
-    python -m flows.paper_study report [--quick]                               # the report of what finished
+    python -m flows.equal_budget_study run [--quick] [--config params/study.yaml]  # run or resume, and report
+    python -m flows.equal_budget_study serve --name cpu                            # the deployment study/cpu
+    python -m flows.equal_budget_study report [--quick]                            # the report so far
 
 A run is cached by its resolved config and the library's code version (its folder is named by that key):
 an interrupted study continues where it stopped and a finished run is never redone.
@@ -31,10 +32,9 @@ from pydantic import Field
 
 from flair_core.model_config import ConfigError, Frozen
 from flair_core.run_config import RunConfig, merged_params, read_yaml, validate
-from flows import tracking
+from flair_lab import tracking
+from flair_lab.experiments import STUDY_EXPERIMENT
 from flows.pretrain_eval import FLAIR, REPO, check_services, run_command
-
-EXPERIMENT = "flair-lab-studies"
 
 
 class StudyConfig(Frozen):
@@ -169,13 +169,14 @@ def log_run(parent: str, config: StudyConfig, run: Run, key: str, out: Path, met
 @flow(name="study", log_prints=True)
 def study(config_file: str = "params/study.yaml", quick: bool = False) -> dict:
     """Run (or resume) every planned run of the study, log them, and write the report."""
-    from flows.study_report import write_report
+    from flair_lab.equal_budget_report import write_report
 
     logger = get_run_logger()
     check_services()
     config = load_study_config(REPO / config_file, quick)
     code = code_version()
-    parent = tracking.parent_run(EXPERIMENT, f"study-{config.name}", {"study": config.name, "study_role": "study"},
+    parent = tracking.parent_run(STUDY_EXPERIMENT, f"study-{config.name}",
+                                 {"study": config.name, "study_role": "study"},
                                  {"budget": " ".join(config.budget), "seeds": json.dumps(list(config.seeds)),
                                   "code_version": code})
     done: dict[str, Path] = {}
@@ -217,7 +218,7 @@ def record_run(out: Path, config: StudyConfig, run: Run, key: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.paper_study", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m flows.equal_budget_study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the deployment study/<name> (blocks)")
@@ -234,13 +235,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             print(json.dumps(study(config_file=args.config, quick=args.quick), indent=1))
         else:
-            from flows.study_report import write_report
+            from flair_lab.equal_budget_report import write_report
 
             config = load_study_config(REPO / args.config, args.quick)
             for path in write_report(config, REPO / config.report_dir):
                 print(f"wrote {path}")
     except (ConfigError, RuntimeError) as err:
-        print(f"python -m flows.paper_study {args.command}: error: {err}", file=sys.stderr)
+        print(f"python -m flows.equal_budget_study {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
 

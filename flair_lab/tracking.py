@@ -26,7 +26,7 @@ from flair_core.checkpoints import newest
 from flair_core.evaluation.comparison import noise_of
 from flair_core.evaluation.headline import headline, is_headline
 from flair_core.evaluation.metrics import non_finite_metrics
-from flows.pyfunc_model import ImageTextScorer
+from flair_lab.pyfunc_model import ImageTextScorer
 
 REPO = Path(__file__).resolve().parents[1]
 # Pinned so that logging never resolves requirements over the network (and takes ~1 s, not ~5 s).
@@ -134,7 +134,7 @@ def log_training_run(run_dir: Path, method: str, eval_metrics: dict[str, float],
         mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
         info = mlflow.pyfunc.log_model(
             name="model", python_model=ImageTextScorer(), artifacts={"checkpoint": str(checkpoint)},
-            pip_requirements=PIP_REQUIREMENTS, code_paths=[str(REPO / "flair_core"), str(REPO / "flows")],
+            pip_requirements=PIP_REQUIREMENTS, code_paths=[str(REPO / "flair_core"), str(REPO / "flair_lab")],
             signature=SIGNATURE, input_example=input_example(),
         )
         # The version and its lineage tags in one request: a version without its run_key could not be found
@@ -144,7 +144,7 @@ def log_training_run(run_dir: Path, method: str, eval_metrics: dict[str, float],
     return run.info.run_id, str(version)
 
 
-# What `predict` takes and returns, so pyfunc users see it in the registry (flows/pyfunc_model.py).
+# What `predict` takes and returns, so pyfunc users see it in the registry (flair_lab/pyfunc_model.py).
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "image"), ColSpec("string", "caption")]),  # image: base64 of PNG/JPEG bytes
     outputs=Schema([ColSpec("double", "score")]),

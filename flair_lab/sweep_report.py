@@ -1,4 +1,4 @@
-"""A study's report: best (or Pareto) trials, parameter importances, the objective against each searched
+"""A sweep's report: best (or Pareto) trials, parameter importances, the objective against each searched
 setting and over time. Plain files (`summary.json`, `trials.csv`, PNGs) that MLflow and the dashboard show.
 """
 
@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import optuna
 
-from flows.study import SweepConfig, is_surplus, pick_trial
+from flair_lab.sweeps import SweepConfig, is_surplus, pick_trial
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
 STATE_COLOURS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red", "RUNNING": "tab:gray"}

@@ -23,7 +23,7 @@ from flair_core.evaluation.metrics import EvaluationError
 from flair_core.model_config import ConfigError
 from flair_core.run_config import load_run_config
 from flair_core.training.loop import Trainer
-from flows.study import (
+from flair_lab.sweeps import (
     FINISHED,
     SURPLUS,
     SweepConfig,
