@@ -19,12 +19,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import yaml
 
 from flair_core.evaluation import CHANCE, CI_HIGH, CI_LOW
 from flair_core.evaluation.comparison import format_cell
 from flair_core.evaluation.headline import MAIN_TABLE
 from flair_core.methods import METHODS
+from flair_core.run_config import read_run_config
 from flair_lab import paper_numbers
 
 PAPER = "../shared/reference/paper_numbers.md"
@@ -54,11 +54,12 @@ def collect(config, runs_dir: Path) -> dict[tuple[str, str], dict[int, dict]]:
         metrics: dict = {}
         for r in results:
             metrics.update(json.loads(r.read_text()))
-        resolved = yaml.safe_load((folder / "config.yaml").read_text())
+        resolved = read_run_config(folder)
         for entry in json.loads(record.read_text()):
             if entry["study"] == config.name:
                 out.setdefault((entry["group"], entry["label"]), {})[entry["seed"]] = {
-                    "metrics": metrics, "method": resolved["method"]["name"], "config": resolved, "dir": folder}
+                    "metrics": metrics, "method": resolved.method.name, "config": resolved.model_dump(mode="json"),
+                    "dir": folder}
     return out
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.models import ModelSignature
@@ -26,6 +25,7 @@ from flair_core.checkpoints import newest
 from flair_core.evaluation.comparison import noise_of
 from flair_core.evaluation.headline import headline, is_headline
 from flair_core.evaluation.metrics import non_finite_metrics
+from flair_core.run_config import read_run_config
 from flair_lab.pyfunc_model import ImageTextScorer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def log_training_run(run_dir: Path, method: str, eval_metrics: dict[str, float],
     # so the experiment holds one run per registered version.
     for stale in client.search_runs([exp_id], f"tags.run_key = '{tags['run_key']}'"):
         client.delete_run(stale.info.run_id)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config = read_run_config(run_dir).model_dump(mode="json")
     checkpoint = newest(run_dir / "checkpoints")
     with mlflow.start_run(run_name=f"{method}-{tags['run_key'][:8]}", tags=tags) as run:
         mlflow.log_params(flatten(config))

@@ -34,6 +34,7 @@ from flair_core.evaluation.comparison import format_cell, noise_of
 from flair_core.evaluation.headline import headline, promotion_metric
 from flair_core.evaluation.runner import benchmark_names
 from flair_core.methods import get_method
+from flair_core.run_config import read_run_config
 from flair_lab import tracking
 
 REPO = Path(__file__).resolve().parents[1]
@@ -191,7 +192,7 @@ def pretrain_eval(method: str = "flair", params_file: str = "params/cpu.yaml", o
     metrics = evaluate(run_dir, benchmarks, data_root, threads, out_dir)  # failing after its retries fails the flow
     eval_seconds = time.perf_counter() - phase
     pngs = attention_pngs(run_dir, data_root)
-    preset = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())["train"]["model"]  # as resolved
+    preset = read_run_config(run_dir).train.model  # as resolved
     tags = {"run_key": run_key, "git_commit": commit, "data_hash": data_hash,
             "data_level": tracking.data_level(REPO / data_root), "method": method, "preset": preset}
     run_id, version = log_and_register(run_dir, method, metrics, tags, experiment, pngs)
