@@ -192,7 +192,7 @@ def test_prefect_restarted_in_training_and_mlflow_down_before_logging_the_flow_c
     wait_for("runs/flows/dreamlip-*/metrics.jsonl")
     crash(platform, "prefect")
     platform.start()
-    wait_for("runs/flows/dreamlip-*/eval/*.json", evaluations)  # next: attention maps, then logging
+    wait_for("runs/flows/dreamlip-*/eval/*/*.json", evaluations)  # in the flow run's folder; next: attention, logging
     crash(platform, "mlflow")
     time.sleep(5)
     platform.start()
