@@ -15,7 +15,6 @@ Two mechanisms, each covering the other's gap:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -23,20 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from flair_core.lifetime import die_with_parent
+
 GRACE_SECONDS = 15  # between SIGTERM and SIGKILL: a training step under load, then its checkpoint
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """Ask the kernel to send `sig` to this process when its parent exits (Linux; elsewhere a no-op). Ends at
-    once if the parent is already gone."""
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-        return  # not allowed here: run_tree's own clean-up still applies
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os.kill(os.getpid(), sig)
 
 
 def descendants(root: int) -> list[int]:

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "flair_core"
 # Lowest first. An entry is a module or a package (with all its modules), relative to flair_core; "" is the root.
 FLOORS = (
     # files, configs, process groups and the maths the models are made of; no data, model or run
-    ("ground", ("fileio", "model_config", "distributed", "pooling", "losses", "scores", "preprocess", "weights",
+    ("ground", ("fileio", "lifetime", "model_config", "distributed", "pooling", "losses", "scores", "preprocess", "weights",
                 "checkpoints")),
     ("data", ("data",)),  # built-in and benchmark data sets, captions, the training loader
     ("models", ("towers", "methods", "models")),  # the towers, each method's model and loss, building and loading

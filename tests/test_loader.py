@@ -3,11 +3,13 @@
 import io
 import json
 import logging
+import multiprocessing
 import os
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,10 +143,33 @@ def test_nothing_readable_stops(tmp_path):
         keys_of(urls, steps=1, workers=0, max_bad_fraction=1.0)
 
 
-def test_error_in_a_worker_keeps_its_type(tmp_path):
+def test_error_in_a_worker_keeps_its_type_and_no_worker_is_left_running(tmp_path):
+    """Worker 0 reads only bad samples, worker 1 an empty shard: once, worker 1 read that shard round and round
+    for ever, ignoring DataLoader's stop, and outlived the test run at 70 % of a core."""
     urls = write_shards(tmp_path, 2, 0, extra=bad_samples() * 3)
     with pytest.raises(DataError):
         keys_of(urls, steps=1, workers=2, max_bad_fraction=1.0, world=1)
+    workers = multiprocessing.active_children()  # idle until the failed loader's iterator is collected
+    before = [cpu_seconds(w.pid) for w in workers]
+    time.sleep(2)
+    spent = [cpu_seconds(w.pid) - b for w, b in zip(workers, before, strict=True)]
+    assert all(s < 0.5 for s in spent), spent  # none spinning
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_shards_without_a_sample_stop_the_reader(tmp_path):
+    urls = write_shards(tmp_path, 1, 0)
+    with pytest.raises(DataError, match="no sample in a pass over 1 shard"):
+        keys_of(urls, steps=1, workers=0)
+    with pytest.raises(DataError, match="no sample in a pass over 1 shard"):
+        keys_of(urls, steps=1, workers=0, resampled=True)
 
 
 def test_too_few_shards_for_the_readers(tmp_path):

@@ -34,6 +34,7 @@ from flair_core.data.captions import (
 )
 from flair_core.data.errors import DataError
 from flair_core.data.storage import register_s3_scheme
+from flair_core.lifetime import die_with_parent
 from flair_core.model_config import Frozen
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,12 @@ class BadSampleTracker:
     def __init__(self, config: LoaderConfig):
         self.config = config
         self.seen = self.bad = 0
+        self.read = 0  # samples that came out of the shards, before shuffling and decoding
+
+    def count_reads(self, samples: Iterator[dict]) -> Iterator[dict]:
+        for sample in samples:
+            self.read += 1
+            yield sample
 
     def skip(self, what: str, key: str, shard: str) -> None:
         self.seen += 1
@@ -101,21 +108,28 @@ class BadSampleTracker:
 class ShardStream(torch.utils.data.IterableDataset):
     """Endless stream of {"url": ...} for one reader slot (rank × worker); reshuffled every pass."""
 
-    def __init__(self, urls: list[str], seed: int, epoch: int, slot: int, slots: int, resampled: bool):
+    def __init__(self, urls: list[str], seed: int, epoch: int, slot: int, slots: int, resampled: bool,
+                 tracker: BadSampleTracker):
         super().__init__()
         self.urls, self.seed, self.epoch = urls, seed, epoch
         self.slot, self.slots, self.resampled = slot, slots, resampled
+        self.tracker = tracker
 
     def __iter__(self) -> Iterator[dict]:
         rng = random.Random(f"{self.seed}:{self.epoch}:{self.slot}")
-        if self.resampled:
-            while True:
-                yield {"url": rng.choice(self.urls)}
-        if len(self.urls) < self.slots:
+        if not self.resampled and len(self.urls) < self.slots:
             raise DataError(f"{len(self.urls)} shards cannot feed {self.slots} readers (ranks × workers)")
-        mine = self.urls[self.slot :: self.slots]
+        mine = self.urls if self.resampled else self.urls[self.slot :: self.slots]
         while True:  # passes over this slot's shards; the epoch length cuts the stream
-            yield from ({"url": u} for u in rng.sample(mine, len(mine)))
+            read = self.tracker.read
+            if self.resampled:
+                yield from ({"url": rng.choice(mine)} for _ in mine)
+            else:
+                yield from ({"url": u} for u in rng.sample(mine, len(mine)))
+            # Shards that hold no sample would be read round and round for ever, the worker spinning and
+            # deaf to the DataLoader's shutdown.
+            if self.tracker.read == read:
+                raise DataError(f"no sample in a pass over {len(mine)} shard(s) ({mine[0]}, ...): empty shards?")
 
 
 def decode_image(sample: dict) -> Image.Image:
@@ -208,8 +222,9 @@ class EpochDataset(torch.utils.data.IterableDataset):
         tracker = BadSampleTracker(self.config)
         pipeline = wds.DataPipeline(
             ShardStream(self.urls, self.seed, self.epoch, self.rank * workers + role, self.world * workers,
-                        self.config.resampled),
+                        self.config.resampled, tracker),
             wds.tarfile_to_samples(handler=tracker.shard_error),
+            tracker.count_reads,
             wds.shuffle(self.config.shuffle_buffer, initial=min(self.config.shuffle_buffer, 100),
                         rng=random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{role}:samples")),
             _skip(done * self.batch_size),  # before decoding: skipping costs only tar reads
@@ -256,3 +271,6 @@ def leave_stop_signals_to_the_trainer(_worker_id: int) -> None:
     trainer: DataLoader shuts them down, and they exit on their own once their parent is gone."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker busy inside the data set never reads DataLoader's stop message, and it ignores the SIGTERM
+    # DataLoader then sends: the kernel kills it when the trainer's process ends (Linux).
+    die_with_parent(signal.SIGKILL)
