@@ -40,10 +40,10 @@ def cmd_methods(args: argparse.Namespace) -> None:
 
 
 def cmd_benchmarks(args: argparse.Namespace) -> None:
-    from flair_core.evaluation.runner import BENCHMARKS
+    from flair_core.data.registry import BENCHMARKS
 
     for name, benchmark in BENCHMARKS.items():
-        split = benchmark.split or "the loader's own"
+        split = benchmark.default_split or "the loader's own"
         print(name if args.names else f"{name:22s} {benchmark.family:15s} default split: {split}")
 
 
