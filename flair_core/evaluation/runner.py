@@ -1,8 +1,8 @@
 """The one call that evaluates a model on a benchmark (`flair evaluate`, validation during training and the
 orchestrators all use `run_benchmark`).
 
-A benchmark is an entry of the registry (`flair_core/data/registry.py`): its family, loader, splits and default
-split. One evaluator per family turns the loaded source into flat metrics named
+A benchmark is an entry of the registry (`flair_core/data/registry.py`): its family, loader, splits and
+default split. One evaluator per family turns the loaded source into flat metrics named
 `<family>/<benchmark>/<mode>/<metric>`; scoring modes default to what the model's method offers.
 """
 
@@ -16,6 +16,7 @@ import torch
 from flair_core.data.errors import DataError
 from flair_core.data.registry import get_benchmark
 from flair_core.evaluation.classification import evaluate_classification
+from flair_core.evaluation.headline import metric_key
 from flair_core.evaluation.metrics import EvaluationError, non_finite_metrics
 from flair_core.evaluation.retrieval import evaluate_retrieval
 from flair_core.evaluation.segmentation import evaluate_segmentation
@@ -44,18 +45,18 @@ def _segmentation(model, name, source, tokenizer, transform, options: EvalOption
     for mode in options.modes or method_of(model).segmentation_modes:
         result = evaluate_segmentation(model, tokenizer, transform, source, mode=mode,
                                        background_threshold=options.background_threshold, device=options.device)
-        prefix = f"segmentation/{name}/{mode}"
-        metrics.update({f"{prefix}/miou": 100 * result["miou"], f"{prefix}/pixel_accuracy": 100 * result["pixel_accuracy"]})
-        metrics.update({f"{prefix}/iou/{cls}": 100 * value for cls, value in result["iou"].items()})
-    metrics[f"segmentation/{name}/num_images"] = source.num_images
+        metrics.update({metric_key("segmentation", name, mode, m): 100 * result[m]
+                        for m in ("miou", "pixel_accuracy")})
+        metrics.update({metric_key("segmentation", name, mode, f"iou/{cls}"): 100 * value
+                        for cls, value in result["iou"].items()})
+    metrics[metric_key("segmentation", name, None, "num_images")] = source.num_images
     return metrics
 
 
 def _classification(model, name, source, tokenizer, transform, options: EvalOptions) -> dict[str, float]:
     result = evaluate_classification(model, tokenizer, transform, source, device=options.device)
-    prefix = f"classification/{name}/zeroshot"
-    return {f"{prefix}/top1": 100 * result["top1"], f"{prefix}/top5": 100 * result["top5"],
-            f"classification/{name}/num_images": result["num_images"]}
+    return {**{metric_key("classification", name, "zeroshot", m): 100 * result[m] for m in ("top1", "top5")},
+            metric_key("classification", name, None, "num_images"): result["num_images"]}
 
 
 EVALUATORS = {"retrieval": _retrieval, "segmentation": _segmentation, "classification": _classification}
