@@ -24,7 +24,8 @@ def read_colours(root, split) -> RetrievalSet:
 
 @pytest.fixture
 def colours(tmp_path):
-    """The recipe's step 2, one registry entry (from outside the package, as a plug-in would), removed after."""
+    """The recipe's step 2, one registry entry (from outside the package, as a plug-in would); removed
+    after."""
     (tmp_path / "test").mkdir()
     for colour, rgb in COLOURS.items():
         Image.new("RGB", (32, 32), rgb).save(tmp_path / "test" / f"{colour}.png")

@@ -23,7 +23,8 @@ MARK = {"primary": "[P]", "secondary": "[S]"}
 LEGEND = {"primary": "[P] primary — the authors' own README or code",
           "secondary": "[S] secondary — third-party notes of the paper"}
 BADGE = {"primary": ("green", ":material/verified:"), "secondary": ("orange", ":material/menu_book:")}
-SCALE = (Column("standard t2i R@1", own_mode_key("builtin_standard", "t2i_r1")),  # beside the paper's retrieval tables
+# This platform's runs beside the paper's retrieval tables, each in its method's own mode.
+SCALE = (Column("standard t2i R@1", own_mode_key("builtin_standard", "t2i_r1")),
          Column("standard i2t R@1", own_mode_key("builtin_standard", "i2t_r1")),
          Column("fine-grained t2i R@1", own_mode_key("builtin_fine_grained", "t2i_r1")),
          Column("long t2i R@1", own_mode_key("builtin_long", "t2i_r1")))

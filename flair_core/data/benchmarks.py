@@ -1,5 +1,5 @@
-"""Real retrieval benchmark readers (FLAIR_SPEC §7.1), reading each annotation file as the original evaluation does.
-Each is registered, with its splits, in `flair_core/data/registry.py`, whose `load_benchmark` calls it.
+"""Real retrieval benchmark readers (FLAIR_SPEC §7.1), reading each annotation file as the original
+evaluation does. Each is registered, with its splits, in `flair_core/data/registry.py` (`load_benchmark`).
 
 Differences from the original, all deliberate (§8 items 4-7):
 

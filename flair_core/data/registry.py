@@ -1,9 +1,9 @@
-"""The benchmark registry: one `Benchmark` entry per benchmark (family, loader, splits, default split), read by
-`flair evaluate` and `flair benchmarks`, validation during training and the flows' default benchmarks.
+"""The benchmark registry: one `Benchmark` entry per benchmark (family, loader, splits, default split),
+read by `flair evaluate` and `flair benchmarks`, validation during training and the flows' default benchmarks.
 
 A loader is `(root, split, options) -> the family's source` (a `RetrievalTask`, `SegmentationSource` or
 `ClassificationSource`); `options` are the evaluation's options, which only ADE20K reads (its class names).
-A real retrieval benchmark gives a reader `(root, split) -> RetrievalSet` instead (`flair_core/data/benchmarks.py`):
+A real retrieval benchmark gives a reader `(root, split) -> RetrievalSet` instead (`data/benchmarks.py`):
 `load_benchmark` resolves the split, confines the root and checks every image before any compute.
 """
 
@@ -51,7 +51,7 @@ class Benchmark:
             object.__setattr__(self, "load", lambda root, split, _: _annotated(self, root, split))
 
     def split(self, split: str | None) -> str | None:
-        """The split to load: the given one if known (any, where the splits are not fixed), else the default."""
+        """The split to load: the given one if known (any, where splits are not fixed), else the default."""
         split = self.default_split if split is None else split
         if self.splits is not None and split not in self.splits:
             raise DataError(f"{self.name}: unknown split {split!r}; known: {', '.join(self.splits)}")
@@ -59,8 +59,8 @@ class Benchmark:
 
 
 def _builtin_retrieval(family: str) -> Benchmark:
-    return Benchmark(f"builtin_{family}", "retrieval", lambda root, split, _: builtin_task(root, split, family),
-                     default_split="test")
+    return Benchmark(f"builtin_{family}", "retrieval",
+                     lambda root, split, _: builtin_task(root, split, family), default_split="test")
 
 
 def _real(name: str, read: Reader, splits: tuple[str, ...] = ("test",)) -> Benchmark:
@@ -79,18 +79,20 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     _real("dci", readers.dci, ("all",)),  # train+valid+test, as the long-caption protocol evaluates it
     _real("sharegpt4v_1k", readers.sharegpt4v(1_000)),
     _real("sharegpt4v_10k", readers.sharegpt4v(10_000)),
-    Benchmark("builtin_segmentation", "segmentation", lambda root, split, _: builtin_segmentation(root, split),
-              default_split="test"),
+    Benchmark("builtin_segmentation", "segmentation",
+              lambda root, split, _: builtin_segmentation(root, split), default_split="test"),
     Benchmark("voc", "segmentation", lambda root, split, _: voc_segmentation(root, split, background=True),
               default_split="val"),
     Benchmark("voc20", "segmentation",  # VOC without its background class
               lambda root, split, _: voc_segmentation(root, split, background=False), default_split="val"),
     # ADE20K's folders carry no class names: they come from the options (`--class-name`, in label order)
-    Benchmark("ade20k", "segmentation", lambda root, split, o: ade20k_segmentation(root, o.class_names, split),
+    Benchmark("ade20k", "segmentation",
+              lambda root, split, options: ade20k_segmentation(root, options.class_names, split),
               default_split="validation"),
     Benchmark("cityscapes", "segmentation", lambda root, split, _: cityscapes_segmentation(root, split),
               default_split="val"),
-    Benchmark("builtin_classification", "classification", lambda root, split, _: builtin_classification(root)),
+    Benchmark("builtin_classification", "classification",
+              lambda root, split, _: builtin_classification(root)),
     Benchmark("imagefolder", "classification",  # root/<class>/<image>; a split names a subfolder
               lambda root, split, _: imagefolder_classification(root / split if split else root)),
 )}
@@ -116,8 +118,8 @@ def get_benchmark(name: str) -> Benchmark:
 
 def load_benchmark(name: str, root: str | Path, split: str | None = None,
                    check_images: bool = True) -> RetrievalSet:
-    """A real retrieval benchmark's texts and images; with `check_images`, fail now (not mid-evaluation) if any
-    image is missing, empty or not an image."""
+    """A real retrieval benchmark's texts and images; with `check_images`, fail now (not mid-evaluation) if
+    any image is missing, empty or not an image."""
     return _read(get_benchmark(name), root, split, check_images)
 
 

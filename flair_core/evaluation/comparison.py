@@ -192,7 +192,8 @@ def build_table(evals: Mapping[str, Mapping[str, float]], methods: Iterable[Meth
 def main_table(metrics: Mapping[str, Mapping[str, float]], own_modes: Mapping[str, str],
                specs: tuple[headline.Column, ...] = MAIN_TABLE) -> Table:
     """The main table (`MAIN_TABLE`'s columns, or other `specs`), runs in the given order, each in the mode
-    `own_modes[run]` (its method's own retrieval mode; segmentation and classification columns name theirs)."""
+    `own_modes[run]` (its method's own retrieval mode; segmentation and classification columns name
+    theirs)."""
     columns, values, modes = [], {}, {}
     for spec in specs:
         family, benchmark, _, metric = spec.key.split("/")
