@@ -317,6 +317,13 @@ def is_baseline(method: str) -> bool:
     return METHODS[method].baseline if method in METHODS else True
 
 
+def own_modes_text() -> str:
+    """`flair flair, clip global, …`: each registered method and its own retrieval mode, in registry order."""
+    from flair_core import METHODS
+
+    return ", ".join(f"{m.name} {m.primary_mode}" for m in METHODS.values())
+
+
 def own_mode(method: str) -> str:
     """The method's own retrieval mode; runs of a method this code does not know are shown in global mode."""
     from flair_core import METHODS

@@ -8,9 +8,9 @@ from flair_core.evaluation.comparison import format_noise, main_table
 from flair_core.evaluation.headline import is_headline
 
 st.title("Compare runs")
-st.caption("Each method in its own scoring mode (FLAIR text-conditioned, FILIP token-wise, CLIP and DreamLIP "
-           "global) on the built-in test split. R@1, mIoU and top-1 in percent; beside each R@1 its 95 % "
-           "bootstrap interval over queries and its chance level, so a gap inside the noise reads as one.")
+st.caption(f"Each method in its own scoring mode ({data.own_modes_text()}) on the built-in test split. R@1, "
+           "mIoU and top-1 in percent; beside each R@1 its 95 % bootstrap interval over queries and its "
+           "chance level, so a gap inside the noise reads as one.")
 
 
 settings = data.settings()
