@@ -43,11 +43,11 @@ class Benchmark:
     read: Reader | None = None  # a real retrieval benchmark's annotation reader
 
     def __post_init__(self) -> None:
-        if (self.load is None) == (self.read is None):
-            raise ValueError(f"benchmark {self.name!r}: give either a loader or a retrieval reader")
+        if self.load is None and self.read is None:
+            raise ValueError(f"benchmark {self.name!r}: give a loader or a retrieval reader")
         if self.default_split is None and self.splits:
             object.__setattr__(self, "default_split", self.splits[0])
-        if self.read is not None:
+        if self.read is not None:  # always from this entry: a dataclasses.replace copy reads its own reader
             object.__setattr__(self, "load", lambda root, split, _: _annotated(self, root, split))
 
     def split(self, split: str | None) -> str | None:
