@@ -19,6 +19,7 @@ import pandas as pd
 import streamlit as st
 import yaml
 
+from flair_core.evaluation.headline import metric_key
 from flair_lab import paper_numbers
 from flair_lab.experiments import STUDY_EXPERIMENT
 
@@ -191,9 +192,6 @@ def paper(path: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- study
-STUDY_FINE = "retrieval/builtin_fine_grained/{mode}/t2i_r1"
-
-
 @st.cache_data(ttl=TTL, show_spinner="Reading studies from MLflow…")
 def paper_studies(tracking_uri: str) -> pd.DataFrame:
     """One row per equal-budget study (its MLflow parent run, tag study_role=study), newest first: name, run id,
@@ -238,10 +236,11 @@ def paper_study_runs(tracking_uri: str, parent_run_id: str) -> pd.DataFrame:
             tags, metrics = run.data.tags, run.data.metrics
             method = _study_method(tags, run.data.params)
             mode = own_mode(method) if method else "global"
+            fine = metric_key("retrieval", "builtin_fine_grained", mode, "t2i_r1")
             rows.append({"group": tags.get("study_group", ""), "setting": tags.get("study_label", ""),
                          "seed": int(tags["seed"]) if tags.get("seed", "").isdigit() else None,
                          "method": method, "mode": mode,
-                         "fine-grained t2i R@1": metrics.get(STUDY_FINE.format(mode=mode), float("nan")),
+                         "fine-grained t2i R@1": metrics.get(fine, float("nan")),
                          "run_key": tags.get("run_key", "")[:12],
                          "link": f"{tracking_uri}/#/experiments/{experiment_id}/runs/{run.info.run_id}"})
         return pd.DataFrame(rows)
@@ -304,6 +303,25 @@ def model(tracking_uri: str, name: str, version: int):
     if not files:
         raise Unavailable(f"{name} v{version}: its run logged no checkpoint")
     return load_trained(files[-1])
+
+
+def logged_metrics(run: pd.Series) -> dict[str, float]:
+    """A `runs()` row's metrics (`<family>/...` keys) that the run logged, for `comparison.main_table`."""
+    return {k: v for k, v in run.items() if "/" in k and isinstance(v, float) and not pd.isna(v)}
+
+
+def is_baseline(method: str) -> bool:
+    """Whether the registry calls the method a baseline; a method this code does not know counts as one."""
+    from flair_core import METHODS
+
+    return METHODS[method].baseline if method in METHODS else True
+
+
+def own_modes_text() -> str:
+    """`flair flair, clip global, …`: each registered method and its own retrieval mode, in registry order."""
+    from flair_core import METHODS
+
+    return ", ".join(f"{m.name} {m.primary_mode}" for m in METHODS.values())
 
 
 def own_mode(method: str) -> str:

@@ -40,10 +40,10 @@ def cmd_methods(args: argparse.Namespace) -> None:
 
 
 def cmd_benchmarks(args: argparse.Namespace) -> None:
-    from flair_core.evaluation.runner import BENCHMARKS
+    from flair_core.data.registry import BENCHMARKS
 
     for name, benchmark in BENCHMARKS.items():
-        split = benchmark.split or "the loader's own"
+        split = benchmark.default_split or "the loader's own"
         print(name if args.names else f"{name:22s} {benchmark.family:15s} default split: {split}")
 
 
@@ -167,9 +167,10 @@ def cmd_attention(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
+    from flair_core import METHODS
     from flair_core.evaluation import comparison
 
-    table = comparison.build_table(comparison.load_evals(args.eval_dir))
+    table = comparison.build_table(comparison.load_evals(args.eval_dir), METHODS.values())
     curves = comparison.load_loss_curves(args.runs, list(table.runs)) if args.runs else None
     written = comparison.write_reports(table, args.out, curves)
     print(comparison.to_markdown(table))

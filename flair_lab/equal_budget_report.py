@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 
 from flair_core.evaluation import CHANCE, CI_HIGH, CI_LOW
 from flair_core.evaluation.comparison import format_cell
-from flair_core.evaluation.headline import MAIN_TABLE
+from flair_core.evaluation.headline import MAIN_TABLE, metric_key, own_mode_key
 from flair_core.methods import METHODS
 from flair_core.run_config import read_run_config
 from flair_lab import paper_numbers
@@ -37,9 +37,9 @@ PAPER_LOSS_ROWS = {"global sigmoid only": "global sigmoid loss, one caption",
 PAPER_LOSS_COLUMNS = ("coco_t2i_r1", "voc20_miou", "imagenet_top1")
 PAPER_K_ROWS = {"K 2": 2, "K 8": 8}
 SEG_MARGIN = 10.0  # mIoU points a segmentation claim needs (no interval for mIoU)
-FINE, LONG = "retrieval/builtin_fine_grained/{mode}/t2i_r1", "retrieval/builtin_long/{mode}/t2i_r1"
-SEG_PATCH = "segmentation/builtin_segmentation/patch/miou"
-SEG_ATTENTION = "segmentation/builtin_segmentation/attention/miou"
+FINE, LONG = own_mode_key("builtin_fine_grained", "t2i_r1"), own_mode_key("builtin_long", "t2i_r1")
+SEG_PATCH = metric_key("segmentation", "builtin_segmentation", "patch", "miou")
+SEG_ATTENTION = metric_key("segmentation", "builtin_segmentation", "attention", "miou")
 
 
 def collect(config, runs_dir: Path) -> dict[tuple[str, str], dict[int, dict]]:
@@ -138,7 +138,7 @@ def verdicts(runs: dict) -> list[tuple[str, str, str]]:
     method = {m: runs.get(("methods", m)) for m in METHODS}
     out = []
     flair_fine = cell(method["flair"], FINE) if method["flair"] else None
-    rivals = {m: cell(method[m], FINE) for m in ("clip", "dreamlip", "filip") if method.get(m)}
+    rivals = {m: cell(method[m], FINE) for m in METHODS if METHODS[m].baseline and method.get(m)}
     if flair_fine and rivals:
         best = max(rivals, key=lambda m: rivals[m]["value"])
         paper_flair, paper_dreamlip = (paper_numbers.value("main_comparison", "docci_fg_t2i_r1", method=m)

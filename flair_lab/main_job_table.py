@@ -61,8 +61,9 @@ def main() -> None:
     widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
     for row in [header, ["-" * w for w in widths], *table]:
         print("  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)))
-    print("(R@1 in percent, each method in its own scoring mode: FLAIR text-conditioned, FILIP token-wise, "
-          "CLIP and DreamLIP global; [95 % bootstrap interval over queries], (chance level))")
+    own = ", ".join(f"{m.name} {m.primary_mode}" for m in METHODS.values())
+    print(f"(R@1 in percent, each method in its own scoring mode: {own}; [95 % bootstrap interval over "
+          "queries], (chance level))")
     for name, url in urls().items():
         print(f"{name:11s} {url}")
 

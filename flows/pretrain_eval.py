@@ -30,9 +30,9 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flair_cli.processes import run_tree
+from flair_core.data.registry import benchmark_names
 from flair_core.evaluation.comparison import format_cell, noise_of
 from flair_core.evaluation.headline import headline, promotion_metric
-from flair_core.evaluation.runner import benchmark_names
 from flair_core.methods import get_method
 from flair_core.run_config import read_run_config
 from flair_lab import tracking

@@ -173,7 +173,7 @@ def test_prefect_restarted_in_training_and_mlflow_down_before_logging_the_flow_c
     both out: the flow completes, its run is recorded Completed, and the model has exactly one version."""
     from mlflow import MlflowClient
 
-    from flair_core.evaluation.runner import benchmark_names
+    from flair_core.data.registry import benchmark_names
     from tests.helpers.scratch_repo import scratch_copy
 
     evaluations = len([name for name in benchmark_names() if name.startswith("builtin_")])  # as the flow's

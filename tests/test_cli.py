@@ -71,7 +71,7 @@ def test_parsing_any_verb_imports_no_library():
 
 
 def test_benchmarks_lists_every_registered_benchmark():
-    from flair_core.evaluation.runner import BENCHMARKS
+    from flair_core.data.registry import BENCHMARKS
 
     result = run("benchmarks", "--names")
     assert result.returncode == 0 and result.stdout.split() == list(BENCHMARKS)

@@ -12,6 +12,7 @@ import yaml
 from flair_cli import main
 from flair_core.evaluation import comparison as compare
 from flair_core.evaluation.headline import MAIN_TABLE
+from flair_core.methods import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,7 +93,7 @@ COLUMNS = ["builtin_fine_grained/t2i_r1", "builtin_fine_grained/i2t_r1", "builti
 
 
 def test_table_cells_modes_and_order(eval_dir):
-    table = compare.build_table(compare.load_evals(eval_dir))
+    table = compare.build_table(compare.load_evals(eval_dir), METHODS.values())
     assert table.runs == ("flair", "clip", "filip", "extra")  # known methods first, then the rest sorted
     assert [c.key for c in table.columns] == COLUMNS
     assert [c.label for c in table.columns] == ["fine-grained t2i R@1", "fine-grained i2t R@1", "long t2i R@1",
@@ -108,7 +109,7 @@ def test_table_cells_modes_and_order(eval_dir):
 
 
 def test_markdown_csv_json_and_loss_csv(eval_dir, runs_dir, tmp_path):
-    table = compare.build_table(compare.load_evals(eval_dir))
+    table = compare.build_table(compare.load_evals(eval_dir), METHODS.values())
     written = compare.write_reports(table, tmp_path / "reports",
                                     compare.load_loss_curves(runs_dir, list(table.runs)))
     assert sorted(p.name for p in written) == ["compare.csv", "compare.json", "compare.md", "train_loss.csv"]
@@ -188,7 +189,7 @@ def test_interval_and_chance_in_markdown_csv_and_json(eval_dir, tmp_path):
                     f"retrieval/builtin_fine_grained/{mode}/t2i_r1_chance": 1.56 + shift,
                     f"retrieval/builtin_fine_grained/{mode}/strict_t2i_r1_chance": 9.0}
     path.write_text(json.dumps(metrics))
-    table = compare.build_table(compare.load_evals(eval_dir))
+    table = compare.build_table(compare.load_evals(eval_dir), METHODS.values())
     assert table.value("flair", "builtin_fine_grained/t2i_r1") == 40.0  # the mode choice is unchanged
     compare.write_reports(table, tmp_path / "r")
     out = tmp_path / "r"
@@ -248,7 +249,7 @@ def test_dvc_plots_read_columns_compare_writes(eval_dir, runs_dir, tmp_path):
     assert all(f"--benchmark {b}" in evaluate["cmd"] for b in benchmarks)  # each file is one the command writes
     every = {k: v for metrics in EVALS["flair"].values() for k, v in metrics.items()}
     every |= retrieval("builtin_standard", {"global": (1.0, 2.0)})
-    table = compare.build_table(dict.fromkeys(methods, every))
+    table = compare.build_table(dict.fromkeys(methods, every), METHODS.values())
     assert {c.benchmark for c in table.columns} == set(benchmarks)
     for run in methods:
         (runs_dir / run).mkdir(parents=True, exist_ok=True)

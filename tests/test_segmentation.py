@@ -8,6 +8,7 @@ from PIL import Image
 
 from flair_core import create_model, get_tokenizer, get_transform, load_model_config
 from flair_core.data.errors import DataError
+from flair_core.data.registry import get_benchmark
 from flair_core.data.segmentation_sets import (
     SegmentationSource,
     ade20k_segmentation,
@@ -16,7 +17,7 @@ from flair_core.data.segmentation_sets import (
     voc_segmentation,
 )
 from flair_core.evaluation import segmentation as seg
-from flair_core.evaluation.runner import EvalOptions, get_benchmark
+from flair_core.evaluation.runner import EvalOptions
 from flair_core.evaluation.segmentation import (
     class_scorer,
     confusion_matrix,

@@ -8,9 +8,9 @@ from flair_core.evaluation.comparison import format_noise, main_table
 from flair_core.evaluation.headline import is_headline
 
 st.title("Compare runs")
-st.caption("Each method in its own scoring mode (FLAIR text-conditioned, FILIP token-wise, CLIP and DreamLIP "
-           "global) on the built-in test split. R@1, mIoU and top-1 in percent; beside each R@1 its 95 % "
-           "bootstrap interval over queries and its chance level, so a gap inside the noise reads as one.")
+st.caption(f"Each method in its own scoring mode ({data.own_modes_text()}) on the built-in test split. R@1, "
+           "mIoU and top-1 in percent; beside each R@1 its 95 % bootstrap interval over queries and its "
+           "chance level, so a gap inside the noise reads as one.")
 
 
 settings = data.settings()
@@ -40,8 +40,7 @@ if shown.empty:
     st.stop()
 
 # The main table, as the main job prints it (flair_lab/main_job_table.py): each run in its method's own mode.
-main = main_table({r["run_id"]: {k: v for k, v in r.items() if "/" in k and isinstance(v, float) and not pd.isna(v)}
-                   for _, r in shown.iterrows()},
+main = main_table({r["run_id"]: data.logged_metrics(r) for _, r in shown.iterrows()},
                   {r["run_id"]: data.own_mode(r["method"]) for _, r in shown.iterrows()})
 rows = []
 for _, run in shown.iterrows():
@@ -55,7 +54,7 @@ for _, run in shown.iterrows():
 metric_names = [column.label for column in main.columns]
 table = pd.DataFrame(rows).astype(dict.fromkeys(metric_names, float))  # a metric no shown run has: NaN
 
-baselines = sorted(set(table["method"]), key=lambda m: (m == "flair", m))  # a baseline first, FLAIR last
+baselines = sorted(set(table["method"]), key=lambda m: (not data.is_baseline(m), m))  # a baseline first
 baseline = st.selectbox("Deltas against", baselines, help="the newest shown run of this method")
 reference = table[table["method"] == baseline].iloc[0]
 for name in metric_names:

@@ -4,6 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
+from flair_core.evaluation.comparison import main_table
+from flair_core.evaluation.headline import Column, own_mode_key
 
 EXPECTED = {  # the tables the page shows, in its order; an id the data file lacks is said to be missing
     "standard_retrieval": "COCO / Flickr30k retrieval R@1 of the released checkpoints",
@@ -21,6 +23,11 @@ MARK = {"primary": "[P]", "secondary": "[S]"}
 LEGEND = {"primary": "[P] primary — the authors' own README or code",
           "secondary": "[S] secondary — third-party notes of the paper"}
 BADGE = {"primary": ("green", ":material/verified:"), "secondary": ("orange", ":material/menu_book:")}
+# This platform's runs beside the paper's retrieval tables, each in its method's own mode.
+SCALE = (Column("standard t2i R@1", own_mode_key("builtin_standard", "t2i_r1")),
+         Column("standard i2t R@1", own_mode_key("builtin_standard", "i2t_r1")),
+         Column("fine-grained t2i R@1", own_mode_key("builtin_fine_grained", "t2i_r1")),
+         Column("long t2i R@1", own_mode_key("builtin_long", "t2i_r1")))
 
 st.title("The paper's numbers")
 settings = data.settings()
@@ -68,15 +75,13 @@ if runs.empty:
     st.info("No pretrain-eval runs logged yet: run the main job (`make demo`).")
     st.stop()
 newest = runs.sort_values("started", ascending=False).drop_duplicates("method")
+scale = main_table({r["run_id"]: data.logged_metrics(r) for _, r in newest.iterrows()},
+                   {r["run_id"]: data.own_mode(r["method"]) for _, r in newest.iterrows()}, SCALE)
 rows = []
 for _, run in newest.iterrows():
-    mode = data.own_mode(run["method"])
     rows.append({"method": run["method"], "model": run["model"], "training images": run["train_images"],
                  "image px": run["image_size"], "epochs": run["epochs"], "batch": run["batch_size"],
-                 "standard t2i R@1": run.get(f"retrieval/builtin_standard/{mode}/t2i_r1"),
-                 "standard i2t R@1": run.get(f"retrieval/builtin_standard/{mode}/i2t_r1"),
-                 "fine-grained t2i R@1": run.get(f"retrieval/builtin_fine_grained/{mode}/t2i_r1"),
-                 "long t2i R@1": run.get(f"retrieval/builtin_long/{mode}/t2i_r1")})
+                 **{c.label: scale.value(run["run_id"], c.key) for c in scale.columns}})
 st.dataframe(pd.DataFrame(rows).style.format(precision=2, subset=[c for c in rows[0] if "R@1" in c]),
              hide_index=True, width="stretch")
 st.caption("Not comparable number for number: the paper trains a 150 M-parameter ViT-B/16 on 2.8–27 M real "

@@ -1,4 +1,5 @@
-"""Real retrieval benchmark loaders (FLAIR_SPEC §7.1), reading each annotation file as the original evaluation does.
+"""Real retrieval benchmark readers (FLAIR_SPEC §7.1), reading each annotation file as the original
+evaluation does. Each is registered, with its splits, in `flair_core/data/registry.py` (`load_benchmark`).
 
 Differences from the original, all deliberate (§8 items 4-7):
 
@@ -33,7 +34,6 @@ from typing import Any
 
 from flair_core.data.captions import normalise_long_caption
 from flair_core.data.errors import DataError
-from flair_core.data.files import check_images as check_images_of
 from flair_core.data.files import inside
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def _assemble(name: str, source: Path, records: Iterable[Record]) -> RetrievalSe
     return RetrievalSet(name, tuple(paths), tuple(ids), tuple(texts), tuple(text_image))
 
 
-def _coco(root: Path, split: str) -> RetrievalSet:
+def coco(root: Path, split: str) -> RetrievalSet:
     """COCO captions format; one text per annotation, its image found through `image_id`."""
     path = root / "annotations" / f"captions_{split}.json"
     data = _read_json(path)
@@ -191,7 +191,7 @@ def _coco(root: Path, split: str) -> RetrievalSet:
     return _assemble("coco", path, records())
 
 
-def _coco_karpathy(root: Path, split: str) -> RetrievalSet:
+def coco_karpathy(root: Path, split: str) -> RetrievalSet:
     """Karpathy's `dataset_coco.json`: the 5k test images, all their sentences, id = `cocoid`."""
     path = root / "dataset_coco.json"
     data = _read_json(path)
@@ -214,7 +214,7 @@ def _coco_karpathy(root: Path, split: str) -> RetrievalSet:
     return _assemble("coco_karpathy_5k", path, records())
 
 
-def _flickr30k(root: Path, split: str) -> RetrievalSet:
+def flickr30k(root: Path, split: str) -> RetrievalSet:
     """`flickr30k_<split>.json`: image paths are relative to the root's PARENT; id = the Flickr photo id."""
     path = root / f"flickr30k_{split}.json"
     data = _read_json(path)
@@ -232,7 +232,7 @@ def _flickr30k(root: Path, split: str) -> RetrievalSet:
     return _assemble("flickr30k", path, records())
 
 
-def _annotation_list(name: str, annotation: str, image_dir: str) -> Callable[[Path, str], RetrievalSet]:
+def annotation_list(name: str, annotation: str, image_dir: str) -> Callable[[Path, str], RetrievalSet]:
     """DOCCI / IIW fine-grained and Urban-1K: {"annotations": [{image_id, image, caption}]}, captions verbatim."""
 
     def load(root: Path, split: str) -> RetrievalSet:
@@ -249,11 +249,11 @@ def _annotation_list(name: str, annotation: str, image_dir: str) -> Callable[[Pa
 
         return _assemble(name, path, records())
 
-    load.__doc__ = _annotation_list.__doc__
+    load.__doc__ = annotation_list.__doc__
     return load
 
 
-def _dci(root: Path, split: str) -> RetrievalSet:
+def dci(root: Path, split: str) -> RetrievalSet:
     """Densely Captioned Images, long-caption protocol: train+valid+test concatenated, one text per image.
 
     Text = short_caption + newline + extra_caption, split into sentences and re-joined with '. '; image id =
@@ -287,7 +287,7 @@ def _dci(root: Path, split: str) -> RetrievalSet:
     return _assemble("dci", path, records())
 
 
-def _sharegpt4v(count: int) -> Callable[[Path, str], RetrievalSet]:
+def sharegpt4v(count: int) -> Callable[[Path, str], RetrievalSet]:
     """ShareGPT4V long captions: the first `count` records of share4v_sam_10k.json; id = record index."""
 
     def load(root: Path, split: str) -> RetrievalSet:
@@ -311,50 +311,5 @@ def _sharegpt4v(count: int) -> Callable[[Path, str], RetrievalSet]:
 
         return _assemble(f"sharegpt4v_{count // 1000}k", path, records())
 
-    load.__doc__ = _sharegpt4v.__doc__
+    load.__doc__ = sharegpt4v.__doc__
     return load
-
-
-BENCHMARKS: dict[str, Callable[..., RetrievalSet]] = {
-    "coco": _coco,
-    "coco_karpathy_5k": _coco_karpathy,
-    "flickr30k": _flickr30k,
-    "docci_fg": _annotation_list("docci_fg", "annotations/test_annotations.json", "images"),
-    "iiw_fg": _annotation_list("iiw_fg", "test_annotations.json", "."),
-    "urban1k": _annotation_list("urban1k", "annotations/annotations.json", "images"),
-    "dci": _dci,
-    "sharegpt4v_1k": _sharegpt4v(1_000),
-    "sharegpt4v_10k": _sharegpt4v(10_000),
-}
-# Known splits per benchmark; the first is the default.
-SPLITS: dict[str, tuple[str, ...]] = {
-    "coco": ("val2017",),
-    "coco_karpathy_5k": ("test",),
-    "flickr30k": ("val", "test"),
-    "docci_fg": ("test",),
-    "iiw_fg": ("test",),
-    "urban1k": ("test",),
-    "dci": ("all",),
-    "sharegpt4v_1k": ("test",),
-    "sharegpt4v_10k": ("test",),
-}
-
-
-def load_benchmark(
-    name: str, root: str | Path, split: str | None = None, check_images: bool = True
-) -> RetrievalSet:
-    """Load a retrieval benchmark; with `check_images`, fail now (not mid-evaluation) if any image is missing,
-    empty or not an image."""
-    if name not in BENCHMARKS:
-        raise DataError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
-    split = SPLITS[name][0] if split is None else split
-    if split not in SPLITS[name]:
-        raise DataError(f"{name}: unknown split {split!r}; known: {', '.join(SPLITS[name])}")
-    # abspath normalises '.', '..' and a trailing slash without following symlinks (Flickr uses root.parent).
-    root = Path(os.path.abspath(os.fspath(root)))
-    if not root.is_dir():
-        raise DataError(f"{name}: dataset root {root} does not exist or is not a directory")
-    ds = BENCHMARKS[name](root, split)
-    if check_images:
-        check_images_of(name, ds.image_paths)
-    return ds

@@ -2,8 +2,8 @@
 
 * `builtin_task(root, split, family)`: the built-in `fine_grained`, `long` and `standard` query sets
   (`<split>_queries.json`) over the `<split>` shards;
-* `benchmark_task(name, root, split)`: a real benchmark's annotations (`flair_core/data/benchmarks.py`), its
-  images checked before any compute.
+* `annotated_task(name, ds)`: a real benchmark's texts and images as read from its annotations
+  (`flair_core/data/registry.py`'s `load_benchmark`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from flair_core.data.benchmarks import load_benchmark
+from flair_core.data.benchmarks import RetrievalSet
 from flair_core.data.errors import DataError
 from flair_core.data.files import decoded
 
@@ -70,8 +70,7 @@ def builtin_task(root: Path, split: str, family: str) -> RetrievalTask:
     return RetrievalTask(f"builtin_{family}", query_set["texts"], relevant, strict, images, len(keys))
 
 
-def benchmark_task(name: str, root: Path, split: str | None = None) -> RetrievalTask:
-    ds = load_benchmark(name, root, split, check_images=True)  # unusable images fail here, before compute
+def annotated_task(name: str, ds: RetrievalSet) -> RetrievalTask:
     relevant = relevance_matrix(len(ds.image_paths), ds.text_positives or [[i] for i in ds.text_image])
     return RetrievalTask(name, list(ds.texts), relevant, None, lambda: decoded(name, ds.image_paths),
                          len(ds.image_paths))

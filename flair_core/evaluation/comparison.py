@@ -4,10 +4,11 @@ The input is what `flair evaluate` writes and MLflow logs: `<family>/<benchmark>
 one dict per run (`load_evals` merges `eval/<run>/<benchmark>.json` files into that). Two ways to choose a
 run's scoring mode per benchmark, both giving a `Table`:
 
-* `build_table` (`flair compare`): every benchmark present; retrieval in FLAIR's own `flair` mode wherever
-  the run has it (only FLAIR does), else the mode with the highest mean of t2i and i2t R@1 (e.g. FILIP:
-  `filip` or `global`); segmentation and classification in the mode with the highest mIoU / top-1. The
-  choice is made on the evaluated split itself, so for baselines with several modes it is optimistic.
+* `build_table` (`flair compare`): every benchmark present, the methods' runs first in the registry's order;
+  retrieval in the own mode of a method that is not a baseline (FLAIR: `flair`) wherever the run has it,
+  else the mode with the highest mean of t2i and i2t R@1 (e.g. FILIP: `filip` or `global`); segmentation
+  and classification in the mode with the highest mIoU / top-1. The choice is made on the evaluated split
+  itself, so for baselines with several modes it is optimistic.
 * `main_table` (the main job's closing table, the dashboard's Compare page): `headline.MAIN_TABLE`'s
   columns, each run in the scoring mode it is given (its method's own mode).
 
@@ -21,15 +22,17 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from flair_core.evaluation import UNCERTAINTY
-from flair_core.evaluation.headline import FAMILY_METRICS, MAIN_TABLE
+from flair_core.evaluation import UNCERTAINTY, headline
+from flair_core.evaluation.headline import FAMILY_METRICS, MAIN_TABLE, metric_key
 
-PREFERRED_MODE = {"retrieval": "flair"}  # FLAIR is reported in its own scoring mode
-METHOD_ORDER = ("flair", "clip", "filip", "dreamlip")
+if TYPE_CHECKING:  # the caller passes the registry's entries: importing it here would import torch
+    from flair_core.methods import Method
+
 BENCHMARK_ORDER = ("builtin_fine_grained", "builtin_long", "builtin_standard")
 NOTE = ("Percent; best per column in **bold**; where recorded, [95 % bootstrap interval over queries] and "
         "(chance level: a random ranking's expected value).")
@@ -138,11 +141,12 @@ def _by_mode(metrics: Mapping[str, float]) -> dict[tuple[str, str], dict[str, di
     return out
 
 
-def pick_mode(family: str, modes: dict[str, dict[str, float]]) -> str:
+def pick_mode(family: str, modes: dict[str, dict[str, float]], preferred: Collection[str] = ()) -> str:
+    """A `preferred` retrieval mode the run has in full, else the mode with the best mean headline metric."""
     wanted = [m for m, _ in FAMILY_METRICS[family]]
-    preferred = PREFERRED_MODE.get(family)
-    if preferred in modes and all(m in modes[preferred] for m in wanted):
-        return preferred
+    for mode in preferred if family == "retrieval" else ():
+        if mode in modes and all(m in modes[mode] for m in wanted):
+            return mode
     complete = [mode for mode, values in sorted(modes.items()) if all(m in values for m in wanted)]
     candidates = complete or sorted(modes)
     return max(candidates, key=lambda mode: sum(modes[mode].get(m, -math.inf) for m in wanted) / len(wanted))
@@ -156,18 +160,25 @@ def _short(benchmark: str) -> str:
     return benchmark.removeprefix("builtin_").replace("_", "-")
 
 
-def build_table(evals: Mapping[str, Mapping[str, float]]) -> Table:
-    """`flair compare`'s table: every benchmark any run reports, one picked mode per (run, benchmark)."""
+def build_table(evals: Mapping[str, Mapping[str, float]], methods: Iterable[Method] = ()) -> Table:
+    """`flair compare`'s table: every benchmark any run reports, one picked mode per (run, benchmark).
+
+    `methods` (the registry's entries, in its order) order the rows and name the modes held to: the own
+    retrieval mode of every method that is not a baseline, so the method under study is never shown in a
+    mode picked for being best."""
+    methods = list(methods)
+    preferred = [m.primary_mode for m in methods if not m.baseline]
     values: dict[tuple[str, str], float] = {}
     modes: dict[tuple[str, str], str] = {}
     seen: set[tuple[str, str]] = set()
     for run, metrics in evals.items():
         for (family, benchmark), by_mode in _by_mode(metrics).items():
-            mode = pick_mode(family, by_mode)
+            mode = pick_mode(family, by_mode, preferred)
             modes[(run, benchmark)] = mode
             seen.add((family, benchmark))
             for metric, _ in FAMILY_METRICS[family]:
-                _copy(values, run, f"{benchmark}/{metric}", metrics, f"{family}/{benchmark}/{mode}/{metric}")
+                key = metric_key(family, benchmark, mode, metric)
+                _copy(values, run, f"{benchmark}/{metric}", metrics, key)
     columns = []
     for family, metrics in FAMILY_METRICS.items():
         for benchmark in _order([b for f, b in seen if f == family], BENCHMARK_ORDER):
@@ -175,18 +186,20 @@ def build_table(evals: Mapping[str, Mapping[str, float]]) -> Table:
                         for metric, label in metrics]
     if not columns:
         raise CompareError("the eval files hold no retrieval R@1, segmentation mIoU or classification top-1")
-    return Table(tuple(_order(evals, METHOD_ORDER)), tuple(columns), values, modes)
+    return Table(tuple(_order(evals, [m.name for m in methods])), tuple(columns), values, modes)
 
 
-def main_table(metrics: Mapping[str, Mapping[str, float]], own_modes: Mapping[str, str]) -> Table:
-    """The main table (`MAIN_TABLE`'s columns), runs in the given order, each in the mode `own_modes[run]`
-    (its method's own retrieval mode; segmentation and classification columns name their mode)."""
+def main_table(metrics: Mapping[str, Mapping[str, float]], own_modes: Mapping[str, str],
+               specs: tuple[headline.Column, ...] = MAIN_TABLE) -> Table:
+    """The main table (`MAIN_TABLE`'s columns, or other `specs`), runs in the given order, each in the mode
+    `own_modes[run]` (its method's own retrieval mode; segmentation and classification columns name
+    theirs)."""
     columns, values, modes = [], {}, {}
-    for spec in MAIN_TABLE:
+    for spec in specs:
         family, benchmark, _, metric = spec.key.split("/")
         columns.append(Column(f"{benchmark}/{metric}", family, benchmark, metric, spec.label))
     for run, run_metrics in metrics.items():
-        for spec, column in zip(MAIN_TABLE, columns, strict=True):
+        for spec, column in zip(specs, columns, strict=True):
             key = spec.for_mode(own_modes[run])
             if key in run_metrics:
                 modes[(run, column.benchmark)] = key.split("/")[2]

@@ -14,6 +14,7 @@ import torch
 
 from flair_core import inference
 from flair_core.data.retrieval_sets import RetrievalTask
+from flair_core.evaluation.headline import metric_key
 from flair_core.evaluation.metrics import check_finite, retrieval_metrics
 from flair_core.methods import method_of
 
@@ -45,11 +46,12 @@ def evaluate_retrieval(model, tokenizer: Callable, transform: Callable, task: Re
     for mode in modes:
         i2t, t2i = model.retrieval_scores(features, mode, topk, dtype, budget_mb)
         check_finite(task.name, mode, *([i2t] if i2t is t2i else [i2t, t2i]))  # one matrix: both directions
-        prefix = f"retrieval/{task.name}/{mode}"
-        metrics.update({f"{prefix}/{k}": v for k, v in retrieval_metrics(i2t, t2i, task.relevant).items()})
+        metrics.update({metric_key("retrieval", task.name, mode, k): v
+                        for k, v in retrieval_metrics(i2t, t2i, task.relevant).items()})
         if task.strict is not None:
             strict = retrieval_metrics(i2t, t2i, task.strict)
-            metrics.update({f"{prefix}/strict_{k}": v for k, v in strict.items()})
-    metrics[f"retrieval/{task.name}/num_images"] = task.num_images
-    metrics[f"retrieval/{task.name}/num_texts"] = len(task.texts)
+            metrics.update({metric_key("retrieval", task.name, mode, f"strict_{k}"): v
+                            for k, v in strict.items()})
+    metrics[metric_key("retrieval", task.name, None, "num_images")] = task.num_images
+    metrics[metric_key("retrieval", task.name, None, "num_texts")] = len(task.texts)
     return metrics

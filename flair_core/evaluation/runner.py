@@ -1,38 +1,27 @@
-"""The benchmark registry and the one call that evaluates a model on a benchmark (`flair evaluate`, validation
-during training and the orchestrators all use `run_benchmark`).
+"""The one call that evaluates a model on a benchmark (`flair evaluate`, validation during training and the
+orchestrators all use `run_benchmark`).
 
-A benchmark is registry data: its family, its loader (root, split, options -> the family's source), its
-default split. One evaluator per family turns a source into flat metrics named
+A benchmark is an entry of the registry (`flair_core/data/registry.py`): its family, loader, splits and
+default split. One evaluator per family turns the loaded source into flat metrics named
 `<family>/<benchmark>/<mode>/<metric>`; scoring modes default to what the model's method offers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from flair_core.data import benchmarks as retrieval_benchmarks
-from flair_core.data.classification_sets import builtin_classification, imagefolder_classification
 from flair_core.data.errors import DataError
-from flair_core.data.retrieval_sets import BUILTIN_FAMILIES, benchmark_task, builtin_task
-from flair_core.data.segmentation_sets import (
-    ade20k_segmentation,
-    builtin_segmentation,
-    cityscapes_segmentation,
-    voc_segmentation,
-)
+from flair_core.data.registry import get_benchmark
 from flair_core.evaluation.classification import evaluate_classification
+from flair_core.evaluation.headline import metric_key
 from flair_core.evaluation.metrics import EvaluationError, non_finite_metrics
 from flair_core.evaluation.retrieval import evaluate_retrieval
 from flair_core.evaluation.segmentation import evaluate_segmentation
 from flair_core.methods import method_of
 from flair_core.preprocess import get_tokenizer, get_transform
-
-Family = Literal["retrieval", "segmentation", "classification"]
 
 
 @dataclass(frozen=True)
@@ -46,49 +35,6 @@ class EvalOptions:
     device: str = "cpu"
 
 
-@dataclass(frozen=True)
-class Benchmark:
-    family: Family
-    load: Callable[[Path, str | None, EvalOptions], object]  # (root, split, options) -> the family's source
-    split: str | None = None  # default split; None: the loader's own
-
-
-def _builtin_retrieval(family: str) -> Benchmark:
-    return Benchmark("retrieval", lambda root, split, _: builtin_task(root, split, family), "test")
-
-
-def _real_retrieval(name: str) -> Benchmark:
-    return Benchmark("retrieval", lambda root, split, _: benchmark_task(name, root, split))
-
-
-BENCHMARKS: dict[str, Benchmark] = {
-    **{f"builtin_{f}": _builtin_retrieval(f) for f in BUILTIN_FAMILIES},
-    **{name: _real_retrieval(name) for name in retrieval_benchmarks.BENCHMARKS},
-    "builtin_segmentation": Benchmark("segmentation", lambda root, split, _: builtin_segmentation(root, split),
-                                      "test"),
-    "voc": Benchmark("segmentation", lambda root, split, _: voc_segmentation(root, split, background=True), "val"),
-    "voc20": Benchmark("segmentation", lambda root, split, _: voc_segmentation(root, split, background=False),
-                       "val"),  # VOC without its background class
-    # ADE20K's folders carry no class names: they come from the options (`--class-name`, in label order)
-    "ade20k": Benchmark("segmentation", lambda root, split, o: ade20k_segmentation(root, o.class_names, split),
-                        "validation"),
-    "cityscapes": Benchmark("segmentation", lambda root, split, _: cityscapes_segmentation(root, split), "val"),
-    "builtin_classification": Benchmark("classification", lambda root, split, _: builtin_classification(root)),
-    "imagefolder": Benchmark("classification",  # root/<class>/<image>; a split names a subfolder
-                             lambda root, split, _: imagefolder_classification(root / split if split else root)),
-}
-
-
-def benchmark_names(family: str | None = None) -> list[str]:
-    return [name for name, b in BENCHMARKS.items() if family in (None, b.family)]
-
-
-def get_benchmark(name: str) -> Benchmark:
-    if name not in BENCHMARKS:
-        raise DataError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")
-    return BENCHMARKS[name]
-
-
 def _retrieval(model, name, source, tokenizer, transform, options: EvalOptions) -> dict[str, float]:
     return evaluate_retrieval(model, tokenizer, transform, source, options.modes or None, options.topk,
                               options.dtype, options.budget_mb)
@@ -99,18 +45,18 @@ def _segmentation(model, name, source, tokenizer, transform, options: EvalOption
     for mode in options.modes or method_of(model).segmentation_modes:
         result = evaluate_segmentation(model, tokenizer, transform, source, mode=mode,
                                        background_threshold=options.background_threshold, device=options.device)
-        prefix = f"segmentation/{name}/{mode}"
-        metrics.update({f"{prefix}/miou": 100 * result["miou"], f"{prefix}/pixel_accuracy": 100 * result["pixel_accuracy"]})
-        metrics.update({f"{prefix}/iou/{cls}": 100 * value for cls, value in result["iou"].items()})
-    metrics[f"segmentation/{name}/num_images"] = source.num_images
+        metrics.update({metric_key("segmentation", name, mode, m): 100 * result[m]
+                        for m in ("miou", "pixel_accuracy")})
+        metrics.update({metric_key("segmentation", name, mode, f"iou/{cls}"): 100 * value
+                        for cls, value in result["iou"].items()})
+    metrics[metric_key("segmentation", name, None, "num_images")] = source.num_images
     return metrics
 
 
 def _classification(model, name, source, tokenizer, transform, options: EvalOptions) -> dict[str, float]:
     result = evaluate_classification(model, tokenizer, transform, source, device=options.device)
-    prefix = f"classification/{name}/zeroshot"
-    return {f"{prefix}/top1": 100 * result["top1"], f"{prefix}/top5": 100 * result["top5"],
-            f"classification/{name}/num_images": result["num_images"]}
+    return {**{metric_key("classification", name, "zeroshot", m): 100 * result[m] for m in ("top1", "top5")},
+            metric_key("classification", name, None, "num_images"): result["num_images"]}
 
 
 EVALUATORS = {"retrieval": _retrieval, "segmentation": _segmentation, "classification": _classification}
@@ -121,7 +67,7 @@ def run_benchmark(model, benchmark: str, root: str | Path, split: str | None = N
     spec = get_benchmark(benchmark)
     if not Path(root).is_dir():
         raise DataError(f"benchmark root {root} does not exist")
-    source = spec.load(Path(root), split or spec.split, options)  # missing files fail here, before compute
+    source = spec.load(Path(root), spec.split(split), options)  # missing files fail here, before compute
     model.to(options.device)
     tokenizer, transform = get_tokenizer(model.config), get_transform(model.config, train=False)
     metrics = EVALUATORS[spec.family](model, benchmark, source, tokenizer, transform, options)

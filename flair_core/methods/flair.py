@@ -186,5 +186,5 @@ class FlairLoss(MethodLoss):
 
 
 METHOD = Method("flair", FlairSettings, FlairModel, FlairLoss, retrieval_modes=("flair", "global", "topk"),
-                segmentation_modes=("patch", "attention"),
+                segmentation_modes=("patch", "attention"), baseline=False,
                 summary="text-conditioned attention pooling; TCS + MPS sigmoid losses (settings: tcs_weight)")

@@ -22,6 +22,9 @@ class Method:
     retrieval_modes: tuple[str, ...] = ("global",)  # scoring modes its model offers, its own mode first
     segmentation_modes: tuple[str, ...] = ("patch",)
     summary: str = ""  # one line for `flair methods` and `flair train --help`
+    # False for the method under study (FLAIR): `flair compare` holds it to its own mode where baselines are
+    # shown in their best one, and the dashboard and reports set it against the baselines.
+    baseline: bool = True
 
     def __post_init__(self) -> None:
         if not self.retrieval_modes or not self.segmentation_modes:

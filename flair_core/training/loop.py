@@ -27,7 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from flair_core import checkpoints, distributed
 from flair_core.data.loader import train_loader
-from flair_core.evaluation.runner import EvalOptions, get_benchmark, run_benchmark
+from flair_core.data.registry import get_benchmark
+from flair_core.evaluation.runner import EvalOptions, run_benchmark
 from flair_core.fileio import append_line, write_atomic
 from flair_core.methods import get_method
 from flair_core.model_config import ConfigError, ModelConfig, load_model_config
