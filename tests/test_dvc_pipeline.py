@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers.paths import ARTIFACTS, BIN, REPO
+
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 ALL_METHODS = ("flair", "clip", "filip", "dreamlip")  # dvc.yaml's `methods`
 # The copy runs two of them: every method's stages come from the same foreach/matrix templates, and each method
 # more costs a training and five evaluations (~40 s). FLAIR and CLIP cover both text views (sub-captions, long).
@@ -96,9 +96,8 @@ def timed(name: str, fn, *args, **kw):
     start = time.perf_counter()
     result = fn(*args, **kw)
     TIMINGS[name] = round(time.perf_counter() - start, 2)
-    out = REPO / "test-artifacts"
-    out.mkdir(exist_ok=True)
-    (out / "dvc_pipeline_timings.json").write_text(json.dumps(TIMINGS, indent=1) + "\n")
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "dvc_pipeline_timings.json").write_text(json.dumps(TIMINGS, indent=1) + "\n")
     return result
 
 

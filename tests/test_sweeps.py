@@ -13,8 +13,8 @@ from flair_core.model_config import ConfigError
 from flair_core.run_config import load_run_config
 from flair_lab.sweep_report import write_report
 from flair_lab.sweeps import load_sweep_config, open_study, pick_trial, safe_url, write_best_params
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 T2I = "retrieval/builtin_fine_grained/flair/t2i_r1"
 LONG = "retrieval/builtin_long/flair/t2i_r1"
 
