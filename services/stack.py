@@ -185,9 +185,9 @@ class LocalServices:
               + ", ".join(f"{k} {u}" for k, u in self.urls().items()))
 
     def server_command(self, name: str, env: dict) -> tuple[list[str], dict]:
-        """`name`'s command line and environment, with the folders (PostgreSQL: the cluster) it needs. Public so
-        that what a server is started with (bind address, auth app, where secrets go) can be checked without
-        starting it."""
+        """`name`'s command line and environment, with the folders (PostgreSQL: the cluster) it needs.
+        Public so that what a server is started with (bind address, auth app, where secrets go) can be
+        checked without starting it."""
         p = self.ports
         if name == "postgres":
             data = self.postgres_dir / "data"

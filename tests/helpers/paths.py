@@ -6,7 +6,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"  # the reference material lives beside the checkout, not in it
-# The venv's console scripts (dvc, flair, prefect, mlflow): subprocesses find them here whether or not the venv
-# is activated.
+# The venv's console scripts (dvc, flair, prefect, mlflow): subprocesses find them here whether or not the
+# venv is activated.
 BIN = Path(sys.executable).parent
 ARTIFACTS = REPO / "test-artifacts"  # timings, screenshots and logs kept after a run (git-ignored)
