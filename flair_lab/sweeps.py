@@ -23,10 +23,9 @@ from pydantic import Field, model_validator
 from flair_core.model_config import ConfigError, Frozen
 from flair_core.run_config import (
     RunConfig,
-    apply_overrides,
     load_run_config,
+    load_section,
     merged_params,
-    read_yaml,
     validate,
 )
 from services.stack import OPTUNA_STORAGE_ENV
@@ -119,14 +118,14 @@ class SweepConfig(Frozen):
 
 def load_sweep_config(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
     """The `sweep:` section of a params file, checked down to the keys it searches."""
-    overrides = [o if o.startswith("sweep.") else f"sweep.{o}" for o in overrides]
-    data = apply_overrides(read_yaml(path), overrides)
+    config = load_section(SweepConfig, "sweep", path, overrides)
     shared = os.environ.get(OPTUNA_STORAGE_ENV)
-    if shared and isinstance(data.get("sweep"), dict) and not any(o.startswith("sweep.storage=") for o in overrides):
+    if shared and not any(o.removeprefix("sweep.").startswith("storage=") for o in overrides):
         # The services' PostgreSQL (`--db postgres`): its URL holds a password, so it comes from the
         # environment, never from a params file or a flow parameter. An explicit --set storage=… still wins.
-        data["sweep"]["storage"] = shared
-    config = validate(SweepConfig, data.get("sweep") or {}, str(path), prefix="sweep")
+        # Set on the checked config rather than passed as an override: an override's errors quote it, password
+        # and all. (storage is a plain string: there is nothing more to check.)
+        config = config.model_copy(update={"storage": shared})
     # Every searched key must name a real setting: build the run config at each end of its range.
     for key, space in config.space.items():
         for value in space.extremes():

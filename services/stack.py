@@ -173,7 +173,7 @@ class LocalServices:
             for name in (n for n in ORDER if n in todo):
                 if name == "mlflow":
                     self._migrate(env)
-                started[name] = self._spawn(name, *self._launch(name, env), started)
+                started[name] = self._spawn(name, *self.server_command(name, env), started)
                 if name == "postgres":  # MLflow connects to it as it boots
                     self._wait(name, started, self._healthy(name))
             for name in (n for n in ORDER if n in todo and n != "postgres"):
@@ -184,8 +184,10 @@ class LocalServices:
         print(f"services up in {time.monotonic() - began:.1f} s: "
               + ", ".join(f"{k} {u}" for k, u in self.urls().items()))
 
-    def _launch(self, name: str, env: dict) -> tuple[list[str], dict]:
-        """`name`'s command line and environment, with the folders (PostgreSQL: the cluster) it needs."""
+    def server_command(self, name: str, env: dict) -> tuple[list[str], dict]:
+        """`name`'s command line and environment, with the folders (PostgreSQL: the cluster) it needs.
+        Public so that what a server is started with (bind address, auth app, where secrets go) can be
+        checked without starting it."""
         p = self.ports
         if name == "postgres":
             data = self.postgres_dir / "data"

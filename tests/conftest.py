@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from flair_cli.processes import alive as running
+from tests.helpers.paths import ARTIFACTS, REPO, SHARED
 from tests.helpers.podman import podman_problem
 
 # Parallel workers (`make test`) share the cores: each runs its trainings (in-process and in the processes it
@@ -17,8 +18,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1)
                                                       // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGE_BUILD_PID = REPO / "test-artifacts" / "image_build.pid"
+IMAGE_BUILD_PID = ARTIFACTS / "image_build.pid"
 _IMAGE_BUILD: list[subprocess.Popen] = []  # the build this process started
 
 
@@ -71,9 +71,6 @@ def pytest_sessionfinish(session, exitstatus):
             if not running(pid):
                 break
             time.sleep(0.5)
-
-
-SHARED = REPO.parent / "shared"
 
 
 @pytest.fixture(scope="session")

@@ -4,27 +4,20 @@ import pytest
 import torch
 from PIL import Image
 
-from flair_core import create_model, get_tokenizer, get_transform, load_model_config
 from flair_core.evaluation.attention import attention_maps, patch_attention, render_attention_png, to_grid
+from tests.helpers.models import micro_model
 
 CAPTIONS = ["a red circle.", "a blue square in the top left.", "a green background."]
 
 
-def micro(method: str = "flair", image_size: int = 32):
-    config = load_model_config("micro-32")
-    config = config.model_copy(update={"vision_cfg": config.vision_cfg.model_copy(update={"image_size": image_size})})
-    torch.manual_seed(0)
-    return create_model(config, method).eval(), get_tokenizer(config), get_transform(config, train=False)
-
-
 @pytest.fixture(scope="module")
 def flair():
-    return micro()
+    return micro_model()
 
 
 @pytest.mark.parametrize("image_size, grid", [(32, 4), (64, 8)])  # 16 and 64 patches
 def test_maps_have_the_model_grid_and_rows_sum_to_one(image_size, grid):
-    model, tokenizer, _ = micro(image_size=image_size)
+    model, tokenizer, _ = micro_model(image_size=image_size)
     maps, zero = attention_maps(model, tokenizer, torch.randn(3, image_size, image_size), CAPTIONS)
     assert maps.shape == (3, grid, grid) and zero.shape == (3,)
     assert torch.allclose(maps.sum(dim=(1, 2)), torch.ones(3), atol=1e-5)
@@ -56,7 +49,7 @@ def test_patch_attention_renormalises_a_known_case():
 
 
 def test_models_without_pooling_fail_in_one_line():
-    model, tokenizer, _ = micro("clip")
+    model, tokenizer, _ = micro_model("clip")
     with pytest.raises(ValueError, match="visual_proj") as err:
         attention_maps(model, tokenizer, torch.randn(3, 32, 32), CAPTIONS)
     assert "\n" not in str(err.value)

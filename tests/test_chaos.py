@@ -19,11 +19,11 @@ from flair_core.evaluation.headline import promotion_metric
 from flair_core.methods import get_method
 from services.stack import LocalServices
 from services.supervisor import members
+from tests.helpers.paths import BIN, REPO
 from tests.helpers.processes import cpu_burners, wait_until_gone
 from tests.test_services import service_ports
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ def test_prefect_restarted_in_training_and_mlflow_down_before_logging_the_flow_c
     evaluations = len([name for name in benchmark_names() if name.startswith("builtin_")])  # as the flow's
 
     repo = scratch_copy(tmp_path)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     flow = subprocess.Popen([sys.executable, "-m", "flows.pretrain_eval", "run", "--method", "dreamlip"], cwd=repo,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from flair_core import create_model, get_tokenizer, get_transform, load_model_config
 from flair_core.data.classification_sets import (
     builtin_classification,
     imagefolder_classification,
@@ -17,13 +16,12 @@ from flair_core.data.classification_sets import (
 from flair_core.data.errors import DataError
 from flair_core.evaluation.classification import evaluate_classification, topk_accuracy
 from flair_core.evaluation.templates import CLIP_BEST, FILIP, class_text_embeddings, resolve_templates
+from tests.helpers.models import micro_model
 
 
 @pytest.fixture(scope="module")
 def micro():
-    config = load_model_config("micro-32")
-    torch.manual_seed(0)
-    return create_model(config, "clip").eval(), get_tokenizer(config), get_transform(config, train=False)
+    return micro_model("clip")
 
 
 def test_topk_accuracy_by_hand():

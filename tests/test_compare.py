@@ -13,8 +13,7 @@ from flair_cli import main
 from flair_core.evaluation import comparison as compare
 from flair_core.evaluation.headline import MAIN_TABLE
 from flair_core.methods import METHODS
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import REPO
 
 
 def retrieval(benchmark: str, modes: dict[str, tuple[float, float]]) -> dict[str, float]:

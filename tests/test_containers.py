@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.paths import ARTIFACTS, BIN, REPO
 from tests.helpers.podman import podman_problem
 from tests.helpers.scratch_repo import scratch_copy
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 PORTS = {"s3": 8333, "mlflow": 5000, "prefect": 4200, "dashboard": 8501}  # compose publishes these
 TIMINGS: dict[str, float] = {}
 
@@ -29,8 +28,8 @@ def timed(name: str, command: list, env: dict, timeout: float, cwd: Path | None 
     start = time.perf_counter()
     result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
     TIMINGS[name] = round(time.perf_counter() - start, 1)
-    (REPO / "test-artifacts").mkdir(exist_ok=True)
-    (REPO / "test-artifacts" / "containers_timings.json").write_text(json.dumps(TIMINGS, indent=1) + "\n")
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "containers_timings.json").write_text(json.dumps(TIMINGS, indent=1) + "\n")
     assert result.returncode == 0, f"{' '.join(map(str, command))}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 

@@ -9,8 +9,8 @@ from streamlit.testing.v1 import AppTest
 
 from tests.helpers.dashboard_seed import FINE, LEVEL, SEEDED, seed_platform
 from tests.helpers.hostile_images import hostile, png
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PAGES = REPO / "dashboard" / "pages"
 
 

@@ -3,7 +3,6 @@ seeded MLflow store and Optuna study: every page renders its content with no err
 saved under test-artifacts/."""
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -11,11 +10,11 @@ from dashboard import serve
 from services.supervisor import terminate
 from tests.helpers.browser import find_chromium, headless_chromium
 from tests.helpers.dashboard_seed import seed_platform
+from tests.helpers.paths import ARTIFACTS
 from tests.helpers.processes import free_port
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(find_chromium() is None, reason="Chromium not installed (apt-get install chromium)")]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 ERROR = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 BUSY = '[data-testid="stStatusWidget"]'  # shown while a script runs
 DEPLOY = '[data-testid="stAppDeployButton"]'  # developer toolbar: hidden by dashboard/.streamlit/config.toml

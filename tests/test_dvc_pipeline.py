@@ -5,6 +5,9 @@ over params/cpu.yaml (dvc.yaml's `override_file` variable).
 quick; metrics, params and plots commands work; `dvc exp run -S` runs an experiment; `dvc push` to an S3
 endpoint (moto's server, private to this test) and `dvc pull` in a fresh `git clone` restore data and
 checkpoints with a clean `dvc status`. Timings go to test-artifacts/dvc_pipeline_timings.json.
+
+The tests share one reproduced copy (the `repo` fixture) and leave it as they found it, so any of them runs
+alone or in any order; the experiment, which rewrites its workspace, runs on a copy of that copy.
 """
 
 import json
@@ -20,10 +23,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers.paths import ARTIFACTS, BIN, REPO
+
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 ALL_METHODS = ("flair", "clip", "filip", "dreamlip")  # dvc.yaml's `methods`
 # The copy runs two of them: every method's stages come from the same foreach/matrix templates, and each method
 # more costs a training and five evaluations (~40 s). FLAIR and CLIP cover both text views (sub-captions, long).
@@ -96,9 +99,8 @@ def timed(name: str, fn, *args, **kw):
     start = time.perf_counter()
     result = fn(*args, **kw)
     TIMINGS[name] = round(time.perf_counter() - start, 2)
-    out = REPO / "test-artifacts"
-    out.mkdir(exist_ok=True)
-    (out / "dvc_pipeline_timings.json").write_text(json.dumps(TIMINGS, indent=1) + "\n")
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "dvc_pipeline_timings.json").write_text(json.dumps(TIMINGS, indent=1) + "\n")
     return result
 
 
@@ -244,7 +246,11 @@ def test_push_then_pull_in_a_fresh_clone(repo, s3_endpoint):
     assert "Data and pipelines are up to date." in status, status
 
 
-def test_experiment_with_a_changed_param(repo):
+def test_experiment_with_a_changed_param(repo, tmp_path):
+    # `dvc exp run` applies the experiment to the workspace (params, dvc.lock, outputs): on the shared repo it
+    # would fail the clean-status, params-diff and push/pull checks of any test run after it.
+    repo = shutil.copytree(repo, tmp_path / "repo", symlinks=True,
+                           ignore=lambda folder, names: ["tmp"] if folder.endswith("/.dvc") else [])
     before = json.loads((repo / "reports" / "compare.json").read_text())
     result = timed("exp_run_seconds", dvc, repo, "exp", "run", "-S", "params/cpu.yaml:sampling.k=2")
     assert "Running stage 'train@flair'" in result.stdout

@@ -1,14 +1,11 @@
 """The equal-budget study's plan, without running it: the shipped study file validates, every planned run is a
 valid run config at the same budget, and configurations that coincide share one cached run."""
 
-from pathlib import Path
-
 import pytest
 
 from flair_core.model_config import ConfigError
 from flows.equal_budget_study import data_dir, load_study_config, planned_runs, resolved, run_key
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import REPO
 
 
 @pytest.mark.parametrize("quick", [False, True])

@@ -9,6 +9,7 @@ import yaml
 
 from flair_lab.equal_budget_report import PAPER_K_ROWS, PAPER_LOSS_ROWS, compare, published, write_report
 from flows.equal_budget_study import StudyConfig, load_study_config
+from tests.helpers.paths import REPO
 
 FINE, LONG = "builtin_fine_grained", "builtin_long"
 MODE = {"flair": "flair", "clip": "global"}
@@ -75,7 +76,7 @@ def test_report_puts_optunas_pareto_front_and_judges_the_long_target_on_the_swee
 
 
 def test_the_published_numbers_come_from_paper_numbers_yaml_for_every_paired_setting_of_the_shipped_study():
-    ablations = load_study_config(Path(__file__).resolve().parents[1] / "params" / "study.yaml").ablations
+    ablations = load_study_config(REPO / "params" / "study.yaml").ablations
     assert set(PAPER_LOSS_ROWS) <= set(ablations["loss"]) and set(PAPER_K_ROWS) <= set(ablations["k"])
     cells = [published("loss", label) for label in PAPER_LOSS_ROWS]
     cells += [published("k", label) for label in PAPER_K_ROWS]

@@ -11,7 +11,9 @@ import ast
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "flair_core"
+from tests.helpers.paths import REPO
+
+PACKAGE = REPO / "flair_core"
 
 # Lowest first. An entry is a module or a package (with all its modules), relative to flair_core; "" is the root.
 FLOORS = (

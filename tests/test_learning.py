@@ -15,8 +15,8 @@ from flair_core.evaluation.headline import promotion_metric
 from flair_core.methods import get_method
 from flair_core.run_config import load_run_config, load_section
 from flair_core.training.loop import Trainer
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CPU = REPO / "params" / "cpu.yaml"
 STEPS = 256  # the recipe's runs stood at 3.5× (CLIP) and 5× (FLAIR) chance here (docs/recipes.md)
 

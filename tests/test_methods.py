@@ -2,7 +2,6 @@
 line, and training, evaluation, the CLI, the flows' tables and the inference API pick it up."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,8 +24,8 @@ from flair_core.evaluation.runner import EvalOptions, run_benchmark
 from flair_core.methods import clip
 from flair_core.run_config import load_run_config
 from flair_core.training.loop import Trainer
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TOY = Method("toy", clip.ClipSettings, clip.ClipModel, clip.ClipLoss, summary="a test's toy method")
 
 

@@ -12,9 +12,10 @@ import time
 import pytest
 from PIL import Image
 
+from tests.helpers.paths import BIN
 from tests.helpers.processes import wait_until_gone
-from tests.helpers.scratch_repo import BIN, scratch_platform
 from tests.helpers.scratch_repo import deployment_run as run_deployment
+from tests.helpers.scratch_repo import scratch_platform
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from flair_core import create_model, get_tokenizer, get_transform, load_model_config
 from flair_core.data.errors import DataError
 from flair_core.data.registry import get_benchmark
 from flair_core.data.segmentation_sets import (
@@ -29,20 +28,14 @@ from flair_core.evaluation.segmentation import (
     sliding_window_scores,
     window_starts,
 )
+from tests.helpers.models import micro_model
 
 NAN = float("nan")
 
 
-def micro(method: str = "flair", image_size: int = 32):
-    config = load_model_config("micro-32")
-    config = config.model_copy(update={"vision_cfg": config.vision_cfg.model_copy(update={"image_size": image_size})})
-    torch.manual_seed(0)
-    return create_model(config, method).eval(), get_tokenizer(config), get_transform(config, train=False)
-
-
 @pytest.fixture(scope="module")
 def flair():
-    return micro()
+    return micro_model()
 
 
 # ---- metrics by hand ----
@@ -103,7 +96,7 @@ def test_overlapping_windows_are_averaged_and_cover_everything():
 @pytest.mark.parametrize("image_size, grid", [(32, 4), (64, 8)])  # 16 and 64 patches
 @pytest.mark.parametrize("mode", ["patch", "attention"])
 def test_class_maps_take_the_model_grid(image_size, grid, mode):
-    model, _, _ = micro(image_size=image_size)
+    model, _, _ = micro_model(image_size=image_size)
     classes = F.normalize(torch.randn(5, model.config.embed_dim), dim=-1)
     with torch.no_grad():
         maps = class_scorer(model, classes, mode)(torch.randn(2, 3, image_size, image_size))
@@ -126,7 +119,7 @@ def test_sliding_window_matches_single_window_and_covers_larger_images(flair):
 
 
 def test_attention_mode_needs_visual_proj():
-    model, tokenizer, transform = micro("clip")
+    model, tokenizer, transform = micro_model("clip")
     source = SegmentationSource("x", ("a", "b"), lambda: iter([]), 0)
     with pytest.raises(ValueError, match="visual_proj") as err:
         evaluate_segmentation(model, tokenizer, transform, source, mode="attention")
@@ -230,7 +223,7 @@ def test_voc_and_voc20(voc):
 
 
 def test_voc_evaluation_uses_sliding_windows(voc):
-    result = evaluate_segmentation(*micro("clip"), voc_segmentation(voc), templates="single", stride=8)
+    result = evaluate_segmentation(*micro_model("clip"), voc_segmentation(voc), templates="single", stride=8)
     assert result["num_images"] == 2 and 0.0 <= result["miou"] <= 1.0
 
 
@@ -276,4 +269,4 @@ def test_cityscapes_layout(tmp_path):
     _, labels = next(source.samples())
     assert np.array_equal(labels, train_ids)
     with pytest.raises(ValueError, match="needs 'background'"):
-        evaluate_segmentation(*micro("clip"), source, background_threshold=0.1)
+        evaluate_segmentation(*micro_model("clip"), source, background_threshold=0.1)

@@ -16,10 +16,10 @@ import pytest
 
 from services.stack import GRPC_OFFSET, WEED_PARTS, LocalServices, check_up
 from services.supervisor import ServiceError, free, members
+from tests.helpers.paths import REPO
 from tests.helpers.processes import free_port, listeners
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[1]
 
 
 def service_ports() -> dict[str, int]:

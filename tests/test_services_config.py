@@ -52,7 +52,7 @@ def test_team_mode_hands_its_generated_credentials_to_clients_and_nowhere_else(t
     assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == ("flair", auth["password"])
     assert env["PREFECT_API_AUTH_STRING"] == f"flair:{auth['password']}"
     assert LocalServices(tmp_path, auth="on").client_env() == env  # generated once, then kept
-    command, server_env = team._launch("mlflow", env)
+    command, server_env = team.server_command("mlflow", env)
     assert command[-2:] == ["--app-name", "basic-auth"] and auth["password"] not in " ".join(command)
     assert server_env["MLFLOW_AUTH_ADMIN_PASSWORD"] == auth["password"]
     assert auth["password"] not in (tmp_path / "mlflow-auth.ini").read_text()
@@ -70,7 +70,7 @@ def test_services_bind_loopback_unless_told_and_never_open_without_credentials(t
     with pytest.raises(ServiceError, match="'everywhere' is not an IP address"):
         LocalServices(tmp_path, bind="everywhere")
     wide = LocalServices(tmp_path, bind="0.0.0.0", auth="on")
-    assert wide._launch("prefect", wide.client_env())[0][3:5] == ["--host", "0.0.0.0"]
+    assert wide.server_command("prefect", wide.client_env())[0][3:5] == ["--host", "0.0.0.0"]
     assert wide.urls()["mlflow"].startswith("http://127.0.0.1:")  # clients here still come in over loopback
     other = LocalServices(tmp_path / "other", bind="127.0.0.2")
     assert other.urls()["prefect"].startswith("http://127.0.0.2:") and other.urls()["s3"].startswith("http://127.0.0.1:")

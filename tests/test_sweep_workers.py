@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from flair_lab.sweeps import is_surplus, load_sweep_config, open_study
+from tests.helpers.paths import REPO
 from tests.helpers.processes import private_network
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[1]
 T2I = "retrieval/builtin_fine_grained/flair/t2i_r1"
 
 

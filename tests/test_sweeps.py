@@ -13,8 +13,8 @@ from flair_core.model_config import ConfigError
 from flair_core.run_config import load_run_config
 from flair_lab.sweep_report import write_report
 from flair_lab.sweeps import load_sweep_config, open_study, pick_trial, safe_url, write_best_params
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 T2I = "retrieval/builtin_fine_grained/flair/t2i_r1"
 LONG = "retrieval/builtin_long/flair/t2i_r1"
 
@@ -66,10 +66,13 @@ def test_unreachable_storage_is_one_line_without_the_password(tmp_path):
 
 
 def test_a_study_reopened_with_another_space_is_refused_and_the_same_space_resumes(tmp_path):
-    study = open_study(load_sweep_config(sweep_file(tmp_path)))
+    config = load_sweep_config(sweep_file(tmp_path))
+    study = open_study(config)
     study.enqueue_trial({"sampling.k": 3, "method.settings.tcs_weight": 0.5})
     again = open_study(load_sweep_config(sweep_file(tmp_path)))
-    assert again._study_id == study._study_id and len(again.trials) == 1
+    # The storage still holds one study, under the name both carry: `again` is the study `study` created.
+    assert optuna.get_all_study_names(config.storage) == [study.study_name] == [again.study_name]
+    assert len(again.trials) == 1
     other = sweep_file(tmp_path, space={"sampling.k": {"type": "int", "low": 1, "high": 4}})
     with pytest.raises(ConfigError, match="study 's' already exists in sqlite:///.* with a different space: choose"):
         open_study(load_sweep_config(other))

@@ -9,6 +9,7 @@ import torch
 
 from flair_core.run_config import load_run_config, read_run_config
 from flair_core.training.loop import Trainer
+from tests.helpers.paths import REPO
 
 METHODS = ["flair", "clip", "filip", "dreamlip"]
 
@@ -122,11 +123,9 @@ def test_existing_run_is_not_overwritten_and_bad_resumes_are_refused(tiny_data, 
 
 @pytest.mark.parametrize("name", ["cpu", "vit-b16-cc3m"])
 def test_shipped_params_files_validate_and_build(name):
-    from pathlib import Path
-
     from flair_core import create_model
 
-    config = load_run_config([Path(__file__).parents[1] / "params" / f"{name}.yaml"])
+    config = load_run_config([REPO / "params" / f"{name}.yaml"])
     with torch.device("meta"):
         model = create_model(config.train.model, config.method.name, settings=config.method_settings())
     assert model.config.vision_cfg.image_size in (64, 224)
@@ -192,12 +191,10 @@ def test_a_method_trains_with_its_recipe_and_overrides_still_win(tmp_path):
 
 
 def test_a_section_is_merged_and_overridden_as_in_a_run_config():
-    from pathlib import Path
-
     from flair_core.data.builtin import BuiltinDataConfig
     from flair_core.run_config import load_section
 
-    params = [Path(__file__).parents[1] / "params" / f"{name}.yaml" for name in ("cpu", "pipeline")]
+    params = [REPO / "params" / f"{name}.yaml" for name in ("cpu", "pipeline")]
     section = load_section(BuiltinDataConfig, "data", params, ["image_size=48", "data.seed=3"])
     assert section == load_run_config(params, ["data.image_size=48", "data.seed=3"]).data
     assert (section.image_size, section.train_images, section.level) == (48, 128, "easy")  # override, 2nd, 1st file

@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 from unittest import mock
 
+from tests.helpers.paths import BIN, REPO
 from tests.test_services import service_ports
 
-REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
-BIN = Path(PY).parent
 
 
 def tiny_preset(repo: Path) -> None:
