@@ -18,8 +18,8 @@ PACKAGE = REPO / "flair_core"
 # Lowest first. An entry is a module or a package (with all its modules), relative to flair_core; "" is the root.
 FLOORS = (
     # files, configs, process groups and the maths the models are made of; no data, model or run
-    ("ground", ("fileio", "lifetime", "model_config", "distributed", "pooling", "losses", "scores", "preprocess", "weights",
-                "checkpoints")),
+    ("ground", ("fileio", "lifetime", "model_config", "distributed", "pooling", "losses", "scores", "preprocess",
+                "weights", "checkpoints")),
     ("data", ("data",)),  # built-in and benchmark data sets, captions, the training loader
     ("models", ("towers", "methods", "models")),  # the towers, each method's model and loss, building and loading
     ("model users", ("inference", "run_config")),  # scoring with a model; a run's config (it names a method)
