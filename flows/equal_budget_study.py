@@ -34,7 +34,7 @@ from flair_core.model_config import ConfigError, Frozen
 from flair_core.run_config import RunConfig, merged_params, read_yaml, validate
 from flair_lab import tracking
 from flair_lab.experiments import STUDY_EXPERIMENT
-from flows.pretrain_eval import FLAIR, REPO, check_services, run_command
+from flows.pretrain_eval import FLAIR, REPO, check_services, evaluate_missing, run_command
 
 
 class StudyConfig(Frozen):
@@ -119,26 +119,19 @@ def prepare(config: StudyConfig, seed: int, out: Path) -> str:
 @task
 def train_and_evaluate(config: StudyConfig, params: dict, out: Path, data: Path) -> dict[str, float]:
     """`flair train --resume auto` (a finished run returns at once), then every benchmark not yet evaluated."""
-    results = [out / "eval" / f"{benchmark}.json" for benchmark in config.benchmarks]
-    if not all(r.is_file() for r in results):  # finished runs are not even restarted
-        _train_and_evaluate(config, params, out, data)
-    metrics: dict[str, float] = {}
-    for result in results:
-        metrics.update(json.loads(result.read_text()))
-    return metrics
+    # A finished run is not even restarted.
+    if not all((out / "eval" / f"{b}.json").is_file() for b in config.benchmarks):
+        _train(params, out)
+    return evaluate_missing(out, list(config.benchmarks), data, out / "eval")
 
 
-def _train_and_evaluate(config: StudyConfig, params: dict, out: Path, data: Path) -> None:
+def _train(params: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     params_file = out / "params.yaml"
     if not params_file.is_file():
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     run_command([*FLAIR, "train", "--params", str(params_file), "--out", str(out), "--resume", "auto"],
                 f"training {out.name}")
-    todo = [b for b in config.benchmarks if not (out / "eval" / f"{b}.json").is_file()]
-    if todo:  # one start-up and one model load for all of them
-        run_command([*FLAIR, "evaluate", str(out), *(x for b in todo for x in ("--benchmark", b)), "--root",
-                     str(data), "--out-dir", str(out / "eval")], f"evaluating {out.name} on {', '.join(todo)}")
 
 
 def log_run(parent: str, config: StudyConfig, run: Run, key: str, out: Path, metrics: dict[str, float]) -> None:
