@@ -30,8 +30,15 @@ stop_serving() {
 on_signal() {
   trap - INT TERM
   echo "main job interrupted: stopping its flow runs, the dashboard and the services" >&2
-  [ -n "$step_pid" ] && kill -TERM "$step_pid" 2>/dev/null
-  for pid in "${run_pids[@]}"; do pkill -TERM -P "$pid" 2>/dev/null; kill -TERM "$pid" 2>/dev/null; done  # watchers
+  [ -z "$step_pid" ] || kill -TERM "$step_pid" 2>/dev/null || true  # set -e holds in a trap too
+  # Each watcher subshell before its `prefect deployment run`: a subshell that outlives its child reports the
+  # child's death with a bare "Terminated" on our stderr, after the line above.
+  local pid children
+  for pid in "${run_pids[@]}"; do
+    children=$(pgrep -P "$pid" || true)
+    kill -TERM "$pid" 2>/dev/null || true
+    [ -z "$children" ] || kill -TERM $children 2>/dev/null || true
+  done
   stop_serving
   $PY -m dashboard.serve stop --root "$ROOT" > /dev/null 2>&1 || true
   $PY -m services stop --root "$ROOT" > /dev/null
