@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # Most integration tests wait on servers and subprocesses: two workers fill two cores (docs/benchmarks.md, CI).
 TEST_WORKERS ?= 2
 
-.PHONY: help install chromium podman test test-unit lint bench demo sweep study dashboard services services-down
+.PHONY: help install chromium podman test test-unit lint bench demo sweep tune study dashboard services services-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,13 @@ demo: install  ## the main job: services, the pretrain-eval deployment, FLAIR an
 
 sweep: services  ## the default Optuna sweep (params/sweep.yaml) through the sweep flow; see docs/sweeps.md
 	eval "$$($(PY) -m services env)" && $(PY) -m flows.sweep run
+
+TUNE_METHODS ?= flair clip filip dreamlip
+tune: install  ## equal tuning budget: one Optuna study per method (params/tuning/), one after another, resumable
+	for m in $(TUNE_METHODS); do \
+	  $(PY) -m flows.sweep worker --config params/tuning/$$m.yaml --worker-index 0 && \
+	  $(PY) -m flows.sweep report --config params/tuning/$$m.yaml || exit 1; \
+	done
 
 study: services  ## the equal-budget study (params/study.yaml, ~2 h, resumable) and its report in docs/study/
 	eval "$$($(PY) -m services env)" && $(PY) -m flows.equal_budget_study run

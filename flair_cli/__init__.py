@@ -109,7 +109,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     from flair_core.evaluation.comparison import format_cell, noise_of
     from flair_core.evaluation.headline import headline
-    from flair_core.evaluation.runner import EvalOptions, run_benchmark
+    from flair_core.evaluation.records import SUFFIX, save_records
+    from flair_core.evaluation.runner import EvalOptions, evaluate_benchmark
     from flair_core.fileio import write_atomic
     from flair_core.models import load_trained
 
@@ -124,15 +125,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                           device=args.device)
     for benchmark in args.benchmark:  # one start-up and one model load for all of them
         start = time.perf_counter()
-        metrics = run_benchmark(model, benchmark, args.root, args.split, options)
-        metrics[f"seconds/{benchmark}"] = time.perf_counter() - start
+        evaluation = evaluate_benchmark(model, benchmark, args.root, args.split, options)
+        metrics = {**evaluation.metrics, f"seconds/{benchmark}": time.perf_counter() - start}
         for key, value in headline(metrics).items():
             print(f"{key:60s} {format_cell(value, *noise_of(metrics, key))}")
         out = Path(args.out_dir) / f"{benchmark}.json" if args.out_dir else args.out and Path(args.out)
         if out:  # each as soon as it is done: an interrupted call keeps what it finished
             out.parent.mkdir(parents=True, exist_ok=True)
+            records = out.with_name(out.name.removesuffix(".json") + SUFFIX)
+            save_records(records, evaluation.records)  # first: the JSON's presence means the benchmark is done
             write_atomic(out, json.dumps(metrics, indent=1, sort_keys=True))
-            print(f"wrote {out}")
+            print(f"wrote {out} and {records.name}")
 
 
 def cmd_attention(args: argparse.Namespace) -> None:
@@ -235,8 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model config for a bare weights file")
     p.add_argument("--method", default="flair", help="method for a bare weights file")
     out = p.add_mutually_exclusive_group()
-    out.add_argument("--out", help="metrics JSON to write (atomically), for one benchmark")
-    out.add_argument("--out-dir", help="folder for <benchmark>.json, one per benchmark, each written when done")
+    out.add_argument("--out", help="metrics JSON to write (atomically), for one benchmark; its per-query records "
+                                   "go beside it (X.json -> X.queries.npz)")
+    out.add_argument("--out-dir", help="folder for <benchmark>.json and <benchmark>.queries.npz (per-query ranks "
+                                       "and clusters, for intervals and paired comparisons), each written when done")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("attention", help="draw a FLAIR model's text-conditioned attention on built-in test images")

@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import math
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,13 +23,16 @@ from mlflow.types import ColSpec, Schema
 from PIL import Image
 
 from flair_core.checkpoints import newest
+from flair_core.evaluation import stats
 from flair_core.evaluation.comparison import noise_of
 from flair_core.evaluation.headline import headline, is_headline
 from flair_core.evaluation.metrics import non_finite_metrics
+from flair_core.evaluation.records import SUFFIX, RecordsError, load_records, outcomes
 from flair_core.run_config import read_run_config
 from flair_lab.pyfunc_model import ImageTextScorer
 
 REPO = Path(__file__).resolve().parents[1]
+EVAL_ARTIFACTS = "eval"  # a run's per-query records: eval/<benchmark>.queries.npz
 # Pinned so that logging never resolves requirements over the network (and takes ~1 s, not ~5 s).
 PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "open_clip_torch==3.3.0", "webdataset==1.0.2",
                     "pydantic>=2.7,<3", "pyyaml", "safetensors", "pandas", "mlflow==3.17.2"]
@@ -80,9 +84,11 @@ def world_size(steps: list[dict], config: dict) -> int:
 
 
 def log_training_run(run_dir: Path, method: str, eval_metrics: dict[str, float], tags: dict[str, str],
-                     experiment: str, attention_pngs: list[Path] = ()) -> tuple[str, str]:
-    """Log the run folder to MLflow and register its model; returns (run_id, model version). A run with a metric
-    that is not finite is refused before anything is logged: such a model is never registered."""
+                     experiment: str, attention_pngs: list[Path] = (), eval_dir: Path | None = None
+                     ) -> tuple[str, str]:
+    """Log the run folder to MLflow and register its model; returns (run_id, model version). The per-query
+    records in `eval_dir` go to the run's `eval/` artifacts, where the promotion gate reads them. A run with a
+    metric that is not finite is refused before anything is logged: such a model is never registered."""
     broken = non_finite_metrics(eval_metrics)
     if broken:
         raise ValueError(f"{run_dir}: {len(broken)} evaluation metrics are not finite, first: {broken[0]} = "
@@ -131,6 +137,8 @@ def log_training_run(run_dir: Path, method: str, eval_metrics: dict[str, float],
         mlflow.log_artifact(str(run_dir / "metrics.json"))
         for png in attention_pngs:
             mlflow.log_artifact(str(png), artifact_path="attention")
+        for records in sorted(Path(eval_dir).glob(f"*{SUFFIX}")) if eval_dir else ():
+            mlflow.log_artifact(str(records), artifact_path=EVAL_ARTIFACTS)
         mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")
         info = mlflow.pyfunc.log_model(
             name="model", python_model=ImageTextScorer(), artifacts={"checkpoint": str(checkpoint)},
@@ -158,14 +166,15 @@ def input_example() -> pd.DataFrame:
 
 
 def decide(candidate: dict[str, float], champion: dict[str, float] | None, primary: str,
-           tolerance: float) -> tuple[str, str]:
-    """("champion" | "challenger", reason). Pure: the promotion rule on two metric dicts.
+           tolerance: float, difference: stats.Difference | None = None) -> tuple[str, str]:
+    """("champion" | "challenger", reason). Pure: the promotion rule on two metric dicts and, where both runs
+    kept per-query records, their paired difference on the primary metric (`paired_difference`).
 
-    A candidate takes the title only if its gain on the primary metric is beyond noise: the low end of its own
-    95 % bootstrap interval must exceed the champion's value (the champion's value is the fixed bar; a gain
-    inside the interval could be a different draw of queries). A primary metric whose interval reaches down to
-    its chance level is no evidence of learning: such a candidate never displaces a champion. Runs logged
-    before intervals existed fall back to the plain comparison, and the reason says so.
+    A candidate takes the title only if its gain on the primary metric is beyond noise: paired, the 95 %
+    interval of its difference from the champion on the same queries must exceed 0. Without the champion's
+    records (runs logged before they were kept) the low end of the candidate's own interval must exceed the
+    champion's value, and the reason says which rule decided. A primary metric whose interval reaches down to
+    its chance level is no evidence of learning: such a candidate never displaces a champion.
     """
     if primary not in candidate:
         raise ValueError(f"primary metric {primary!r} was not evaluated")
@@ -173,7 +182,7 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, prima
     if broken:  # NaN compares false with everything: without this it would pass every test below
         return "challenger", f"{broken[0]} = {candidate[broken[0]]} is not finite: never promoted"
     value = candidate[primary]
-    low, high, chance = noise_of(candidate, primary)
+    low, high, chance, _ = noise_of(candidate, primary)
     interval = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
     at_chance = low is not None and chance is not None and low <= chance
     if champion is None:  # the first version is champion whatever it scores, but the reason says so
@@ -185,21 +194,53 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, prima
         return "champion", f"{primary} {value:.2f}{interval}: the champion has no finite {primary}"
     best = champion[primary]
     gain = value - best
-    if gain <= 0:
+    if difference is not None:
+        paired = (f"paired difference {difference.value:+.2f} [{difference.low:+.2f}, {difference.high:+.2f}], "
+                  f"p = {difference.p:.3f}")
+        if difference.low <= 0:
+            return "challenger", f"{primary} {value:.2f} vs the champion's {best:.2f}: {paired}; stays challenger"
+        beats = f"{primary} {value:.2f} beats {best:.2f}: {paired}"
+    elif gain <= 0:
         return "challenger", f"{primary} {value:.2f}{interval} does not beat the champion's {best:.2f} ({gain:+.2f})"
-    if interval and low <= best:
-        return "challenger", (f"{primary} gain +{gain:.2f} over {best:.2f} is within the interval{interval}: "
-                              "stays challenger")
+    elif interval and low <= best:
+        return "challenger", (f"{primary} gain +{gain:.2f} over {best:.2f} is within the interval{interval} "
+                              "(the champion kept no per-query records: not paired): stays challenger")
+    elif not interval:
+        beats = f"{primary} {value:.2f} beats {best:.2f} (+{gain:.2f}; no interval recorded)"
+    else:
+        beats = (f"{primary} {value:.2f}{interval} beats {best:.2f} beyond its interval (+{gain:.2f}; the champion "
+                 "kept no per-query records: not paired)")
     regressions = {k: champion[k] - v for k, v in headline(candidate).items()
                    if k in champion and champion[k] - v > tolerance}
     if regressions:
         worst = max(regressions, key=regressions.get)
         return "challenger", (f"{primary} {value:.2f}{interval} +{gain:.2f} but {worst} drops "
                               f"{regressions[worst]:.2f} (tolerance {tolerance:.2f})")
-    if not interval:
-        return "champion", f"{primary} {value:.2f} beats {best:.2f} (+{gain:.2f}), no regression; no interval recorded"
-    return "champion", (f"{primary} {value:.2f}{interval} beats {best:.2f} beyond its interval (+{gain:.2f}), "
-                        "no regression")
+    return "champion", f"{beats}, no regression"
+
+
+def run_records(client: MlflowClient, run_id: str, benchmark: str) -> dict | None:
+    """A logged run's per-query records of one benchmark, None if it kept none."""
+    names = {Path(f.path).name for f in client.list_artifacts(run_id, EVAL_ARTIFACTS)}
+    if f"{benchmark}{SUFFIX}" not in names:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, f"{EVAL_ARTIFACTS}/{benchmark}{SUFFIX}", tmp)
+        return load_records(path)
+
+
+def paired_difference(client: MlflowClient, candidate_run: str, champion_run: str, primary: str
+                      ) -> stats.Difference | None:
+    """Candidate − champion on the primary metric, paired over the same queries; None where either run kept no
+    records or they were not scored on the same queries (another data set or split)."""
+    _family, benchmark, mode, metric = primary.split("/")
+    found = [run_records(client, run, benchmark) for run in (candidate_run, champion_run)]
+    if any(r is None for r in found):
+        return None
+    try:
+        return stats.paired([outcomes(found[0], f"{mode}/{metric}")], [outcomes(found[1], f"{mode}/{metric}")])
+    except (RecordsError, ValueError):
+        return None
 
 
 def promote(method: str, version: str, run_id: str, primary: str, tolerance: float) -> dict:
@@ -216,7 +257,8 @@ def promote(method: str, version: str, run_id: str, primary: str, tolerance: flo
     if current is not None and current.version == version:
         return {"alias": "champion", "reason": "already the champion", "version": version}
     champion_metrics = client.get_run(current.run_id).data.metrics if current else None
-    alias, reason = decide(candidate, champion_metrics, primary, tolerance)
+    difference = paired_difference(client, run_id, current.run_id, primary) if current else None
+    alias, reason = decide(candidate, champion_metrics, primary, tolerance, difference)
     # The alias last: if the server goes away midway, a re-run finds no alias yet and writes the whole decision.
     client.update_model_version(name, version, description=f"{alias}: {reason}")
     client.set_tag(run_id, "promotion", alias)

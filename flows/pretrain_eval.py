@@ -33,6 +33,7 @@ from flair_cli.processes import run_tree
 from flair_core.data.registry import benchmark_names
 from flair_core.evaluation.comparison import format_cell, noise_of
 from flair_core.evaluation.headline import headline, promotion_metric
+from flair_core.evaluation.records import records_path
 from flair_core.methods import get_method
 from flair_core.run_config import read_run_config
 from flair_lab import tracking
@@ -110,10 +111,12 @@ def train(method: str, params_file: str, overrides: list[str], run_key: str, nod
 def evaluate_missing(run_dir: str | Path, benchmarks: list[str], data_root: str | Path, out_dir: str | Path,
                      threads: int | None = None) -> dict[str, float]:
     """Every benchmark not yet in `out_dir` in one `flair evaluate` process (one start-up, ~4.5 s of imports, and
-    one model load for all), then the metrics of all of them. Each result is written when done, so a run
-    interrupted half-way continues with the ones still missing."""
+    one model load for all), then the metrics of all of them. Each result (`<benchmark>.json` and its per-query
+    records) is written when done, so a run interrupted half-way continues with the ones still missing."""
     results = {benchmark: Path(out_dir) / f"{benchmark}.json" for benchmark in benchmarks}
-    todo = [benchmark for benchmark, result in results.items() if not result.is_file()]
+    # A result without its per-query records (evaluated before they were kept) is evaluated again.
+    todo = [benchmark for benchmark, result in results.items()
+            if not (result.is_file() and records_path(out_dir, benchmark).is_file())]
     if todo:
         run_command([*FLAIR, "evaluate", str(run_dir), *(x for b in todo for x in ("--benchmark", b)),
                      "--root", str(data_root), "--out-dir", str(out_dir)],
@@ -142,8 +145,9 @@ def attention_pngs(run_dir: str, data_root: str, count: int = 2) -> list[str]:
 
 @task(retries=2, retry_delay_seconds=5)
 def log_and_register(run_dir: str, method: str, metrics: dict, tags: dict, experiment: str,
-                     pngs: list[str]) -> tuple[str, str]:
-    return tracking.log_training_run(Path(run_dir), method, metrics, tags, experiment, [Path(p) for p in pngs])
+                     pngs: list[str], eval_dir: str) -> tuple[str, str]:
+    return tracking.log_training_run(Path(run_dir), method, metrics, tags, experiment, [Path(p) for p in pngs],
+                                     Path(eval_dir))
 
 
 @task(retries=2, retry_delay_seconds=5)
@@ -203,7 +207,7 @@ def pretrain_eval(method: str = "flair", params_file: str = "params/cpu.yaml", o
     preset = read_run_config(run_dir).train.model  # as resolved
     tags = {"run_key": run_key, "git_commit": commit, "data_hash": data_hash,
             "data_level": tracking.data_level(REPO / data_root), "method": method, "preset": preset}
-    run_id, version = log_and_register(run_dir, method, metrics, tags, experiment, pngs)
+    run_id, version = log_and_register(run_dir, method, metrics, tags, experiment, pngs, out_dir)
     primary = primary_metric or promotion_metric(get_method(method).primary_mode)
     decision = promote(method, version, run_id, primary, regression_tolerance)
     logger.info("%s v%s → %s: %s", tracking.registered_name(method), version, decision["alias"], decision["reason"])

@@ -202,7 +202,7 @@ def test_interval_and_chance_in_markdown_csv_and_json(eval_dir, tmp_path):
     key = "builtin_fine_grained/t2i_r1"
     assert (rows["flair"][key], rows["flair"][f"{key}_ci_low"], rows["flair"][f"{key}_ci_high"],
             rows["flair"][f"{key}_chance"]) == ("40.0", "36.1", "43.9", "1.56")
-    assert rows["clip"][f"{key}_ci_low"] == "" and "builtin_segmentation/miou_chance" not in rows["clip"]
+    assert rows["clip"][f"{key}_ci_low"] == "" and rows["clip"]["builtin_segmentation/miou_chance"] == ""
 
     data = json.loads((out / "compare.json").read_text())
     assert {k: v for k, v in data["flair"].items() if k.startswith(key)} == {
@@ -216,8 +216,9 @@ def test_cells_show_what_is_recorded():
     assert compare.format_cell(None) == "—"
     assert compare.format_noise(5.9, 7.5) == "[5.90, 7.50]" and compare.format_noise(chance=0.4) == "(chance 0.40)"
     assert compare.format_noise() == ""
+    assert compare.format_cell(20.0, 17.0, 23.0, 16.67, 21.5) == "20.00 [17.00, 23.00] (chance 16.67, majority 21.50)"
     metrics = {"m": 1.0, "m_ci_low": 0.5, "m_chance": 0.1}
-    assert compare.noise_of(metrics, "m") == (0.5, None, 0.1)
+    assert compare.noise_of(metrics, "m") == (0.5, None, 0.1, None)
 
 
 def test_main_table_shows_each_run_in_the_mode_it_is_given():

@@ -150,7 +150,8 @@ def test_registry_page_shows_aliases_decisions_and_lineage(env):
     text = texts(app)
     fine = FINE.format(mode="flair")
     assert f"champion: first version: {fine} = 12.50 [10.94, 14.06]" in text
-    assert f"challenger: {fine} gain +0.50 over 12.50 is within the interval [11.20, 14.80]: stays challenger" in text
+    assert (f"challenger: {fine} gain +0.50 over 12.50 is within the interval [11.20, 14.80] (the champion kept no "
+            "per-query records: not paired): stays challenger") in text
     versions = frame(app.dataframe[0])
     assert versions["git_commit"].tolist() == ["c0ffee2", "c0ffee1"]
     assert versions["data_level"].tolist() == ["easy", "easy"]

@@ -22,7 +22,7 @@ PAGES = {  # url path -> text that only the rendered page shows
     "": "Key metrics, deltas against clip",
     "paper": "This platform's runs, for scale",
     "sweeps": "Parameter importances (fANOVA)",
-    "registry": "is within the interval [11.20, 14.80]: stays challenger",
+    "registry": "is within the interval [11.20, 14.80] (the champion kept no per-query records",
     "inspect": "rank of",
     "study": "No study logged yet",  # the seeded store has no study: the page says how to make one
 }

@@ -1,52 +1,97 @@
-"""The study report's judgement on hand-made runs: verdicts from intervals, seeds and chance; the long-caption
-target judged on the sweep's configuration against CLIP on the same seeds; Optuna's Pareto front over FLAIR's
-configurations."""
+"""The study report's judgement on hand-made runs with per-query records: cells as seed means with two-level
+intervals, claims as paired differences with Holm's correction, results.csv one row per seed and metric,
+Optuna's Pareto front over FLAIR's configurations."""
 
+import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import yaml
 
-from flair_lab.equal_budget_report import PAPER_K_ROWS, PAPER_LOSS_ROWS, compare, published, write_report
+from flair_core.evaluation.records import records_path, save_records
+from flair_lab.equal_budget_report import PAPER_K_ROWS, PAPER_LOSS_ROWS, published, write_report
 from flows.equal_budget_study import StudyConfig, load_study_config
 from tests.helpers.paths import REPO
 
 FINE, LONG = "builtin_fine_grained", "builtin_long"
 MODE = {"flair": "flair", "clip": "global"}
+QUERIES = 400  # in 200 twin-pair clusters
 
 
-def interval(value: float, half: float = 1.0, chance: float = 0.5, seeds: tuple[float, ...] | None = None) -> dict:
-    return {"value": value, "low": value - half, "high": value + half, "chance": chance, "seeds": list(seeds or [value])}
-
-
-def test_a_claim_holds_only_beyond_the_intervals_with_every_seed_agreeing_and_beyond_chance():
-    assert compare(interval(10), interval(5)) == "holds"
-    assert compare(interval(5), interval(10)) == "does not hold"
-    assert compare(interval(6), interval(5)) == "within noise"  # intervals overlap
-    assert compare(interval(10, seeds=(12, 4)), interval(5, seeds=(5, 5))) == "within noise"  # a seed disagrees
-    assert compare(interval(10, chance=20), interval(5)) == "not beyond chance"
-    no_interval = {"low": None, "high": None, "chance": None}
-    assert compare({**interval(30), **no_interval}, {**interval(15), **no_interval}, margin=10) == "holds"
-    assert compare({**interval(20), **no_interval}, {**interval(15), **no_interval}, margin=10) == "does not hold"
-    assert compare({**interval(30, seeds=(50, 10)), **no_interval}, {**interval(15, seeds=(10, 20)), **no_interval},
-                   margin=10) == "within noise"  # the mean clears the margin, one seed goes the other way
+def hits(percent: float, seed: int = 0) -> np.ndarray:
+    """Which of the queries a run answers: the first `percent` % in a seeded order (so better runs answer a
+    superset of worse runs' queries on the same seed)."""
+    order = np.random.default_rng(seed).permutation(QUERIES)
+    answered = np.zeros(QUERIES, bool)
+    answered[order[: round(QUERIES * percent / 100)]] = True
+    return answered
 
 
 def fake_run(root: Path, name: str, method: str, rows: list[tuple[str, str, int]], fine: float, long: float,
-             settings: dict) -> None:
+             settings: dict, seed: int = 0) -> None:
     folder = root / name
     (folder / "eval").mkdir(parents=True)
     for benchmark, value in ((FINE, fine), (LONG, long)):
         key = f"retrieval/{benchmark}/{MODE[method]}/t2i_r1"
-        (folder / "eval" / f"{benchmark}.json").write_text(json.dumps(
-            {key: value, f"{key}_ci_low": value - 1, f"{key}_ci_high": value + 1, f"{key}_chance": 0.5}))
+        (folder / "eval" / f"{benchmark}.json").write_text(json.dumps({key: value, f"{key}_chance": 0.5}))
+        save_records(records_path(folder / "eval", benchmark), {
+            "t2i/query": np.arange(QUERIES), "t2i/cluster": np.arange(QUERIES) // 2,
+            f"{MODE[method]}/t2i/rank": np.where(hits(value, seed), 0, 9)})
     (folder / "config.yaml").write_text(yaml.safe_dump({"method": {"name": method, "settings": settings.get("method", {})},
                                                          "sampling": settings.get("sampling", {})}))
     (folder / "study.json").write_text(json.dumps([{"study": "s", "group": g, "label": label, "seed": seed, "key": name}
                                                    for g, label, seed in rows]))
 
 
-def test_report_puts_optunas_pareto_front_and_judges_the_long_target_on_the_sweeps_configuration(tmp_path):
+def study(tmp_path: Path, **fields) -> StudyConfig:
+    return StudyConfig(name="s", base_params=("params/cpu.yaml",), budget=("train.epochs=2",),
+                       benchmarks=(FINE, LONG), runs_dir=str(tmp_path / "runs"), **fields)
+
+
+def claim_line(report: str, words: str) -> str:
+    return next(line for line in report.splitlines() if line.startswith("| ") and words in line)
+
+
+def test_claims_are_paired_differences_over_seeds_judged_with_holm(tmp_path):
+    runs = tmp_path / "runs" / "s"
+    recipe = {"method": {"tcs_weight": 0.5}, "sampling": {"k": 4, "max_sentences": 2, "length_mode": "random"}}
+    for seed, (flair_fine, clip_fine) in enumerate([(12.0, 5.0), (14.0, 6.0), (13.0, 5.5)]):
+        fake_run(runs, f"flair{seed}", "flair", [("methods", "flair", seed)], flair_fine, 20.0, recipe, seed)
+        fake_run(runs, f"clip{seed}", "clip", [("methods", "clip", seed)], clip_fine, 30.0, recipe, seed)
+    write_report(study(tmp_path, seeds=(0, 1, 2), methods=("flair", "clip")), tmp_path / "report")
+    report = (tmp_path / "report" / "report.md").read_text()
+
+    main = claim_line(report, "| flair |")
+    assert "13.00 [" in main and "n=3" in main  # the seed mean, with its seeds counted
+    beats = claim_line(report, "FLAIR beats CLIP")
+    assert "**holds**" in beats and "paired A − B +7.50 [" in beats and "3 seeds" in beats
+    assert "Holm-adjusted p" in beats
+    doubled = claim_line(report, "≥ 2× the best baseline")
+    assert "**holds**" in doubled and "ratio 2.36 [" in doubled  # 13 / 5.5, its interval above 1.5
+    long = claim_line(report, "within 5 points")
+    assert "**does not hold**" in long  # FLAIR is 10 points behind on every query pair
+
+    with open(tmp_path / "report" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    flair = [r for r in rows if r["setting"] == "flair" and r["benchmark"] == FINE]
+    assert [r["seed"] for r in flair] == ["0", "1", "2", "all"]
+    assert [float(r["value"]) for r in flair] == [12.0, 14.0, 13.0, 13.0]
+    assert all(float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"]) for r in flair)
+    assert {r["chance"] for r in flair} == {"0.5"} and {r["metric"] for r in flair} == {"flair/t2i_r1"}
+
+
+def test_a_gap_that_one_seed_reverses_is_not_claimed(tmp_path):
+    runs = tmp_path / "runs" / "s"
+    for seed, (flair_fine, clip_fine) in enumerate([(12.0, 5.0), (4.0, 9.0)]):
+        fake_run(runs, f"flair{seed}", "flair", [("methods", "flair", seed)], flair_fine, 20.0, {}, seed)
+        fake_run(runs, f"clip{seed}", "clip", [("methods", "clip", seed)], clip_fine, 20.0, {}, seed)
+    write_report(study(tmp_path, seeds=(0, 1), methods=("flair", "clip")), tmp_path / "report")
+    beats = claim_line((tmp_path / "report" / "report.md").read_text(), "FLAIR beats CLIP")
+    assert "**within noise**" in beats  # +1 point on average: seed 1 goes the other way
+
+
+def test_report_puts_optunas_pareto_front_over_flairs_configurations(tmp_path):
     runs = tmp_path / "runs" / "s"
     sampling = {"k": 4, "max_sentences": 2, "length_mode": "random"}
     recipe = {"method": {"tcs_weight": 1.0}, "sampling": sampling}
@@ -56,11 +101,8 @@ def test_report_puts_optunas_pareto_front_and_judges_the_long_target_on_the_swee
     fake_run(runs, "swept", "flair", [("sweep", "sweep best", 0)], 5.0, 10.0,
              {"method": {"tcs_weight": 0.75}, "sampling": {**sampling, "k": 7}})
     fake_run(runs, "clip0", "clip", [("methods", "clip", 0)], 2.0, 14.0, {"sampling": sampling})
-    fake_run(runs, "clip1", "clip", [("methods", "clip", 1)], 2.0, 40.0, {"sampling": sampling})  # another seed
-    config = StudyConfig(name="s", base_params=("params/cpu.yaml",), budget=("train.epochs=2",), seeds=(0,),
-                         methods=("flair", "clip"), ablations={"k": {"K 2": (), "K 4": (), "K 8": ()},
-                                                               "sweep": {"sweep best": ()}},
-                         benchmarks=(FINE, LONG), runs_dir=str(tmp_path / "runs"))
+    config = study(tmp_path, seeds=(0,), methods=("flair", "clip"),
+                   ablations={"k": {"K 2": (), "K 4": (), "K 8": ()}, "sweep": {"sweep best": ()}})
 
     files = write_report(config, tmp_path / "report")
 
@@ -70,9 +112,6 @@ def test_report_puts_optunas_pareto_front_and_judges_the_long_target_on_the_swee
     rows = {row[1]: row[0] == "| ★" for row in cells if row[1] in ("K 2", "K 4", "K 8", "sweep best")}
     assert rows == {"K 4": True, "K 8": True, "sweep best": True, "K 2": False}  # K 2 is dominated by K 4
     assert (tmp_path / "report" / "pareto_front.png") in files
-    # The sweep's configuration (long 10) against CLIP on seed 0 only (14), not the mean with seed 1 (27): holds.
-    target = next(line for line in report.splitlines() if "within 5 points" in line)
-    assert "the sweep's best FLAIR" in target and "**holds**" in target and "(seeds [0])" in target
 
 
 def test_the_published_numbers_come_from_paper_numbers_yaml_for_every_paired_setting_of_the_shipped_study():

@@ -133,13 +133,14 @@ def toy_task(n: int = 4) -> RetrievalTask:
     """n flat-coloured images, one caption each: a retrieval task without any files."""
     colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)][:n]
     return RetrievalTask("toy", [f"a colour {i}" for i in range(n)], relevance_matrix(n, [[i] for i in range(n)]),
-                         None, lambda: (Image.new("RGB", (32, 32), c) for c in colours), n)
+                         None, lambda: (Image.new("RGB", (32, 32), c) for c in colours), n, torch.arange(n),
+                         torch.arange(n))
 
 
 def test_retrieval_metrics_come_with_interval_and_chance():
     model = create_model("micro-32", "flair").eval()
-    metrics = evaluate_retrieval(model, get_tokenizer(model.config), get_transform(model.config, False),
-                                 toy_task(), modes=("global", "topk"), topk=2)
+    metrics, records = evaluate_retrieval(model, get_tokenizer(model.config), get_transform(model.config, False),
+                                          toy_task(), modes=("global", "topk"), topk=2)
     for mode in ("global", "topk"):
         prefix = f"retrieval/toy/{mode}"
         assert metrics[f"{prefix}/t2i_r1_chance"] == pytest.approx(25.0)  # one image in four
@@ -147,6 +148,9 @@ def test_retrieval_metrics_come_with_interval_and_chance():
         assert metrics[f"{prefix}/t2i_mean_rank_chance"] == pytest.approx(2.5)
         low, high = metrics[f"{prefix}/i2t_r1_ci_low"], metrics[f"{prefix}/i2t_r1_ci_high"]
         assert low <= metrics[f"{prefix}/i2t_r1"] <= high
+        hits = records[f"{mode}/i2t/rank"] < 1  # the records give back every recall
+        assert 100 * hits.mean() == pytest.approx(metrics[f"{prefix}/i2t_r1"])
+    assert records["t2i/query"].tolist() == [0, 1, 2, 3] and records["t2i/cluster"].tolist() == [0, 1, 2, 3]
 
 
 def test_nan_weights_are_an_error_naming_benchmark_mode_and_count():
@@ -189,7 +193,8 @@ def test_a_metric_that_is_not_a_number_is_never_reported(tiny_data, monkeypatch)
     from flair_core.evaluation import runner
 
     def broken(model, benchmark, source, tokenizer, transform, options):
-        return {f"retrieval/{benchmark}/global/t2i_r1": 12.5, f"retrieval/{benchmark}/global/t2i_r5": float("inf")}
+        return runner.Evaluation({f"retrieval/{benchmark}/global/t2i_r1": 12.5,
+                                  f"retrieval/{benchmark}/global/t2i_r5": float("inf")}, {})
 
     monkeypatch.setitem(runner.EVALUATORS, "retrieval", broken)
     with pytest.raises(EvaluationError, match=r"^builtin_long: 1 metrics are not finite, first: "

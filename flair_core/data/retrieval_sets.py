@@ -33,6 +33,14 @@ class RetrievalTask:
     strict: torch.Tensor | None  # bool (I, T): only each text's source image, where that differs
     images: Callable[[], Iterator[Image.Image]]  # the I images, in order
     num_images: int
+    # Resampling units: images of one cluster (a built-in twin pair; elsewhere the image alone) are drawn
+    # together, and each text with the image it was written for.
+    image_cluster: torch.Tensor  # (I,) int
+    text_source: torch.Tensor  # (T,) int: the image each text describes
+
+    @property
+    def text_cluster(self) -> torch.Tensor:
+        return self.image_cluster[self.text_source]
 
 
 def relevance_matrix(num_images: int, text_positives: list[list[int]] | list[tuple[int, ...]]) -> torch.Tensor:
@@ -67,10 +75,12 @@ def builtin_task(root: Path, split: str, family: str) -> RetrievalTask:
 
     relevant = relevance_matrix(len(keys), query_set["positives"])
     strict = relevance_matrix(len(keys), [[s] for s in query_set["source"]])
-    return RetrievalTask(f"builtin_{family}", query_set["texts"], relevant, strict, images, len(keys))
+    twins = torch.arange(len(keys)) // 2  # evaluation splits alternate a scene and its one-change twin
+    return RetrievalTask(f"builtin_{family}", query_set["texts"], relevant, strict, images, len(keys), twins,
+                         torch.tensor(query_set["source"]))
 
 
 def annotated_task(name: str, ds: RetrievalSet) -> RetrievalTask:
     relevant = relevance_matrix(len(ds.image_paths), ds.text_positives or [[i] for i in ds.text_image])
     return RetrievalTask(name, list(ds.texts), relevant, None, lambda: decoded(name, ds.image_paths),
-                         len(ds.image_paths))
+                         len(ds.image_paths), torch.arange(len(ds.image_paths)), torch.tensor(ds.text_image))

@@ -41,7 +41,8 @@ def image_embeddings(model, images: torch.Tensor) -> torch.Tensor:
 def evaluate_classification(model, tokenizer: Callable, transform: Callable, source: ClassificationSource,
                             templates: str | Sequence[str] = CLIP_BEST, batch_size: int = 64,
                             device: str | torch.device = "cpu") -> dict:
-    """Top-1/top-5 accuracy of cosine(image, class) arg-max. The model must already be on `device`."""
+    """Top-1/top-5 accuracy of cosine(image, class) arg-max, their reference levels, and each image's top-1
+    hit and label. The model must already be on `device`."""
     model.eval()
     classes = class_text_embeddings(model, tokenizer, source.class_names, templates, device=device)  # (C, D)
     scores, labels = [], []
@@ -53,6 +54,11 @@ def evaluate_classification(model, tokenizer: Callable, transform: Callable, sou
         raise DataError(f"{source.name}: no images")
     scores = torch.cat(scores)
     check_finite(source.name, "zeroshot", scores)  # NaN wins every arg-max: it would score, not fail
-    accuracy = topk_accuracy(scores, torch.tensor(labels), (1, 5))
-    return {"top1": accuracy[1], "top5": accuracy[5], "num_images": len(labels),
-            "num_classes": len(source.class_names)}
+    labels = torch.tensor(labels)
+    accuracy = topk_accuracy(scores, labels, (1, 5))
+    classes = len(source.class_names)
+    return {"top1": accuracy[1], "top5": accuracy[5], "num_images": len(labels), "num_classes": classes,
+            # reference levels: a uniformly random guess, and always naming the most frequent class
+            "top1_chance": 1 / classes, "top5_chance": min(5, classes) / classes,
+            "top1_majority": labels.bincount().max().item() / len(labels),
+            "correct": (scores.topk(1, dim=1).indices[:, 0] == labels).numpy(), "labels": labels.numpy()}

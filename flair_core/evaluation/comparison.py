@@ -34,10 +34,11 @@ if TYPE_CHECKING:  # the caller passes the registry's entries: importing it here
     from flair_core.methods import Method
 
 BENCHMARK_ORDER = ("builtin_fine_grained", "builtin_long", "builtin_standard")
-NOTE = ("Percent; best per column in **bold**; where recorded, [95 % bootstrap interval over queries] and "
-        "(chance level: a random ranking's expected value).")
+NOTE = ("Percent; best per column in **bold**; where recorded, [95 % bootstrap interval over clusters of queries "
+        "(a built-in twin pair) or images] and reference levels: (chance: a random ranking's or random class's "
+        "expected value; majority: always the most frequent class).")
 
-Noise = tuple[float | None, float | None, float | None]
+Noise = tuple[float | None, float | None, float | None, float | None]  # interval low, high, chance, majority
 
 
 class CompareError(ValueError):
@@ -45,23 +46,27 @@ class CompareError(ValueError):
 
 
 def noise_of(metrics: Mapping[str, float], key: str) -> Noise:
-    """(interval low, interval high, chance level) of a flat metric, None where not recorded (old runs)."""
+    """(interval low, interval high, chance level, majority-class level) of a flat metric, None where not
+    recorded (old runs, or no such level)."""
     return tuple(metrics.get(key + suffix) for suffix in UNCERTAINTY)
 
 
-def format_noise(low: float | None = None, high: float | None = None, chance: float | None = None) -> str:
-    """`[5.90, 7.50] (chance 0.40)`: what is recorded of a value's 95 % interval and chance level, else ''."""
+def format_noise(low: float | None = None, high: float | None = None, chance: float | None = None,
+                 majority: float | None = None) -> str:
+    """`[5.90, 7.50] (chance 0.40)` or `… (chance 16.67, majority 20.00)`: what is recorded of a value's 95 %
+    interval and reference levels, else ''."""
     parts = [f"[{low:.2f}, {high:.2f}]"] if low is not None and high is not None else []
-    return " ".join(parts + ([f"(chance {chance:.2f})"] if chance is not None else []))
+    levels = [f"{name} {v:.2f}" for name, v in (("chance", chance), ("majority", majority)) if v is not None]
+    return " ".join(parts + ([f"({', '.join(levels)})"] if levels else []))
 
 
 def format_cell(value: float | None, low: float | None = None, high: float | None = None,
-                chance: float | None = None, bold: bool = False) -> str:
-    """`6.70 [5.90, 7.50] (chance 0.40)`: a value with its 95 % interval and chance level where recorded."""
+                chance: float | None = None, majority: float | None = None, bold: bool = False) -> str:
+    """`6.70 [5.90, 7.50] (chance 0.40)`: a value with its 95 % interval and reference levels where recorded."""
     if value is None:
         return "—"
     text = f"**{value:.2f}**" if bold else f"{value:.2f}"
-    noise = format_noise(low, high, chance)
+    noise = format_noise(low, high, chance, majority)
     return f"{text} {noise}" if noise else text
 
 
@@ -85,7 +90,7 @@ class Table:
         return self.values.get((run, key))
 
     def noise(self, run: str, key: str) -> Noise:
-        """(interval low, interval high, chance level) of a cell, None where not recorded."""
+        """(interval low, interval high, chance level, majority level) of a cell, None where not recorded."""
         return tuple(self.values.get((run, key + suffix)) for suffix in UNCERTAINTY)
 
     def cell(self, run: str, key: str, bold: bool = False) -> str:
@@ -230,16 +235,16 @@ def to_markdown(table: Table) -> str:
 
 
 def to_rows(table: Table) -> list[dict[str, object]]:
-    """CSV rows: the run, every column's value (blank if missing) followed, for retrieval, by its interval and
-    chance level, then the mode of every benchmark."""
+    """CSV rows: the run, every column's value (blank if missing) followed by its interval and reference levels
+    (blank where none), then the mode of every benchmark."""
     benchmarks = list(dict.fromkeys(c.benchmark for c in table.columns))
     rows = []
     for run in table.runs:
         row: dict[str, object] = {"method": run}
         for c in table.columns:
             row[c.key] = _round(table.value(run, c.key))
-            if c.family == "retrieval":  # always these columns, so the CSV's header does not depend on the runs
-                row.update({c.key + s: _round(v) for s, v in zip(UNCERTAINTY, table.noise(run, c.key), strict=True)})
+            # always these columns, so that the CSV's header does not depend on the runs
+            row.update({c.key + s: _round(v) for s, v in zip(UNCERTAINTY, table.noise(run, c.key), strict=True)})
         row.update({f"{b}/mode": table.modes.get((run, b), "") for b in benchmarks})
         rows.append(row)
     return rows

@@ -8,19 +8,20 @@ Recalls are in percent, ranks 1-based (mean rank = mean(rank) + 1, median rank =
 original reports them).
 
 Every recall comes with its chance level (what a uniformly random ranking scores, exact from the ground-truth
-sets) and a seeded bootstrap interval over queries, so a difference can be told from noise.
+sets) and a seeded bootstrap interval over clusters of queries (`stats.py`), so a difference can be told from
+noise.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from flair_core.evaluation import CHANCE, CI_HIGH, CI_LOW
+from flair_core.evaluation import CHANCE, CI_HIGH, CI_LOW, stats
 
 RECALL_AT = (1, 5, 10)
-BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, BOOTSTRAP_LEVEL = 1000, 0, 0.95
 
 
 def non_finite(scores: torch.Tensor) -> int:
@@ -84,46 +85,57 @@ def chance_mean_rank(num_positives: torch.Tensor, gallery: int) -> float:
     return ((gallery + 1) / (num_positives.double() + 1)).mean().item()
 
 
-def bootstrap_recall(rank: torch.Tensor, ks: tuple[int, ...] = RECALL_AT, resamples: int = BOOTSTRAP_RESAMPLES,
-                     seed: int = BOOTSTRAP_SEED, level: float = BOOTSTRAP_LEVEL) -> dict[int, tuple[float, float]]:
-    """Percentile bootstrap interval of R@k (percent) over queries: rank (Q,) -> {k: (low, high)}.
+def recall_intervals(rank: torch.Tensor, clusters: torch.Tensor, ks: tuple[int, ...] = RECALL_AT
+                     ) -> dict[int, tuple[float, float]]:
+    """95 % interval of R@k (percent) by cluster bootstrap: rank (Q,), clusters (Q,) -> {k: (low, high)}.
 
-    Each resample draws Q queries with replacement; one draw serves every k. Seeded, so a re-evaluation of the
-    same scores reports the same interval.
+    Queries of one cluster are drawn together (`stats.py`): a built-in image's 5–7 queries and its twin's are
+    not independent evidence. Seeded, so a re-evaluation of the same scores reports the same interval.
     """
-    generator = torch.Generator().manual_seed(seed)
-    q = rank.numel()
-    step = max(1, 2**22 // q)  # resamples per chunk: the (step, Q) index matrix stays ~32 MB at any Q
-    means = []
-    for start in range(0, resamples, step):
-        sample = rank[torch.randint(q, (min(step, resamples - start), q), generator=generator)]  # (b, Q)
-        means.append(torch.stack([(sample < k).double().mean(dim=1) for k in ks], dim=1))  # (b, len(ks))
-    tail = (1 - level) / 2
-    bounds = torch.quantile(torch.cat(means), torch.tensor([tail, 1 - tail], dtype=torch.double), dim=0)
-    return {k: (100.0 * bounds[0, i].item(), 100.0 * bounds[1, i].item()) for i, k in enumerate(ks)}
+    rank, clusters = rank.numpy(), clusters.numpy()
+    return {k: (e.low, e.high) for k in ks for e in [stats.estimate([stats.recall_outcomes(rank, clusters, k)])]}
 
 
-def direction_metrics(scores: torch.Tensor, positives: torch.Tensor, prefix: str) -> dict[str, float]:
-    """One direction: scores (Q, G), positives bool (Q, G) -> recalls and ranks, each recall with its interval
-    (`_ci_low`, `_ci_high`) and chance level (`_chance`), and the chance mean rank."""
+@dataclass(frozen=True)
+class RankedQueries:
+    """One direction's per-query results, kept beside the metrics (`records.py`): which query (its text or
+    image index), its resampling cluster, the 0-based rank of its best positive."""
+
+    query: torch.Tensor
+    cluster: torch.Tensor
+    rank: torch.Tensor
+
+
+def direction_metrics(scores: torch.Tensor, positives: torch.Tensor, prefix: str, clusters: torch.Tensor
+                      ) -> tuple[dict[str, float], torch.Tensor]:
+    """One direction: scores (Q, G), positives bool (Q, G), clusters (Q,) -> recalls and ranks, each recall with
+    its interval (`_ci_low`, `_ci_high`) and chance level (`_chance`), and the chance mean rank; and the ranks."""
     rank = ranks(scores, positives)
     n, gallery = positives.sum(dim=1), positives.shape[1]
     out = rank_metrics(rank, prefix)
-    for k, (low, high) in bootstrap_recall(rank).items():
+    for k, (low, high) in recall_intervals(rank, clusters).items():
         name = f"{prefix}_r{k}"
         out |= {name + CI_LOW: low, name + CI_HIGH: high, name + CHANCE: chance_recall(n, gallery, k)}
     out[f"{prefix}_mean_rank{CHANCE}"] = chance_mean_rank(n, gallery)
-    return out
+    return out, rank
 
 
-def retrieval_metrics(i2t: torch.Tensor, t2i: torch.Tensor, relevant: torch.Tensor) -> dict[str, float]:
-    """i2t, t2i: (I, T) scores used to rank texts per image and images per text; relevant: bool (I, T).
+def retrieval_metrics(i2t: torch.Tensor, t2i: torch.Tensor, relevant: torch.Tensor,
+                      image_cluster: torch.Tensor | None = None, text_cluster: torch.Tensor | None = None
+                      ) -> tuple[dict[str, float], dict[str, RankedQueries]]:
+    """i2t, t2i: (I, T) scores used to rank texts per image and images per text; relevant: bool (I, T);
+    clusters (default: every image and text its own) -> metrics and each direction's ranked queries.
 
     A query with no relevant item (an image no text belongs to under the strict variant) is left out of its
     direction's metrics.
     """
-    texts, images = relevant.any(dim=0), relevant.any(dim=1)
-    return {
-        **direction_metrics(t2i.T[texts], relevant.T[texts], "t2i"),
-        **direction_metrics(i2t[images], relevant[images], "i2t"),
-    }
+    image_cluster = torch.arange(relevant.shape[0]) if image_cluster is None else image_cluster
+    text_cluster = torch.arange(relevant.shape[1]) if text_cluster is None else text_cluster
+    metrics, ranked = {}, {}
+    for direction, scores, positives, cluster in (("t2i", t2i.T, relevant.T, text_cluster),
+                                                  ("i2t", i2t, relevant, image_cluster)):
+        kept = positives.any(dim=1)
+        found, rank = direction_metrics(scores[kept], positives[kept], direction, cluster[kept])
+        metrics |= found
+        ranked[direction] = RankedQueries(kept.nonzero().squeeze(1), cluster[kept], rank)
+    return metrics, ranked

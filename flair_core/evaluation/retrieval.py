@@ -4,12 +4,14 @@ entry names them; its model scores them).
 Metric names are `retrieval/<benchmark>/<mode>/<metric>` (e.g. `retrieval/builtin_fine_grained/flair/t2i_r1`);
 where a benchmark's texts have several correct images (the built-in sets), the strict single-image variant is
 reported beside it as `strict_t2i_r1` etc. Every recall also has `_ci_low`, `_ci_high` and `_chance` (metrics.py).
+Each query's rank is kept too, with its cluster, so that two evaluations can be compared query by query.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from flair_core import inference
@@ -30,9 +32,11 @@ def encode(model, tokenizer: Callable, transform: Callable, task: RetrievalTask,
 
 def evaluate_retrieval(model, tokenizer: Callable, transform: Callable, task: RetrievalTask,
                        modes: tuple[str, ...] | None = None, topk: int = 128, dtype: torch.dtype | None = None,
-                       budget_mb: float = 512, batch_size: int = 64) -> dict[str, float]:
-    """Every requested mode (default: all the model's method offers) on one task; the model must be on its
-    device already (images and texts are embedded there, scored on the CPU)."""
+                       budget_mb: float = 512, batch_size: int = 64
+                       ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Every requested mode (default: all the model's method offers) on one task -> metrics and per-query
+    records (`records.py`). The model must be on its device already (images and texts are embedded there,
+    scored on the CPU)."""
     method = method_of(model)
     modes = modes or method.retrieval_modes
     unknown = [m for m in modes if m not in method.retrieval_modes]
@@ -42,16 +46,17 @@ def evaluate_retrieval(model, tokenizer: Callable, transform: Callable, task: Re
     if "topk" in modes and topk > min(task.num_images, len(task.texts)):
         raise ValueError(f"top-k {topk} is larger than the gallery ({task.num_images} images, {len(task.texts)} texts)")
     features = encode(model, tokenizer, transform, task, batch_size)
-    metrics = {}
+    metrics, records = {}, {}
+    variants = {"": task.relevant} | ({"strict_": task.strict} if task.strict is not None else {})
     for mode in modes:
         i2t, t2i = model.retrieval_scores(features, mode, topk, dtype, budget_mb)
         check_finite(task.name, mode, *([i2t] if i2t is t2i else [i2t, t2i]))  # one matrix: both directions
-        metrics.update({metric_key("retrieval", task.name, mode, k): v
-                        for k, v in retrieval_metrics(i2t, t2i, task.relevant).items()})
-        if task.strict is not None:
-            strict = retrieval_metrics(i2t, t2i, task.strict)
-            metrics.update({metric_key("retrieval", task.name, mode, f"strict_{k}"): v
-                            for k, v in strict.items()})
+        for variant, relevant in variants.items():
+            found, ranked = retrieval_metrics(i2t, t2i, relevant, task.image_cluster, task.text_cluster)
+            metrics.update({metric_key("retrieval", task.name, mode, f"{variant}{k}"): v for k, v in found.items()})
+            for direction, queries in ranked.items():
+                records |= {f"{variant}{direction}/query": queries.query, f"{variant}{direction}/cluster":
+                            queries.cluster, f"{mode}/{variant}{direction}/rank": queries.rank}
     metrics[metric_key("retrieval", task.name, None, "num_images")] = task.num_images
     metrics[metric_key("retrieval", task.name, None, "num_texts")] = len(task.texts)
-    return metrics
+    return metrics, {k: v.numpy() for k, v in records.items()}

@@ -56,6 +56,19 @@ def mean_iou(iou: torch.Tensor) -> float:
     return defined.mean().item() if defined.numel() else float("nan")
 
 
+def trivial_miou(true_pixels: torch.Tensor) -> dict[str, float]:
+    """Reference levels from the labels alone, true_pixels (C,) per class: `majority`, every pixel the most
+    frequent class (all background on the built-in set); `chance`, each pixel a class drawn uniformly (expected
+    intersection t/C and prediction N/C per class, ratio of expectations)."""
+    t = true_pixels.double()
+    total, classes = t.sum(), len(t)
+    majority = torch.zeros_like(t)
+    majority[t.argmax()] = t.max() / total
+    present = (t > 0) | (torch.arange(classes) == t.argmax())  # a class neither present nor predicted: no IoU
+    uniform = (t / classes) / (total / classes + t * (1 - 1 / classes))
+    return {"majority": majority[present].mean().item(), "chance": uniform.mean().item()}
+
+
 def pixel_accuracy(confusion: torch.Tensor) -> float:
     total = confusion.sum().item()
     return confusion.diagonal().sum().item() / total if total else float("nan")
@@ -146,7 +159,9 @@ def evaluate_segmentation(model, tokenizer: Callable, transform: Callable, sourc
     """mIoU over the source at its native resolution (or resized to `short_side`), windows of the model's
     image size every `stride` pixels (default half a window). Only the transform's normalisation is used.
 
-    `iou` holds the classes that are present or predicted (others have no IoU). The model must be on `device`.
+    `iou` holds the classes that are present or predicted (others have no IoU); `miou_chance` and
+    `miou_majority` are trivial predictors' (`trivial_miou`); `intersection` and `union` (I, C) are the pixel
+    counts of each image. The model must be on `device`.
     """
     names = source.class_names
     if background_threshold is not None and names[0] != "background":
@@ -158,7 +173,7 @@ def evaluate_segmentation(model, tokenizer: Callable, transform: Callable, sourc
     stride = stride or max(1, window // 2)
     mean, std = normalisation(transform)
     confusion = torch.zeros(len(names), len(names), dtype=torch.long)
-    count = 0
+    per_image = []  # (C, C) confusion of each image: image-level resampling needs its counts
     for chunk in batched(source.samples(), batch_size):
         inputs = [to_input(image, mean, std, short_side) for image, _ in chunk]
         for scores, (_, label) in zip(sliding_window_scores(scorer, inputs, window, stride, batch_size, device),
@@ -167,10 +182,16 @@ def evaluate_segmentation(model, tokenizer: Callable, transform: Callable, sourc
             target = torch.from_numpy(label)
             if scores.shape[1:] != target.shape:
                 scores = F.interpolate(scores[None], size=target.shape, mode="bilinear", align_corners=False)[0]
-            confusion += confusion_matrix(predict_labels(scores, background_threshold), target, len(names))
-            count += 1
-    if not count:
+            per_image.append(confusion_matrix(predict_labels(scores, background_threshold), target, len(names)))
+            confusion += per_image[-1]
+    if not per_image:
         raise DataError(f"{source.name}: no images")
     iou = iou_per_class(confusion)
+    stacked = torch.stack(per_image)  # (I, C, C)
+    intersection = stacked.diagonal(dim1=1, dim2=2)
+    references = trivial_miou(confusion.sum(1))
     return {"miou": mean_iou(iou), "iou": {n: v.item() for n, v in zip(names, iou) if not math.isnan(v)},
-            "pixel_accuracy": pixel_accuracy(confusion), "num_images": count}
+            "pixel_accuracy": pixel_accuracy(confusion), "num_images": len(per_image),
+            "miou_chance": references["chance"], "miou_majority": references["majority"],
+            # per image and class, for intervals and paired comparisons (both sum over images to the totals)
+            "intersection": intersection.numpy(), "union": (stacked.sum(1) + stacked.sum(2) - intersection).numpy()}
