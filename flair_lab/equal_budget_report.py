@@ -313,9 +313,11 @@ def write_report(config, out: Path) -> list[Path]:
                          + f" | {text(seg[1]) + f' ({seg[0]})' if seg else '—'} | {text(cell(seeds, CLS))} | "
                          f"{published(group, label)} |")
     front_lines, front_plot = pareto_front(runs, config, out)
-    lines += front_lines
+    compute_lines, compute_plot = equal_compute(runs, config, out)
+    lines += compute_lines + front_lines
     files = [out / "report.md", out / "results.csv"]
-    files += [p for p in (curve(runs, config, "k", out), curve(runs, config, "length", out), front_plot) if p]
+    files += [p for p in (curve(runs, config, "k", out), curve(runs, config, "length", out), front_plot,
+                          compute_plot) if p]
     if (p := validation_curves(runs, config, out)) is not None:
         files.append(p)
     lines += ["", *[f"![{p.stem}]({p.name})" for p in files[2:]], ""]
@@ -485,3 +487,74 @@ def validation_curves(runs: dict, config, out: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def timed_validations(run_dir: Path, key: str) -> list[tuple[float, float]]:
+    """(training seconds so far, validation value) at each validation of a run. A step's logged seconds are its
+    wall time, data waiting and the validation before it included; a run trains on one thread, so wall time is
+    its CPU time."""
+    steps, validations = run_dir / "metrics.jsonl", run_dir / "val_metrics.jsonl"
+    if not (steps.is_file() and validations.is_file()):
+        return []
+    elapsed, total = {}, 0.0
+    for line in steps.read_text().splitlines():
+        record = json.loads(line)
+        total += record.get("seconds", 0.0)
+        elapsed[int(record["step"])] = total
+    points = [json.loads(line) for line in validations.read_text().splitlines()]
+    return [(elapsed[p["step"]], p[key]) for p in points if key in p and p["step"] in elapsed]
+
+
+def equal_compute(runs: dict, config, out: Path) -> tuple[list[str], Path | None]:
+    """Validation fine-grained t2i R@1 against training CPU time for every method, and who leads at three equal
+    times (a third, two thirds and all of the shortest run's time): equal steps are not equal compute."""
+    curves: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    for m in config.methods:
+        for seed, entry in (runs.get(("methods", m)) or {}).items():
+            if points := timed_validations(entry["dir"], own(FINE, m)):
+                curves.setdefault(m, {})[seed] = points
+    if len(curves) < 2:
+        return [], None
+    shortest = min(points[-1][0] for seeds in curves.values() for points in seeds.values())
+    times = [shortest / 3, 2 * shortest / 3, shortest]
+
+    def at(points: list[tuple[float, float]], time_limit: float) -> float | None:
+        reached = [value for seconds, value in points if seconds <= time_limit]  # the last validation so far
+        return reached[-1] if reached else None
+
+    lines = ["", "## Equal compute: validation fine-grained t2i R@1 at equal training time", "",
+             ("Equal steps are not equal compute (FLAIR and DreamLIP encode K sub-captions per image). Each method's "
+              "latest validation (val split, own mode) reached by the time shown, mean over seeds [each seed]; one "
+              "thread per run, so seconds are CPU-seconds. Validation keeps no per-query records: no interval "
+              "here."), "",
+             "| method | " + " | ".join(f"at {t / 60:.1f} CPU-min" for t in times) + " | whole run |",
+             "|---|" + "---:|" * (len(times) + 1)]
+    leaders = []
+    for t in times:
+        means = {m: mean(v) for m, seeds in curves.items()
+                 if (v := [x for points in seeds.values() if (x := at(points, t)) is not None]) and
+                 len(v) == len(seeds)}
+        leaders.append(max(means, key=means.get) if means else "—")
+    for m, seeds in curves.items():
+        cells = []
+        for t in [*times, float("inf")]:
+            values = [at(points, t) for points in seeds.values()]
+            cells.append("—" if None in values else f"{mean(values):.2f} [{', '.join(f'{v:.2f}' for v in values)}]")
+        whole = mean(points[-1][0] for points in seeds.values()) / 60
+        lines.append(f"| {m} | " + " | ".join(cells[:-1]) + f" | {cells[-1]} in {whole:.1f} CPU-min |")
+    lines += ["", "Leader at each time: " + ", ".join(f"{t / 60:.1f} min: {m}" for t, m in zip(times, leaders,
+                                                                                            strict=True)) + "."]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for m, seeds in curves.items():
+        for i, points in enumerate(seeds.values()):
+            ax.plot([s / 60 for s, _ in points], [v for _, v in points], "o-", color=f"C{list(curves).index(m)}",
+                    alpha=0.8, markersize=3, label=m if i == 0 else None)
+    ax.set_xlabel("training CPU-minutes")
+    ax.set_ylabel("val fine-grained t2i R@1 (%)")
+    ax.set_title("Validation against compute (each seed a line)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "equal_compute.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return lines, path

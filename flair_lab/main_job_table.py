@@ -62,8 +62,8 @@ def main() -> None:
     for row in [header, ["-" * w for w in widths], *table]:
         print("  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)))
     own = ", ".join(f"{m.name} {m.primary_mode}" for m in METHODS.values())
-    print(f"(R@1 in percent, each method in its own scoring mode: {own}; [95 % bootstrap interval over "
-          "queries], (chance level))")
+    print(f"(percent, each method in its own scoring mode: {own}; [95 % bootstrap interval over twin-pair "
+          "clusters of queries, or images], (reference levels: chance, majority class); one seed)")
     for name, url in urls().items():
         print(f"{name:11s} {url}")
 

@@ -122,3 +122,31 @@ def test_the_published_numbers_come_from_paper_numbers_yaml_for_every_paired_set
     assert "—" not in cells  # every pairing finds its row in the YAML (a lost row raises KeyError)
     assert published("k", "K 8") == "COCO T2I 37.7" and published("loss", "MPS only") == "32.9 / 1.7 / 27.9"
     assert published("loss", "TCS + MPS, w 0.25") == published("length", "fixed 1") == "—"  # none published
+
+
+def write_training_log(folder: Path, method: str, seconds_per_step: float, curve: dict[int, float]) -> None:
+    """metrics.jsonl (every step's seconds) and val_metrics.jsonl (the validation curve) of a fake run."""
+    key = f"retrieval/{FINE}/{MODE[method]}/t2i_r1"
+    steps = max(curve)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "seconds": seconds_per_step}) + "\n"
+                                                  for s in range(1, steps + 1)))
+    (folder / "val_metrics.jsonl").write_text("".join(json.dumps({"step": s, key: v}) + "\n"
+                                                      for s, v in curve.items()))
+
+
+def test_equal_compute_view_says_who_leads_at_equal_training_time(tmp_path):
+    """CLIP's steps cost half of FLAIR's: at FLAIR's whole-run time CLIP has done twice the steps, and leads
+    early on although FLAIR leads at equal steps."""
+    runs = tmp_path / "runs" / "s"
+    fake_run(runs, "flair0", "flair", [("methods", "flair", 0)], 8.0, 10.0, {})
+    fake_run(runs, "clip0", "clip", [("methods", "clip", 0)], 5.0, 10.0, {})
+    write_training_log(runs / "flair0", "flair", 1.0, {100: 1.0, 200: 4.0, 300: 8.0})
+    write_training_log(runs / "clip0", "clip", 0.5, {100: 2.0, 200: 3.0, 300: 4.0, 400: 4.5, 500: 5.0, 600: 5.0})
+    files = write_report(study(tmp_path, seeds=(0,), methods=("flair", "clip")), tmp_path / "report")
+    report = (tmp_path / "report" / "report.md").read_text()
+    section = report[report.index("## Equal compute"):]
+    # the shortest run is FLAIR's 300 s: at 100 s FLAIR has validated once (1.0), CLIP twice (3.0)
+    assert claim_line(section, "| flair |").startswith("| flair | 1.00 [1.00] | 4.00 [4.00] | 8.00 [8.00] |")
+    assert claim_line(section, "| clip |").startswith("| clip | 3.00 [3.00] | 4.50 [4.50] | 5.00 [5.00] |")
+    assert "1.7 min: clip, 3.3 min: clip, 5.0 min: flair" in section
+    assert (tmp_path / "report" / "equal_compute.png") in files

@@ -9,8 +9,9 @@ from flair_core.evaluation.headline import is_headline
 
 st.title("Compare runs")
 st.caption(f"Each method in its own scoring mode ({data.own_modes_text()}) on the built-in test split. R@1, "
-           "mIoU and top-1 in percent; beside each R@1 its 95 % bootstrap interval over queries and its "
-           "chance level, so a gap inside the noise reads as one.")
+           "mIoU and top-1 in percent; beside each its 95 % bootstrap interval (twin-pair clusters of queries, or "
+           "images) and its reference levels (chance; majority class), so a gap inside the noise, or a score at "
+           "a trivial predictor's level, reads as one.")
 
 
 settings = data.settings()
