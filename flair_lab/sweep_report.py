@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import optuna
 
+from flair_core.evaluation import stats
+from flair_core.evaluation.records import RecordsError, load_records, outcomes, records_path
 from flair_lab.sweeps import SweepConfig, is_surplus, pick_trial
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -52,20 +54,47 @@ def validation_interval(trial: optuna.trial.FrozenTrial, metric: str) -> dict[st
             "chance": last.get(f"{metric}_chance")}
 
 
+def trial_records(trial: dict, metric: str) -> stats.Outcomes | None:
+    """The trial's last validation of `metric` as resampling units, None where it kept no records."""
+    _, benchmark, mode, name = metric.split("/")
+    path = records_path(Path(trial.get("run_dir") or "") / "validation", benchmark)
+    if not trial.get("run_dir") or not path.is_file():
+        return None
+    try:
+        return outcomes(load_records(path), f"{mode}/{name}", str(path))
+    except RecordsError:
+        return None
+
+
 def separation(trials: list[dict], objective) -> dict | None:
-    """Which finished trials the best one beats beyond its own interval: a setting only wins if the others'
-    values lie outside the best trial's 95 % interval (single objective, complete trials with intervals)."""
-    scored = [t for t in trials if t["state"] == "COMPLETE" and t["values"] and t.get("interval")]
+    """Which finished trials the best one beats beyond noise. Paired where the trials kept their validation's
+    per-query records: best − other on the same validation queries, Holm's correction over the comparisons, a
+    trial beaten when its adjusted p < 0.05. Otherwise (trials run before records were kept): beaten when its
+    value lies outside the best trial's own 95 % interval."""
+    scored = [t for t in trials if t["state"] == "COMPLETE" and t["values"]]
     if len(scored) < 2:
         return None
     sign = 1 if objective.direction == "maximize" else -1
     best = max(scored, key=lambda t: sign * t["values"][0])
-    bound = best["interval"]["ci_low"] if sign > 0 else best["interval"]["ci_high"]
-    beaten = [t["number"] for t in scored if t is not best and sign * (t["values"][0] - bound) < 0]
-    within = [t["number"] for t in scored if t is not best and t["number"] not in beaten]
-    return {"best": best["number"], "bound": bound, "beaten": beaten, "within": within,
-            "text": f"trial {best['number']} is beyond its interval of {len(beaten)} of {len(scored) - 1} other "
-                    f"complete trials; {len(within)} lie within it (not separable from the best)"}
+    others = [t for t in scored if t is not best]
+    units = {t["number"]: trial_records(t, objective.metric) for t in scored}
+    if units[best["number"]] is not None and all(units[t["number"]] is not None for t in others):
+        differences = [stats.paired([units[best["number"]]], [units[t["number"]]]) for t in others]
+        adjusted = stats.holm([d.p for d in differences])
+        beaten = [t["number"] for t, d, p in zip(others, differences, adjusted, strict=True)
+                  if sign * d.value > 0 and p < 0.05]
+        rule = f"paired on the same validation queries, Holm over {len(others)} comparisons"
+        bound = None
+    else:
+        if not best.get("interval"):
+            return None
+        bound = best["interval"]["ci_low"] if sign > 0 else best["interval"]["ci_high"]
+        beaten = [t["number"] for t in others if sign * (t["values"][0] - bound) < 0]
+        rule = "outside the best trial's own interval (not paired: some trials kept no per-query records)"
+    within = [t["number"] for t in others if t["number"] not in beaten]
+    return {"best": best["number"], "bound": bound, "beaten": beaten, "within": within, "rule": rule,
+            "text": f"trial {best['number']} beats {len(beaten)} of {len(others)} other complete trials beyond "
+                    f"noise ({rule}); {len(within)} are not separable from it"}
 
 
 def summarize(study: optuna.Study, config: SweepConfig) -> dict:
@@ -85,7 +114,8 @@ def summarize(study: optuna.Study, config: SweepConfig) -> dict:
                           "last_step": t.last_step,
                           "seconds": t.duration.total_seconds() if t.duration else None,
                           "started": t.datetime_start.isoformat() if t.datetime_start else None,
-                          "interval": validation_interval(t, config.objectives[0].metric)}
+                          "interval": validation_interval(t, config.objectives[0].metric),
+                          "run_dir": t.user_attrs.get("run_dir")}
                          for t in trials]
     if len(config.objectives) == 1:
         summary["separation"] = separation(summary["trials"], config.objectives[0])

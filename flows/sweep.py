@@ -106,7 +106,7 @@ def summary_markdown(summary: dict) -> str:
         lines += [f"| {k} | {v} |" for k, v in best["params"].items()]
         lines += ["", f"Params file: `{summary.get('best_params_file')}`"]
     if summary.get("separation"):
-        lines += ["", f"Separation (95 % validation intervals): {summary['separation']['text']}"]
+        lines += ["", f"Separation: {summary['separation']['text']}"]
     for metric, values in summary["importances"].items():
         if values:
             lines += ["", f"Importances for {metric}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items())]

@@ -5,10 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import yaml
 
+from flair_core.evaluation.records import records_path, save_records
 from flair_core.model_config import ConfigError
 from flair_core.run_config import load_run_config
 from flair_lab.sweep_report import write_report
@@ -179,6 +181,26 @@ def test_report_says_which_trials_the_best_beats_beyond_its_validation_interval(
     assert summary["separation"]["beaten"] == [2, 3] and summary["separation"]["within"] == [1]
     header = (tmp_path / "reports" / "s" / "trials.csv").read_text().splitlines()[0].split(",")
     assert header[3:6] == ["ci_low", "ci_high", "chance"]
+
+
+def test_separation_is_paired_on_the_validation_queries_when_trials_kept_their_records(tmp_path):
+    """Trial 1 misses 3 of the best trial's 90 hits (not separable); trial 2 keeps half of them (beaten)."""
+    config = load_sweep_config(sweep_file(tmp_path))
+    study = open_study(config)
+    best_hits = np.arange(300) < 90
+    others = [best_hits & (np.arange(300) >= 3), best_hits & (np.arange(300) % 2 == 0)]
+    for number, hits in enumerate([best_hits, *others]):
+        run_dir = tmp_path / f"trial-{number}"
+        (run_dir / "validation").mkdir(parents=True)
+        save_records(records_path(run_dir / "validation", "builtin_fine_grained"), {
+            "t2i/query": np.arange(300), "t2i/cluster": np.arange(300) // 2, "flair/t2i/rank": np.where(hits, 0, 7)})
+        trial = study.ask({"sampling.k": optuna.distributions.IntDistribution(1, 10)})
+        trial.set_user_attr("run_dir", str(run_dir))
+        study.tell(trial, 100 * hits.mean())
+    summary, _ = write_report(study, config)
+    assert summary["separation"]["best"] == 0
+    assert summary["separation"]["beaten"] == [2] and summary["separation"]["within"] == [1]
+    assert "paired on the same validation queries, Holm over 2 comparisons" in summary["separation"]["text"]
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from flair_core.evaluation.records import load_records
 from flair_core.run_config import load_run_config, read_run_config
 from flair_core.training.loop import Trainer
 from tests.helpers.paths import REPO
@@ -154,6 +155,9 @@ def test_validation_runs_every_n_steps_and_a_callback_can_stop_the_run(tiny_data
     lines = [json.loads(x) for x in (tmp_path / "run" / "val_metrics.jsonl").read_text().splitlines()]
     assert [(x["step"], x[key]) for x in lines] == [(step, m[key]) for step, m in seen]
     assert trainer.val_metrics == seen[-1][1]
+    # the last validation's per-query records, from which its R@1 is recomputed
+    records = load_records(tmp_path / "run" / "validation" / "builtin_fine_grained.queries.npz")
+    assert 100 * (records["flair/t2i/rank"] < 1).mean() == pytest.approx(trainer.val_metrics[key])
 
     class Stop(Exception):
         pass

@@ -28,7 +28,8 @@ from torch.nn.parallel import DistributedDataParallel
 from flair_core import checkpoints, distributed
 from flair_core.data.loader import train_loader
 from flair_core.data.registry import get_benchmark
-from flair_core.evaluation.runner import EvalOptions, run_benchmark
+from flair_core.evaluation.records import records_path, save_records
+from flair_core.evaluation.runner import EvalOptions, evaluate_benchmark
 from flair_core.fileio import append_line, write_atomic
 from flair_core.methods import get_method
 from flair_core.model_config import ConfigError, ModelConfig, load_model_config
@@ -317,7 +318,11 @@ class Trainer:
                 values = {}
                 for benchmark in t.validate_on:
                     options = own if get_benchmark(benchmark).family == "retrieval" else default
-                    values.update(run_benchmark(self.head, benchmark, root, t.validate_split, options))
+                    evaluation = evaluate_benchmark(self.head, benchmark, root, t.validate_split, options)
+                    values.update(evaluation.metrics)
+                    # the latest validation's per-query records: two runs (e.g. sweep trials) compared paired
+                    (self.out / "validation").mkdir(exist_ok=True)
+                    save_records(records_path(self.out / "validation", benchmark), evaluation.records)
             self.head.train()
             metrics = [values]
             append_line(self.out / "val_metrics.jsonl", json.dumps({"step": self.step, **values}))
