@@ -37,7 +37,7 @@ def test_quick_study_runs_caches_logs_and_reports(tmp_path_factory):
         assert client.get_metric_history(flair.info.run_id, "val/retrieval/builtin_fine_grained/flair/t2i_r1")
 
         report = (repo / "reports" / "study" / "report.md").read_text()
-        assert "## Main table" in report and "| flair (1 seed) |" in report and "| clip (1 seed) |" in report
+        assert "## Main table" in report and "| flair | " in report and "| clip | " in report and " n=1 " in report
         assert "FLAIR beats CLIP" in report and "32.9 / 1.7 / 27.9" in report  # the paper's [S] row beside ours
         assert any(verdict in report for verdict in ("**holds**", "**does not hold**", "**within noise**",
                                                      "**not beyond chance**"))
