@@ -21,7 +21,8 @@ from flair_core.data.loader import LoaderConfig, TextViews, train_loader
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny-64")
     parser.add_argument("--images", type=int, default=2048, help="training images to generate")
     parser.add_argument("--batch", type=int, default=64)
@@ -39,8 +40,8 @@ def main() -> None:
         gen_rate = args.images / (time.perf_counter() - start)
 
         loader = train_loader(f"{tmp}/d/train/shard-{{000000..{args.images // 256 - 1:06d}}}.tar",
-                              TextViews(SamplingConfig(k=args.k)), get_tokenizer(cfg), get_transform(cfg, True),
-                              args.batch, args.steps, LoaderConfig())
+                              TextViews(SamplingConfig(k=args.k)), get_tokenizer(cfg),
+                              get_transform(cfg, True), args.batch, args.steps, LoaderConfig())
         batches = iter(loader)
         next(batches)  # worker start-up is not throughput
         start = time.perf_counter()
@@ -52,9 +53,11 @@ def main() -> None:
     print(f"threads={torch.get_num_threads()} loader workers={workers} model={args.model} K={args.k} "
           f"batch={args.batch} image={cfg.vision_cfg.image_size}px")
     print(f"generator          {gen_rate:8.0f} images/s  (render + PNG + captions + shard writing)")
-    print(f"loader             {load_rate:8.0f} samples/s (tar + decode + augment + {args.k} sub-captions + tokenise)")
+    print(f"loader             {load_rate:8.0f} samples/s (tar + decode + augment + {args.k} sub-captions + "
+          "tokenise)")
     print(f"training step      {train_rate:8.0f} samples/s ({step['step']:.3f} s per step of {args.batch})")
-    print(f"loader / step      {load_rate / train_rate:8.2f}x  ({'faster' if load_rate > train_rate else 'SLOWER'})")
+    print(f"loader / step      {load_rate / train_rate:8.2f}x  "
+          f"({'faster' if load_rate > train_rate else 'SLOWER'})")
 
 
 if __name__ == "__main__":

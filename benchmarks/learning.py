@@ -61,15 +61,19 @@ def summary(method: str, args: argparse.Namespace, timing: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", action="append", default=None, help="params file(s) (default params/cpu.yaml)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", action="append", default=None,
+                        help="params file(s) (default params/cpu.yaml)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override for every run, e.g. train.precision=bf16")
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (OMP_NUM_THREADS) of each run")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="intra-op threads (OMP_NUM_THREADS) of each run")
     parser.add_argument("--validate-every", type=int, default=50, help="steps between validations")
     parser.add_argument("--benchmark", default="builtin_fine_grained", help="validation benchmark reported")
-    parser.add_argument("--out", default="runs/bench-learning", help="folder of the runs (resumed if present)")
+    parser.add_argument("--out", default="runs/bench-learning",
+                        help="folder of the runs (resumed if present)")
     args = parser.parse_args()
     args.params = args.params or ["params/cpu.yaml"]
     print(f"params {' '.join(args.params)} {' '.join(args.set)}; threads {args.threads}; "
@@ -79,8 +83,8 @@ def main() -> None:
     for method in args.methods:
         s = summary(method, args, train(method, args))
         chance = f"{s['chance']:6.2f}" if s["chance"] is not None else f"{'-':>6s}"
-        print(f"{method:9s} {s['steps']:6d} {s['samples_per_s']:9.1f} {s['cpu_min']:8.2f} {s['wall_min']:8.2f} "
-              f"{s['r1']:6.2f} {chance} {s['r1_per_cpu_min']:11.2f}  {s['curve']}")
+        print(f"{method:9s} {s['steps']:6d} {s['samples_per_s']:9.1f} {s['cpu_min']:8.2f} "
+              f"{s['wall_min']:8.2f} {s['r1']:6.2f} {chance} {s['r1_per_cpu_min']:11.2f}  {s['curve']}")
 
 
 if __name__ == "__main__":

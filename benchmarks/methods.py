@@ -2,11 +2,11 @@
 
     .venv/bin/python benchmarks/methods.py --model tiny-64 --batch 64 --k 4 [--breakdown]
 
---breakdown: where FLAIR's step spends its time beside CLIP's, on the same towers and batch. Each part is timed
-forward+backward in isolation on the step's own activations (detached, so the parts add up to about the step):
-image tower, text tower on FLAIR's B·K sub-captions and on CLIP's B, FLAIR's loss terms (TCS pools every text
-of an image's set over its tokens; MPS is one matrix of global logits), CLIP's loss, the AdamW update. Then
-whole steps with each term alone.
+--breakdown: where FLAIR's step spends its time beside CLIP's, on the same towers and batch. Each part is
+timed forward+backward in isolation on the step's own activations (detached, so the parts add up to about the
+step): image tower, text tower on FLAIR's B·K sub-captions and on CLIP's B, FLAIR's loss terms (TCS pools
+every text of an image's set over its tokens; MPS is one matrix of global logits), CLIP's loss, the AdamW
+update. Then whole steps with each term alone.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ def measure(name: str, spec, args: argparse.Namespace) -> None:
     model = create_model(args.model, name, settings=settings).train()
     loss_fn = spec.loss(settings)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch = synthetic_batch(args.batch, args.k, model.config.vision_cfg.image_size, torch.Generator().manual_seed(0))
+    batch = synthetic_batch(args.batch, args.k, model.config.vision_cfg.image_size,
+                            torch.Generator().manual_seed(0))
     terms = {}
 
     def step():
@@ -95,8 +96,9 @@ def measure(name: str, spec, args: argparse.Namespace) -> None:
         optimizer.step()
 
     naive = time_steps(naive_step, max(1, args.steps // 2))
-    print(f"{'flair-naive':11s} {naive:8.3f} {1 / naive:8.2f} {args.batch / naive:10.1f}  per-pair pooling loop "
-          f"({args.batch * (args.batch + args.k - 1)} pool calls): {naive / seconds:.1f}x the batched step")
+    print(f"{'flair-naive':11s} {naive:8.3f} {1 / naive:8.2f} {args.batch / naive:10.1f}  per-pair pooling "
+          f"loop ({args.batch * (args.batch + args.k - 1)} pool calls): {naive / seconds:.1f}x the batched "
+          "step")
 
 
 def part_seconds(fn, inputs: dict[str, torch.Tensor], steps: int) -> float:
@@ -124,7 +126,8 @@ def breakdown(args: argparse.Namespace) -> None:
     flair_spec, clip_spec = METHODS["flair"], METHODS["clip"]
     model = create_model(args.model, "flair").train()
     clip_model = create_model(args.model, "clip").train()
-    batch = synthetic_batch(args.batch, args.k, model.config.vision_cfg.image_size, torch.Generator().manual_seed(0))
+    batch = synthetic_batch(args.batch, args.k, model.config.vision_cfg.image_size,
+                            torch.Generator().manual_seed(0))
     images, texts = batch["images"], batch["texts"]
     with torch.no_grad():
         out = model(images, texts)
@@ -142,10 +145,12 @@ def breakdown(args: argparse.Namespace) -> None:
         "image tower + projection": part_seconds(image_part, {"images": images}, args.steps),
         f"text tower, {args.batch * args.k} sub-captions (FLAIR)": part_seconds(text_part, {"texts": texts},
                                                                                   args.steps),
-        f"text tower, {args.batch} sub-captions (CLIP)": part_seconds(text_part, {"texts": texts[:, 0]}, args.steps),
+        f"text tower, {args.batch} sub-captions (CLIP)": part_seconds(text_part, {"texts": texts[:, 0]},
+                                                                      args.steps),
         f"text tower, {args.batch * args.k}, one length group": part_seconds(
             lambda x: one_group_call(text_part, x), {"texts": texts}, args.steps),
-        **{f"FLAIR loss, {name}": part_seconds(lambda x, w=w: sum(losses[w](x, model).values()), out, args.steps)
+        **{f"FLAIR loss, {name}": part_seconds(lambda x, w=w: sum(losses[w](x, model).values()), out,
+                                               args.steps)
            for w, name in ((0.5, "TCS + MPS (w 0.5)"), (1.0, "TCS alone"), (0.0, "MPS alone"))},
     }
     with torch.no_grad():
@@ -162,7 +167,8 @@ def breakdown(args: argparse.Namespace) -> None:
     # ratio is the median of per-round ratios against FLAIR's default step.
     steps = {f"flair w {w:.1f}": make_step(model, flair_spec.loss(flair_spec.settings(tcs_weight=w)), batch)
              for w in (0.5, 1.0, 0.0)}
-    steps["flair w 0.5, one length group"] = one_group(make_step(model, flair_spec.loss(flair_spec.settings()),
+    steps["flair w 0.5, one length group"] = one_group(make_step(model,
+                                                                 flair_spec.loss(flair_spec.settings()),
                                                                  batch))
     steps["clip"] = make_step(clip_model, clip_loss, batch)
     steps["clip, one length group"] = one_group(make_step(clip_model, clip_loss, batch))
@@ -178,8 +184,8 @@ def breakdown(args: argparse.Namespace) -> None:
     print(f"whole steps (AdamW included), {args.steps} interleaved rounds:")
     for name, seconds in times.items():
         ratios = sorted(t / r for t, r in zip(seconds, reference))
-        print(f"  {name:32s} {statistics.median(seconds):7.3f} s   {statistics.median(ratios):5.2f}x flair w 0.5 "
-              f"(rounds {ratios[0]:.2f}-{ratios[-1]:.2f})")
+        print(f"  {name:32s} {statistics.median(seconds):7.3f} s   {statistics.median(ratios):5.2f}x flair w "
+              f"0.5 (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})")
 
 
 def one_group_call(fn, *args):
@@ -208,7 +214,8 @@ def make_step(model, loss_fn, batch: dict):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny-64")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--k", type=int, default=4)

@@ -4,9 +4,10 @@
 
 Prints seconds for the FLAIR mode (fp32, bf16), symmetric top-k and global; the original's per-image way
 (projections redone per image, one image per call; timed on a subset and extrapolated); the FLOPs the FLAIR
-mode needs; the GFLOP/s plain matmul reaches here in fp32 and bf16; the fraction reached; peak RSS. Then FILIP's
-token-wise scoring (--filip-* sizes: the main job's test set on the CPU preset by default) in fp32 and bf16
-against the same limits, and against the previous way (every text padded to the full context, fixed chunks).
+mode needs; the GFLOP/s plain matmul reaches here in fp32 and bf16; the fraction reached; peak RSS. Then
+FILIP's token-wise scoring (--filip-* sizes: the main job's test set on the CPU preset by default) in fp32 and
+bf16 against the same limits, and against the previous way (every text padded to the full context, fixed
+chunks).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def matmul_gflops(dtype: torch.dtype, n: int = 4096, reps: int = 3) -> float:
 def flair_flops(images: int, texts: int, dim: int, patches: int) -> float:
     """Queries projected once, keys/values once per image, then per pair: attention over L+1 slots
     (scores and weighted sum, 2·2·(L+1)·D) and the output projection (2·D²)."""
-    return texts * 2 * dim**2 + images * patches * 2 * 2 * dim**2 + images * texts * (4 * (patches + 1) * dim + 2 * dim**2)
+    return (texts * 2 * dim**2 + images * patches * 2 * 2 * dim**2
+            + images * texts * (4 * (patches + 1) * dim + 2 * dim**2))
 
 
 @torch.no_grad()
@@ -70,8 +72,8 @@ def filip(args, limits: dict) -> None:
     # The needed work: one dot product per (image token, real text token) pair; the reductions are extra.
     flops = 2 * args.filip_images * args.filip_patches * int(lengths.sum()) * args.filip_dim
     print(f"FILIP: {args.filip_images} images x {args.filip_texts} texts, L={args.filip_patches}, "
-          f"d={args.filip_dim}, text lengths {args.text_lengths[0]}-{args.text_lengths[1]} of {args.context}: "
-          f"{flops / 1e12:.3f} TFLOP")
+          f"d={args.filip_dim}, text lengths {args.text_lengths[0]}-{args.text_lengths[1]} of "
+          f"{args.context}: {flops / 1e12:.3f} TFLOP")
     times = {}
     for dtype in (torch.float32, torch.bfloat16):
         start = time.perf_counter()
@@ -87,7 +89,8 @@ def filip(args, limits: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--texts", type=int, default=5000)
     parser.add_argument("--dim", type=int, default=512)
@@ -112,14 +115,15 @@ def main() -> None:
     image_features = torch.randn(args.images, args.dim)
     scale = torch.tensor(100.0)
     limits = {torch.float32: matmul_gflops(torch.float32), torch.bfloat16: matmul_gflops(torch.bfloat16)}
-    print(f"plain matmul here: fp32 {limits[torch.float32]:.0f} GFLOP/s, bf16 {limits[torch.bfloat16]:.0f} GFLOP/s; "
-          f"threads={torch.get_num_threads()}, budget {args.budget_mb:.0f} MB")
+    print(f"plain matmul here: fp32 {limits[torch.float32]:.0f} GFLOP/s, bf16 {limits[torch.bfloat16]:.0f} "
+          f"GFLOP/s; threads={torch.get_num_threads()}, budget {args.budget_mb:.0f} MB")
     if args.only_filip:
         filip(args, limits)
         return
     flops = flair_flops(args.images, args.texts, args.dim, args.patches)
     print(f"{args.images} images x {args.texts} texts, D={args.dim}, L={args.patches}, 8 heads")
-    print(f"FLAIR mode needs {flops / 1e12:.2f} TFLOP ({flops / args.images / args.texts / 1e6:.2f} MFLOP per pair)")
+    print(f"FLAIR mode needs {flops / 1e12:.2f} TFLOP ({flops / args.images / args.texts / 1e6:.2f} MFLOP "
+          "per pair)")
 
     results, times = {}, {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -130,11 +134,13 @@ def main() -> None:
         print(f"FLAIR mode {str(dtype).removeprefix('torch.'):9s} {seconds:7.1f} s  {rate:6.0f} GFLOP/s = "
               f"{100 * rate / limits[dtype]:3.0f}% of matmul   peak RSS {peak_rss_gb():.2f} GB")
     difference = (results[torch.bfloat16] - results[torch.float32]).abs()
-    print(f"bf16 vs fp32 scores: max |diff| {difference.max():.3f}, mean {difference.mean():.4f} (scale {scale:.0f})")
+    print(f"bf16 vs fp32 scores: max |diff| {difference.max():.3f}, mean {difference.mean():.4f} (scale "
+          f"{scale:.0f})")
 
     start = time.perf_counter()
     topk_scores(pooling, image_features, tokens, texts, scale, args.topk)
-    print(f"top-k (k={args.topk}, symmetric) {time.perf_counter() - start:7.1f} s   peak RSS {peak_rss_gb():.2f} GB")
+    print(f"top-k (k={args.topk}, symmetric) {time.perf_counter() - start:7.1f} s   peak RSS "
+          f"{peak_rss_gb():.2f} GB")
     start = time.perf_counter()
     global_scores(image_features, texts, scale)
     print(f"global                       {time.perf_counter() - start:7.3f} s")

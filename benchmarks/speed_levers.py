@@ -60,7 +60,8 @@ def children_cpu_seconds() -> float:
 
 def train(method: str, name: str, args: argparse.Namespace, out: Path) -> dict:
     """One short training run of `method` under configuration `name`: its throughput and cost, or the error
-    line of a run that failed (e.g. `compile` without a C++ compiler), so the other rows still get measured."""
+    line of a run that failed (e.g. `compile` without a C++ compiler), so the other rows still get
+    measured."""
     overrides, threads, _ = levers(name)
     run = out / f"{method}-{name}"
     shutil.rmtree(run, ignore_errors=True)  # a previous run's metrics.jsonl would be appended to
@@ -79,13 +80,15 @@ def train(method: str, name: str, args: argparse.Namespace, out: Path) -> dict:
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     batch = read_run_config(run).train.batch_size
     return {"samples_per_s": statistics.median(s["samples_per_s"] for s in steps[WARMUP:]),
-            "first_step_s": batch / steps[0]["samples_per_s"], "cpu_s_per_1000": 1000 * cpu / (batch * len(steps)),
-            "wall_s": wall}
+            "first_step_s": batch / steps[0]["samples_per_s"],
+            "cpu_s_per_1000": 1000 * cpu / (batch * len(steps)), "wall_s": wall}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", action="append", default=None, help="params file(s) (default params/cpu.yaml)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", action="append", default=None,
+                        help="params file(s) (default params/cpu.yaml)")
     parser.add_argument("--methods", nargs="+", default=["flair", "clip"], choices=list(METHODS))
     parser.add_argument("--steps", type=int, default=30, help=f"training steps per run (> {WARMUP}: warm-up)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -98,8 +101,8 @@ def main() -> None:
     if args.steps <= WARMUP:
         parser.error(f"--steps must exceed the {WARMUP} warm-up steps")
     names = [n for n in CONFIGS if n in args.only]
-    print(f"params {' '.join(args.params)} {' '.join(args.set)}; {args.steps} steps per run, median samples/s "
-          f"of steps {WARMUP + 1}-{args.steps}; ratio against baseline ({levers('baseline')[2]})")
+    print(f"params {' '.join(args.params)} {' '.join(args.set)}; {args.steps} steps per run, median "
+          f"samples/s of steps {WARMUP + 1}-{args.steps}; ratio against baseline ({levers('baseline')[2]})")
     print(f"{'method':9s} {'config':9s} {'levers':24s} {'samples/s':>9s} {'ratio':>6s} {'CPU-s/1k':>8s} "
           f"{'wall s':>7s} {'1st step s':>10s}")
     with tempfile.TemporaryDirectory(prefix="speed-levers-") as scratch:

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-VERBS = ("models", "methods", "benchmarks", "prepare", "train", "evaluate", "attention", "compare", "check-weights")
+VERBS = ("models", "methods", "benchmarks", "prepare", "train", "evaluate", "attention", "compare",
+         "check-weights")
 # What a pipeline reads from the repo; dvc.yaml's stages depend on the code folders that exist in the tree.
 PIPELINE_FILES = ("params", "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
                   "pyproject.toml")
@@ -89,25 +90,29 @@ def dvc_repro_seconds(tree: Tree, scratch: Path) -> float:
     bin_dir.mkdir()
     (bin_dir / "flair").write_text(f'#!/bin/sh\nexec {sys.executable} -m {tree.module} "$@"\n')
     (bin_dir / "flair").chmod(0o755)
-    env = {**tree.env, "PYTHONPATH": str(copy), "PATH": f"{bin_dir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env = {**tree.env, "PYTHONPATH": str(copy), "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1"}
     for command in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
-                    ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com", "commit", "-q", "-m",
-                     "tiny pipeline"]):
+                    ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com", "commit", "-q",
+                     "-m", "tiny pipeline"]):
         subprocess.run(command, cwd=copy, env=env, check=True, capture_output=True)
     dvc = str(Path(sys.executable).with_name("dvc"))
     start = time.perf_counter()
     result = subprocess.run([dvc, "repro"], check=False, cwd=copy, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if result.returncode:
-        raise SystemExit(f"dvc repro in {copy} failed: {(result.stderr or result.stdout).strip().splitlines()[-1]}")
+        raise SystemExit(f"dvc repro in {copy} failed: "
+                         f"{(result.stderr or result.stdout).strip().splitlines()[-1]}")
     return seconds
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", metavar="REV", help="earlier commit to time beside the working tree")
     parser.add_argument("--repeat", type=int, default=5, help="processes per figure (median)")
-    parser.add_argument("--dvc", action="store_true", help="also time `dvc repro` of the tiny pipeline (minutes)")
+    parser.add_argument("--dvc", action="store_true",
+                        help="also time `dvc repro` of the tiny pipeline (minutes)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="flair-startup-") as scratch:
@@ -127,10 +132,12 @@ def main() -> None:
 def report(trees: dict[str, Tree], args: argparse.Namespace, scratch: Path) -> None:
     names = list(trees)
     ratio = len(names) == 2
-    print(f"median of {args.repeat} processes, seconds; " + ", ".join(f"{n}: {t.module}" for n, t in trees.items()))
+    print(f"median of {args.repeat} processes, seconds; "
+          + ", ".join(f"{n}: {t.module}" for n, t in trees.items()))
     print(f"| command | {' | '.join(names)} |{' before/now |' if ratio else ''}")
     print(f"|---|{'---|' * len(names)}{'---|' if ratio else ''}")
-    commands = [("flair --help", ("--help",)), *((f"flair {verb} --help", (verb, "--help")) for verb in VERBS)]
+    commands = [("flair --help", ("--help",)),
+                *((f"flair {verb} --help", (verb, "--help")) for verb in VERBS)]
     for label, argv in commands:
         row = {name: median_seconds(tree.flair(*argv), tree.env, args.repeat, tree.root) for name, tree in
                trees.items()}

@@ -1,11 +1,11 @@
 """Where the time goes: each method's training step at its recipe, part by part, and the main job's timeline.
 
     .venv/bin/python benchmarks/step_profile.py --params params/cpu.yaml --data data/builtin [--steps 12]
-    .venv/bin/python benchmarks/step_profile.py --timeline      # the newest main job's flow runs, from Prefect
+    .venv/bin/python benchmarks/step_profile.py --timeline  # the newest main job's flow runs, from Prefect
 
-Step profile: every method is built with its recipe (the real `Trainer`, real shards, its loader) and the methods
-take their steps round by round, so the machine's drift hits them alike; step ratios against CLIP are medians of
-per-round ratios. Per method, in seconds per step:
+Step profile: every method is built with its recipe (the real `Trainer`, real shards, its loader) and the
+methods take their steps round by round, so the machine's drift hits them alike; step ratios against CLIP are
+medians of per-round ratios. Per method, in seconds per step:
 * data wait: what the step waited for its batch (the loader's workers decode in parallel); decode: the CPU a
   batch costs to read, decode, crop and tokenise (measured in-process, outside the step);
 * image / text tower: forward+backward of the towers alone on the step's own inputs (the text tower on exactly
@@ -17,8 +17,9 @@ per-round ratios. Per method, in seconds per step:
 * optimizer: AdamW's update, logit-scale clamp and scheduler;
 * validation and checkpoint: one of each, timed, spread over the steps between them at the recipe's cadence.
 
-Timeline: the flow runs of the newest `make demo` (one per method, back to back or overlapping) with each task's
-start and duration, from the Prefect server the services run (`eval "$(.venv/bin/python -m services env)"`).
+Timeline: the flow runs of the newest `make demo` (one per method, back to back or overlapping) with each
+task's start and duration, from the Prefect server the services run
+(`eval "$(.venv/bin/python -m services env)"`).
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ class MethodProfile:
 
         def loader(workers: int):
             return train_loader(shard_urls(t.shards), self.trainer.views, tokenizer, transform, t.batch_size,
-                                self.trainer.steps_per_epoch, self.config.loader.model_copy(update={"workers": workers}),
-                                seed=t.seed)
+                                self.trainer.steps_per_epoch,
+                                self.config.loader.model_copy(update={"workers": workers}), seed=t.seed)
 
         self.batches = iter(loader(self.config.loader.workers))
         self.decode_batches = loader(0)  # in-process: what a batch costs the loader's worker
@@ -92,7 +93,8 @@ class MethodProfile:
                 continue
 
             def wrapped(x, _original=original, _name=name):
-                self.tower_calls.setdefault("image" if _name == "encode_image" else "text", (_name, x.detach().clone()))
+                self.tower_calls.setdefault("image" if _name == "encode_image" else "text",
+                                            (_name, x.detach().clone()))
                 return _original(x)
 
             setattr(head, name, wrapped)
@@ -110,7 +112,8 @@ class MethodProfile:
         self.step_seconds.append(end - start)
 
     def loss_part(self, steps: int) -> float:
-        """Median forward+backward of the method's loss alone, on the model's (detached) outputs for a batch."""
+        """Median forward+backward of the method's loss alone, on the model's (detached) outputs for a
+        batch."""
         head, loss_fn = self.trainer.head, self.trainer.loss_fn
         with torch.no_grad():
             out = head(*loss_fn.inputs(self.batch))
@@ -195,7 +198,8 @@ def profile_steps(args: argparse.Namespace) -> None:
         whole = parts[p.method]["step (median, wall)"] * total
         extra = (parts[p.method]["validation (one)"] * (total // t.validate_every if t.validate_every else 0)
                  + parts[p.method]["checkpoint (amortised)"] * total)
-        print(f"{p.method}: {total} steps ≈ {whole:.0f} s of steps + {extra:.0f} s of validation and checkpoints")
+        print(f"{p.method}: {total} steps ≈ {whole:.0f} s of steps + {extra:.0f} s of validation and "
+              "checkpoints")
 
 
 def timeline(args: argparse.Namespace) -> None:
@@ -229,13 +233,16 @@ def timeline(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", action="append", default=None, help="params file(s) (default params/cpu.yaml)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", action="append", default=None,
+                        help="params file(s) (default params/cpu.yaml)")
     parser.add_argument("--data", default="data/builtin", help="built-in data folder (flair prepare --out)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--steps", type=int, default=12, help="measured rounds (one step per method each)")
-    parser.add_argument("--timeline", action="store_true", help="print the newest main job's timeline instead")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print the newest main job's timeline instead")
     parser.add_argument("--runs", type=int, default=4, help="flow runs the timeline shows")
     args = parser.parse_args()
     args.params = args.params or ["params/cpu.yaml"]

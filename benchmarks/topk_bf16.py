@@ -1,6 +1,7 @@
 """Top-k retrieval and bf16 FLAIR scoring against full fp32 FLAIR scoring, on trained models.
 
-    .venv/bin/python benchmarks/topk_bf16.py runs/study/equal-budget/0b59ae71734c runs/study/equal-budget/3a5ddbed435b
+    .venv/bin/python benchmarks/topk_bf16.py runs/study/equal-budget/0b59ae71734c \\
+        runs/study/equal-budget/3a5ddbed435b
 
 For each trained FLAIR run (its test split, at the data root its training read) and benchmark: R@1 in both
 directions with its 95 % bootstrap interval, in full FLAIR mode (fp32, bf16) and top-k for each k, the seconds
@@ -27,7 +28,8 @@ def r1(metrics: dict, benchmark: str, mode: str, direction: str) -> tuple[float,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="trained FLAIR run folders")
     parser.add_argument("--benchmark", action="append", default=[], help="default: fine-grained and long")
     parser.add_argument("--k", type=int, action="append", default=[], help="default: 16 64 128 256")
@@ -48,7 +50,8 @@ def main() -> None:
             for label, options, mode in rows:
                 start = time.perf_counter()
                 metrics = run_benchmark(model, benchmark, root, "test", options)
-                seconds = time.perf_counter() - start  # embedding the test set included, the same for every row
+                # embedding the test set included, the same for every row
+                seconds = time.perf_counter() - start
                 t2i, i2t = r1(metrics, benchmark, mode, "t2i"), r1(metrics, benchmark, mode, "i2t")
                 full = full or t2i[0]
                 print(f"| {run.name} | {benchmark} | {label} | {t2i[0]:.2f} [{t2i[1]:.2f}, {t2i[2]:.2f}] | "

@@ -15,7 +15,8 @@ from flair_core import create_model
 from flair_core.methods.flair import FlairLoss, FlairSettings
 
 
-def measure(model_name: str, batch: int, k: int, steps: int = 8, warmup: int = 2, caption_tokens: int = 20) -> dict:
+def measure(model_name: str, batch: int, k: int, steps: int = 8, warmup: int = 2,
+            caption_tokens: int = 20) -> dict:
     """Median step times on random inputs; texts have `caption_tokens` tokens before EOT."""
     torch.manual_seed(0)
     model = create_model(model_name).train()
@@ -44,15 +45,16 @@ def measure(model_name: str, batch: int, k: int, steps: int = 8, warmup: int = 2
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny-64")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--k", type=int, default=4, help="sub-captions per image")
     parser.add_argument("--steps", type=int, default=8)
     args = parser.parse_args()
     r = measure(args.model, args.batch, args.k, args.steps)
-    print(f"model={args.model} params={r['params']:,} ({r['params'] / 1e6:.2f} M) batch={args.batch} K={args.k} "
-          f"texts/step={args.batch * args.k} threads={torch.get_num_threads()}")
+    print(f"model={args.model} params={r['params']:,} ({r['params'] / 1e6:.2f} M) batch={args.batch} "
+          f"K={args.k} texts/step={args.batch * args.k} threads={torch.get_num_threads()}")
     print(f"forward+backward   median {r['fwd_bwd']:.3f} s  min {r['fwd_bwd_min']:.3f} s")
     print(f"+ AdamW step       median {r['step']:.3f} s  min {r['step_min']:.3f} s  "
           f"-> {args.batch / r['step']:.1f} images/s")

@@ -88,13 +88,17 @@ def runs(tracking_uri: str, experiment: str = EXPERIMENT) -> pd.DataFrame:
         rows = []
         for run in client.search_runs([found.experiment_id], "tags.method != ''", max_results=5000):
             tags, params = run.data.tags, run.data.params
-            rows.append({"run_id": run.info.run_id, "run": run.info.run_name, "method": tags.get("method", ""),
-                         "model": params.get("train.model", ""), "train_images": params.get("data.train_images", ""),
-                         "image_size": params.get("data.image_size", ""), "epochs": params.get("train.epochs", ""),
+            rows.append({"run_id": run.info.run_id, "run": run.info.run_name,
+                         "method": tags.get("method", ""),
+                         "model": params.get("train.model", ""),
+                         "train_images": params.get("data.train_images", ""),
+                         "image_size": params.get("data.image_size", ""),
+                         "epochs": params.get("train.epochs", ""),
                          "batch_size": params.get("train.batch_size", ""),
                          "preset": tags.get("preset", ""), "data_hash": tags.get("data_hash", "")[:12],
                          "data_level": tags.get("data_level", ""),
-                         "git_commit": tags.get("git_commit", "")[:12], "promotion": tags.get("promotion", ""),
+                         "git_commit": tags.get("git_commit", "")[:12],
+                         "promotion": tags.get("promotion", ""),
                          "started": pd.Timestamp(run.info.start_time, unit="ms"),
                          "link": f"{tracking_uri}/#/experiments/{found.experiment_id}/runs/{run.info.run_id}",
                          **run.data.metrics})
@@ -115,9 +119,11 @@ def registry(tracking_uri: str) -> pd.DataFrame:
                 experiment_id = run.info.experiment_id if run else ""
                 rows.append({
                     "model": model.name, "version": int(version.version),
-                    "aliases": ", ".join(sorted(client.get_model_version(model.name, version.version).aliases)),
+                    "aliases": ", ".join(
+                        sorted(client.get_model_version(model.name, version.version).aliases)),
                     "decision": version.description or "", "git_commit": version.tags.get("git_commit", ""),
-                    "data_hash": version.tags.get("data_hash", ""), "data_level": version.tags.get("data_level", ""),
+                    "data_hash": version.tags.get("data_hash", ""),
+                    "data_level": version.tags.get("data_level", ""),
                     "preset": version.tags.get("preset", ""),
                     "run_key": version.tags.get("run_key", "")[:12], "run_id": version.run_id,
                     "created": pd.Timestamp(version.creation_timestamp, unit="ms"),
@@ -171,7 +177,8 @@ def study(storage: str, name: str) -> dict:
                     importances[metric] = {}
         return {"trials": pd.DataFrame(rows), "objectives": objectives,
                 "directions": [d.name.lower() for d in loaded.directions],
-                "space": list(signature.get("space", {})) or sorted({k for t in loaded.trials for k in t.params}),
+                "space": (list(signature.get("space", {}))
+                          or sorted({k for t in loaded.trials for k in t.params})),
                 "best": [{"number": t.number, "values": t.values, "params": t.params} for t in best],
                 "importances": importances}
     return _reachable(read, f"study {name}", storage)
@@ -185,7 +192,8 @@ def paper(path: Path) -> dict:
         raise Unavailable(f"the published-numbers file {path} is missing")
     published = yaml.safe_load(path.read_text())
     for table in published.get("tables", []):
-        if table.get("provenance") not in ("primary", "secondary"):  # authors' own README or code / third party
+        # authors' own README or code / third party
+        if table.get("provenance") not in ("primary", "secondary"):
             raise Unavailable(f"table {table.get('id', '?')} in {path.name} has provenance "
                               f"{table.get('provenance')!r}, not primary or secondary")
     return published
@@ -194,8 +202,9 @@ def paper(path: Path) -> dict:
 # ---------------------------------------------------------------------------------------------------- study
 @st.cache_data(ttl=TTL, show_spinner="Reading studies from MLflow…")
 def paper_studies(tracking_uri: str) -> pd.DataFrame:
-    """One row per equal-budget study (its MLflow parent run, tag study_role=study), newest first: name, run id,
-    start, budget, seeds, code version, link. Empty when no study has been logged (or its experiment is missing)."""
+    """One row per equal-budget study (its MLflow parent run, tag study_role=study), newest first: name, run
+    id, start, budget, seeds, code version, link. Empty when no study has been logged (or its experiment is
+    missing)."""
     def read():
         client = _client(tracking_uri)
         found = client.get_experiment_by_name(STUDY_EXPERIMENT)
@@ -209,7 +218,8 @@ def paper_studies(tracking_uri: str) -> pd.DataFrame:
                          "started": pd.Timestamp(run.info.start_time, unit="ms"),
                          "budget": params.get("budget", ""), "seeds": params.get("seeds", ""),
                          "code_version": params.get("code_version", ""),
-                         "link": f"{tracking_uri}/#/experiments/{found.experiment_id}/runs/{run.info.run_id}"})
+                         "link": f"{tracking_uri}/#/experiments/{found.experiment_id}"
+                                 f"/runs/{run.info.run_id}"})
         return pd.DataFrame(rows)
     return _reachable(read, "studies", tracking_uri)
 
@@ -249,8 +259,9 @@ def paper_study_runs(tracking_uri: str, parent_run_id: str) -> pd.DataFrame:
 
 @st.cache_data(ttl=TTL, show_spinner="Downloading the study's report…")
 def paper_study_report(tracking_uri: str, parent_run_id: str) -> dict:
-    """The report the flow logged to the parent run under `report/`: {"markdown": report.md's text or None when
-    not logged yet, "images": {file name: PNG bytes}}. Bytes, not paths: the download is a temporary folder."""
+    """The report the flow logged to the parent run under `report/`: {"markdown": report.md's text or None
+    when not logged yet, "images": {file name: PNG bytes}}. Bytes, not paths: the download is a temporary
+    folder."""
     import tempfile
 
     import mlflow
@@ -276,7 +287,8 @@ def test_images(data_root: Path, limit: int = 64) -> list[dict]:
 
     shards = sorted(str(p) for p in (Path(data_root) / "test").glob("*.tar"))
     if not shards:
-        raise Unavailable(f"no built-in test shards in {data_root}/test: run `flair prepare` (or the main job)")
+        raise Unavailable(f"no built-in test shards in {data_root}/test: run `flair prepare` (or the main "
+                          "job)")
     out = []
     for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False, nodesplitter=None,
                                  workersplitter=None):
@@ -332,8 +344,8 @@ def own_mode(method: str) -> str:
 
 
 def image(raw: bytes, what: str) -> Image.Image:
-    """Image bytes (a built-in PNG or an upload, which is untrusted) as RGB, checked before any pixel is decoded:
-    a DataError whose one line names `what` when they are not a usable image."""
+    """Image bytes (a built-in PNG or an upload, which is untrusted) as RGB, checked before any pixel is
+    decoded: a DataError whose one line names `what` when they are not a usable image."""
     from flair_core.data.files import image_from_bytes
 
     return image_from_bytes(raw, what)
@@ -345,13 +357,14 @@ def gallery(tracking_uri: str, name: str, version: int, data_root: Path, limit: 
     from flair_core import embed_images
 
     return embed_images(model(tracking_uri, name, version),
-                        [image(x["png"], f"built-in test image {x['key']}") for x in test_images(data_root, limit)])
+                        [image(x["png"], f"built-in test image {x['key']}")
+                         for x in test_images(data_root, limit)])
 
 
 def caption_ranks(tracking_uri: str, name: str, version: int, data_root: Path, limit: int, caption: str,
                   upload: Image.Image | None = None) -> pd.DataFrame:
-    """Every gallery image (and the upload, an RGB image already checked by `image`, if any) ranked for the caption
-    in the method's own scoring mode."""
+    """Every gallery image (and the upload, an RGB image already checked by `image`, if any) ranked for the
+    caption in the method's own scoring mode."""
     import torch
 
     from flair_core import embed_images, rank_images
@@ -373,15 +386,16 @@ def caption_ranks(tracking_uri: str, name: str, version: int, data_root: Path, l
 
 def attention_overlay(tracking_uri: str, name: str, version: int, rgb: Image.Image,
                       caption: str) -> tuple[bytes, float]:
-    """The text-conditioned attention of the caption over an RGB image (checked by `image`) as a PNG overlay, and
-    the zero-slot mass."""
+    """The text-conditioned attention of the caption over an RGB image (checked by `image`) as a PNG overlay,
+    and the zero-slot mass."""
     from PIL import Image
 
     from flair_core import get_tokenizer, get_transform
     from flair_core.evaluation.attention import attention_maps, overlay
 
     net = model(tracking_uri, name, version)
-    maps, zero = attention_maps(net, get_tokenizer(net.config), get_transform(net.config, False)(rgb), [caption])
+    maps, zero = attention_maps(net, get_tokenizer(net.config), get_transform(net.config, False)(rgb),
+                                [caption])
     out = io.BytesIO()
     factor = max(1, 256 // min(rgb.size))  # small synthetic images: scaled up, pixels kept sharp
     overlay(rgb.resize((rgb.width * factor, rgb.height * factor), Image.NEAREST), maps[0]).save(out, "PNG")

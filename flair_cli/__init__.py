@@ -35,8 +35,9 @@ def cmd_methods(args: argparse.Namespace) -> None:
         if args.names:
             print(method.name)
         else:
-            print(f"{method.name:10s} retrieval modes {', '.join(method.retrieval_modes)} (own: {method.primary_mode}); "
-                  f"segmentation {', '.join(method.segmentation_modes)}\n{'':10s} {method.summary}")
+            print(f"{method.name:10s} retrieval modes {', '.join(method.retrieval_modes)} (own: "
+                  f"{method.primary_mode}); segmentation {', '.join(method.segmentation_modes)}\n"
+                  f"{'':10s} {method.summary}")
 
 
 def cmd_benchmarks(args: argparse.Namespace) -> None:
@@ -83,7 +84,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_run_config(args.params, args.set)
-    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker: nothing left to coordinate it once the agent dies
+    # a torchrun worker: nothing left to coordinate it once the agent dies
+    if "TORCHELASTIC_RUN_ID" in os.environ:
         from flair_cli.processes import die_with_parent
 
         die_with_parent()
@@ -117,7 +119,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if not Path(args.root).is_dir():  # before loading anything
         raise ValueError(f"benchmark root {args.root} does not exist")
     if args.out and len(args.benchmark) > 1:
-        raise ValueError(f"--out names one file but {len(args.benchmark)} benchmarks were given: use --out-dir")
+        raise ValueError(f"--out names one file but {len(args.benchmark)} benchmarks were given: use "
+                         "--out-dir")
     model = load_trained(args.checkpoint, args.model, args.method)
     options = EvalOptions(modes=tuple(args.mode), topk=args.topk, budget_mb=args.budget_mb,
                           dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision],
@@ -133,7 +136,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if out:  # each as soon as it is done: an interrupted call keeps what it finished
             out.parent.mkdir(parents=True, exist_ok=True)
             records = out.with_name(out.name.removesuffix(".json") + SUFFIX)
-            save_records(records, evaluation.records)  # first: the JSON's presence means the benchmark is done
+            # first: the JSON's presence means the benchmark is done
+            save_records(records, evaluation.records)
             write_atomic(out, json.dumps(metrics, indent=1, sort_keys=True))
             print(f"wrote {out} and {records.name}")
 
@@ -155,7 +159,8 @@ def cmd_attention(args: argparse.Namespace) -> None:
         return
     shards = sorted(str(p) for p in (Path(args.root) / args.split).glob("*.tar"))
     if not shards:
-        raise ValueError(f"no {args.split} shards in {args.root}: generate the built-in data with `flair prepare`")
+        raise ValueError(f"no {args.split} shards in {args.root}: generate the built-in data with `flair "
+                         "prepare`")
     out = Path(args.out or Path(args.checkpoint) / "attention")
     tokenizer, transform = get_tokenizer(model.config), get_transform(model.config, False)
     for i, sample in enumerate(wds.WebDataset(shards, shardshuffle=False, empty_check=False)):
@@ -215,36 +220,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one setting, e.g. --set train.lr=1e-3 --set method.name=clip")
     p.add_argument("--out", required=True, help="run folder: config.yaml, metrics.jsonl, checkpoints/")
     p.add_argument("--resume", metavar="auto|PATH",
-                   help="'auto': continue from the newest checkpoint in --out if any; or a checkpoint/run folder")
+                   help="'auto': continue from the newest checkpoint in --out if any; or a checkpoint/run "
+                        "folder")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a trained model on one benchmark or several")
     p.add_argument("checkpoint", help="run folder, training checkpoint, or weights file (then give --model)")
     p.add_argument("--benchmark", required=True, action="append", metavar="NAME",
-                   help="a benchmark `flair benchmarks` lists; repeat it to evaluate several with one start-up "
-                        "and model load")
+                   help="a benchmark `flair benchmarks` lists; repeat it to evaluate several with one "
+                        "start-up and model load")
     p.add_argument("--root", default="data/builtin", help="data root of the benchmark")
     p.add_argument("--split", help="benchmark split (built-in: test or val)")
     p.add_argument("--mode", action="append", default=[],
-                   help="scoring mode, repeatable; default: every mode the model's method offers (`flair methods` "
-                        "lists each method's retrieval and segmentation modes)")
+                   help="scoring mode, repeatable; default: every mode the model's method offers (`flair "
+                        "methods` lists each method's retrieval and segmentation modes)")
     p.add_argument("--topk", type=int, default=128, help="k of the top-k retrieval mode")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="precision of FLAIR-mode pooling and FILIP's token-wise scoring")
-    p.add_argument("--budget-mb", type=float, default=512, help="working-memory budget of FLAIR and FILIP scoring")
+    p.add_argument("--budget-mb", type=float, default=512,
+                   help="working-memory budget of FLAIR and FILIP scoring")
     p.add_argument("--background-threshold", type=float, help="segmentation: below it a pixel is background")
-    p.add_argument("--class-name", action="append", default=[], help="ADE20K-style class names, in label order")
+    p.add_argument("--class-name", action="append", default=[],
+                   help="ADE20K-style class names, in label order")
     p.add_argument("--device", default="cpu")
     p.add_argument("--model", help="model config for a bare weights file")
     p.add_argument("--method", default="flair", help="method for a bare weights file")
     out = p.add_mutually_exclusive_group()
-    out.add_argument("--out", help="metrics JSON to write (atomically), for one benchmark; its per-query records "
-                                   "go beside it (X.json -> X.queries.npz)")
-    out.add_argument("--out-dir", help="folder for <benchmark>.json and <benchmark>.queries.npz (per-query ranks "
-                                       "and clusters, for intervals and paired comparisons), each written when done")
+    out.add_argument("--out", help="metrics JSON to write (atomically), for one benchmark; its per-query "
+                                   "records go beside it (X.json -> X.queries.npz)")
+    out.add_argument("--out-dir", help="folder for <benchmark>.json and <benchmark>.queries.npz (per-query "
+                                       "ranks and clusters, for intervals and paired comparisons), each "
+                                       "written when done")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("attention", help="draw a FLAIR model's text-conditioned attention on built-in test images")
+    p = sub.add_parser("attention",
+                       help="draw a FLAIR model's text-conditioned attention on built-in test images")
     p.add_argument("checkpoint", help="run folder, training checkpoint, or weights file (then give --model)")
     p.add_argument("--root", default="data/builtin", help="built-in data root (its webdataset shards)")
     p.add_argument("--split", default="test")
@@ -254,9 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="flair", help="method for a bare weights file")
     p.set_defaults(func=cmd_attention)
 
-    p = sub.add_parser("compare", help="one table of every run's key metrics from eval/<run>/<benchmark>.json files")
-    p.add_argument("eval_dir", help="folder of <run>/<benchmark>.json files written by `flair evaluate --out`")
-    p.add_argument("--out", required=True, help="report folder: compare.md/.csv/.json (dvc.yaml plots draw the CSVs)")
+    p = sub.add_parser("compare",
+                       help="one table of every run's key metrics from eval/<run>/<benchmark>.json files")
+    p.add_argument("eval_dir",
+                   help="folder of <run>/<benchmark>.json files written by `flair evaluate --out`")
+    p.add_argument("--out", required=True,
+                   help="report folder: compare.md/.csv/.json (dvc.yaml plots draw the CSVs)")
     p.add_argument("--runs", help="folder of run folders: adds their loss curves (train_loss.csv)")
     p.set_defaults(func=cmd_compare)
 

@@ -6,10 +6,10 @@ Two mechanisms, each covering the other's gap:
   (a termination signal, a Prefect cancel, any exception), stops everything below it: SIGTERM to every
   descendant's process group — torchrun puts each worker in a session of its own, out of reach of one group
   kill — then SIGKILL to whatever is left after a grace period;
-* `die_with_parent` (Linux's parent-death signal): a child whose launcher is killed outright, with no chance to
-  clean up, gets a signal from the kernel. The flows' children get SIGTERM (torchrun then stops its workers);
-  torchrun's workers get SIGKILL, since no agent is left to coordinate them and every run file is written whole
-  or not at all (`flair_core.fileio`).
+* `die_with_parent` (Linux's parent-death signal): a child whose launcher is killed outright, with no chance
+  to clean up, gets a signal from the kernel. The flows' children get SIGTERM (torchrun then stops its
+  workers); torchrun's workers get SIGKILL, since no agent is left to coordinate them and every run file is
+  written whole or not at all (`flair_core.fileio`).
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def alive(pid: int) -> bool:
 
 
 def stop_tree(process: subprocess.Popen, grace: float = GRACE_SECONDS) -> None:
-    """SIGTERM to `process`, its descendants and their process groups; SIGKILL to what is left after `grace`."""
+    """SIGTERM to `process`, its descendants and their process groups; SIGKILL to what is left after
+    `grace`."""
     tree = [process.pid, *descendants(process.pid)]  # read before anything dies and is re-parented away
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
         for pid in tree:
@@ -72,9 +73,11 @@ def stop_tree(process: subprocess.Popen, grace: float = GRACE_SECONDS) -> None:
             time.sleep(0.2)
 
 
-def run_tree(command: list[str], cwd: Path, env: dict, grace: float = GRACE_SECONDS) -> subprocess.CompletedProcess:
+def run_tree(command: list[str], cwd: Path, env: dict,
+             grace: float = GRACE_SECONDS) -> subprocess.CompletedProcess:
     """subprocess.run(command, capture_output=True, text=True) that never leaves a process behind: the command
-    runs in its own session, dies with this process (SIGTERM), and an interrupted wait stops its whole tree."""
+    runs in its own session, dies with this process (SIGTERM), and an interrupted wait stops its whole
+    tree."""
     # The command starts through this module, which asks for the parent-death signal and then execs it (the
     # request survives exec): safer than a preexec_fn in a threaded parent such as a Prefect flow run.
     launcher = [sys.executable, "-m", "flair_cli.processes", "SIGTERM", "--", *command]
@@ -89,7 +92,8 @@ def run_tree(command: list[str], cwd: Path, env: dict, grace: float = GRACE_SECO
 
 
 def main(argv: list[str]) -> None:
-    """python -m flair_cli.processes SIGNAL -- COMMAND...: run COMMAND, which gets SIGNAL when our parent exits."""
+    """python -m flair_cli.processes SIGNAL -- COMMAND...: run COMMAND, which gets SIGNAL when our parent
+    exits."""
     sig, separator, *command = argv
     if separator != "--" or not command:
         raise SystemExit("usage: python -m flair_cli.processes SIGNAL -- COMMAND [ARG...]")

@@ -47,7 +47,8 @@ def load(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable training checkpoint ({str(err).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{path}: not a readable training checkpoint ({str(err).splitlines()[0]})") from None
     required = {"model", "optimizer", "scheduler", "step", "epoch", "step_in_epoch", "rng"}
     if not isinstance(state, dict) or not required <= set(state):
         raise CheckpointError(f"{path}: not a training checkpoint (needs {', '.join(sorted(required))})")

@@ -48,14 +48,16 @@ def embed_texts(model, texts: Sequence[str], batch_size: int = 64, tokenizer=Non
     tokenizer = tokenizer or get_tokenizer(model.config)
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(texts), batch_size):
-        _append(parts, model.embed_texts(tokenizer(list(texts[start : start + batch_size])).to(_device(model))))
+        _append(parts,
+                model.embed_texts(tokenizer(list(texts[start : start + batch_size])).to(_device(model))))
     return _concat(parts)
 
 
 @torch.no_grad()
 def score_matrix(model, images: Embeddings, texts: Embeddings, mode: str | None = None, **options
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(i2t, t2i) score matrices (I, T) of embedded images and texts, in `mode` (default: the method's own)."""
+    """(i2t, t2i) score matrices (I, T) of embedded images and texts, in `mode` (default: the method's
+    own)."""
     features = {**images, **texts, "logit_scale": model.logit_scale.exp().detach().float().cpu()}
     return model.retrieval_scores(features, mode or method_of(model).primary_mode, **options)
 

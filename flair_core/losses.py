@@ -52,15 +52,18 @@ def sigmoid_loss_sum(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tens
     return -F.logsigmoid(signs * logits).sum()
 
 
-def positive_mask(rows: int, cols: int, width: int, device: torch.device, step: int, first_row: int = 0) -> torch.Tensor:
-    """Each row's positives as a boolean (rows, cols) mask: the `width` columns from step·r, r = first_row + row."""
+def positive_mask(rows: int, cols: int, width: int, device: torch.device, step: int,
+                  first_row: int = 0) -> torch.Tensor:
+    """Each row's positives as a boolean (rows, cols) mask: the `width` columns from step·r, r = first_row +
+    row."""
     start = (torch.arange(rows, device=device)[:, None] + first_row) * step
     col = torch.arange(cols, device=device)[None, :]
     return (col >= start) & (col < start + width)
 
 
 def softmax_contrastive(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of −log(Σ_pos p), p = softmax over the row: InfoNCE, multi-positive when a row has several.
+    """Mean over rows of −log(Σ_pos p), p = softmax over the row: InfoNCE, multi-positive when a row has
+    several.
 
     (Summing probabilities over positives is the multi-positive form used for DreamLIP's sub-captions; with
     one positive per row it is the usual cross-entropy.)

@@ -33,7 +33,8 @@ class VisionConfig(Frozen):
     @model_validator(mode="after")
     def _divisible(self) -> VisionConfig:
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.width % self.head_width:
             raise ValueError(f"width {self.width} is not a multiple of head_width {self.head_width}")
         return self
@@ -93,7 +94,8 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
         candidate = resources.files("flair_core") / "model_configs" / f"{name_or_path}.json"
         if not candidate.is_file():
             known = ", ".join(builtin_model_names())
-            raise ConfigError(f"unknown model config {str(name_or_path)!r} (built-in: {known}; or a .json path)")
+            raise ConfigError(f"unknown model config {str(name_or_path)!r} (built-in: {known}; or a .json "
+                              "path)")
         text = candidate.read_text()
     elif path.is_file():
         text = path.read_text()

@@ -1,10 +1,10 @@
 """FLAIR's text-conditioned attention pooling (`visual_proj`).
 
 A text embedding is the query; an image's projected patch tokens are keys and values. LayerNorms on all three,
-8-head attention with an extra all-zero key/value slot (an "attend to nothing" sink, `add_zero_attn`), then the
-output projection. Parameters live in an `nn.MultiheadAttention` so checkpoint keys match the original, but the
-computation is split into query / key-value / attention steps so evaluation can project texts once and images
-once instead of once per (image, text) pair.
+8-head attention with an extra all-zero key/value slot (an "attend to nothing" sink, `add_zero_attn`), then
+the output projection. Parameters live in an `nn.MultiheadAttention` so checkpoint keys match the original,
+but the computation is split into query / key-value / attention steps so evaluation can project texts once and
+images once instead of once per (image, text) pair.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class TextConditionedPooling(nn.Module):
         return self.attn.out_proj(out), weights
 
     def forward(
-        self, texts: torch.Tensor, tokens: torch.Tensor, need_weights: bool = False, average_heads: bool = True
+        self, texts: torch.Tensor, tokens: torch.Tensor, need_weights: bool = False,
+        average_heads: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """texts (B, N, D) pooled over tokens (B, L, D): row n of image b uses text n as its query.
 

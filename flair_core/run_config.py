@@ -64,8 +64,9 @@ def validate(model: type[M], data: dict, source: str, prefix: str = "") -> M:
 
 def load_section(model: type[M], section: str, paths: str | Path | Sequence[str | Path] | None,
                  overrides: list[str] = ()) -> M:
-    """The `section` of params files merged as a run's are (`read_params`; no file = defaults), then overridden
-    by `key=value` or `section.key=value` items. Recipes are a run's: a section on its own takes none."""
+    """The `section` of params files merged as a run's are (`read_params`; no file = defaults), then
+    overridden by `key=value` or `section.key=value` items. Recipes are a run's: a section on its own takes
+    none."""
     paths = [paths] if isinstance(paths, str | Path) else list(paths or [])
     overrides = [o if o.startswith(f"{section}.") else f"{section}.{o}" for o in overrides]
     values = apply_overrides(read_params(paths), overrides).get(section)
@@ -87,14 +88,18 @@ class TrainConfig(Frozen):
     model: str = Field("tiny-64", description="built-in model config name or JSON path")
     shards: str = Field("data/builtin/train", description="folder of .tar shards, or a (brace) URL pattern")
     samples_per_epoch: int | None = Field(None, gt=0, description="None: from the built-in data's meta.json")
-    init_from: str | None = Field(None, description="weights to start from (e.g. a released FLAIR checkpoint)")
+    init_from: str | None = Field(None,
+                                  description="weights to start from (e.g. a released FLAIR checkpoint)")
     batch_size: int = Field(64, ge=2, description="per rank")
     epochs: int = Field(1, ge=1)
     steps_per_epoch: int | None = Field(None, gt=0, description="None: samples_per_epoch // global batch")
-    init_logit_scale: float | None = Field(None, gt=0, description="initial logit scale s (not log s); None: model config's")
+    init_logit_scale: float | None = Field(None, gt=0,
+                                           description="initial logit scale s (not log s); None: model "
+                                                       "config's")
     init_logit_bias: float | Literal["auto"] | None = Field(
-        None, description="initial logit bias; 'auto': the method's constant-logit optimum at this batch and K "
-                          "(a sigmoid loss then starts where predicting the base rate is optimal); None: model config's")
+        None, description="initial logit bias; 'auto': the method's constant-logit optimum at this batch and "
+                          "K (a sigmoid loss then starts where predicting the base rate is optimal); None: "
+                          "model config's")
     lr: float = Field(5e-4, gt=0)
     scalar_lr: float | None = Field(None, gt=0, description="lr of logit scale/bias; None: lr")
     weight_decay: float = Field(0.5, ge=0)
@@ -110,9 +115,11 @@ class TrainConfig(Frozen):
     checkpoint_every: int = Field(500, ge=1, description="steps")
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)
-    validate_every: int | None = Field(None, ge=1, description="steps between validations; None: no validation")
-    validate_on: tuple[str, ...] = Field(("builtin_fine_grained",), min_length=1,
-                                         description="benchmarks scored at each validation, method's own mode")
+    validate_every: int | None = Field(None, ge=1,
+                                       description="steps between validations; None: no validation")
+    validate_on: tuple[str, ...] = Field(
+        ("builtin_fine_grained",), min_length=1,
+        description="benchmarks scored at each validation, method's own mode")
     validate_split: str = "val"
     validate_root: str | None = Field(None, description="benchmark root; None: the folder holding `shards`")
     seed: int = 0

@@ -3,8 +3,9 @@
 Every method (FLAIR, CLIP, FILIP, DreamLIP) subclasses `DualTowers` and adds its own head on top, so all of
 them train the very same encoder code. A head provides `image_post`, `text_post` and `logit_scale`; the
 scoring defaults here (global embeddings, `global` mode) serve every method, and methods that score local
-tokens extend `embed_images`, `embed_texts` and `retrieval_scores`. Parameter names follow open_clip's CLIP layout (text parts inlined at
-the top level, no `text.` prefix), which is also the layout of the released FLAIR checkpoints.
+tokens extend `embed_images`, `embed_texts` and `retrieval_scores`. Parameter names follow open_clip's CLIP
+layout (text parts inlined at the top level, no `text.` prefix), which is also the layout of the released
+FLAIR checkpoints.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from flair_core import scores
 from flair_core.model_config import ModelConfig
 
 # Texts run through the text tower in up to LENGTH_GROUPS groups of similar length. A group of m texts cut at
-# length l costs each layer m*l*(12w^2 + 2lw) multiply-adds (projections and MLP, then causal attention) plus a
-# fixed price per call, which small groups do not repay. That price, fitted to forward+backward timings on
+# length l costs each layer m*l*(12w^2 + 2lw) multiply-adds (projections and MLP, then causal attention) plus
+# a fixed price per call, which small groups do not repay. That price, fitted to forward+backward timings on
 # sub-captions of 9-36 tokens (benchmarks/methods.py; tiny-64, 256 texts, 1/2/4/8 equal groups: 0.46/0.37/
 # 0.32/0.33 s; micro-32, 128 texts: 0.044/0.037/0.047/0.056 s), is ~4e7 multiply-adds at either width.
 LENGTH_GROUPS = 4
@@ -28,8 +29,8 @@ GROUP_CALL_MACS = 4e7
 
 
 def length_groups(lengths: torch.Tensor, width: int, max_groups: int | None = None) -> list[torch.Tensor]:
-    """Row indices of `lengths`, sorted by length and cut into at most `max_groups` consecutive groups of least
-    total cost (the model above): e.g. DreamLIP's long captions apart from its short sub-captions."""
+    """Row indices of `lengths`, sorted by length and cut into at most `max_groups` consecutive groups of
+    least total cost (the model above): e.g. DreamLIP's long captions apart from its short sub-captions."""
     max_groups = LENGTH_GROUPS if max_groups is None else max_groups
     order = lengths.argsort()
     values, counts = torch.unique_consecutive(lengths[order], return_counts=True)
@@ -112,15 +113,17 @@ class DualTowers(nn.Module):
         """ids (..., C) -> EOT state (M, Wt), token states (M, C', Wt), M = prod(leading dims), row-major.
 
         Each distinct text is encoded once. Texts run in up to LENGTH_GROUPS groups of similar length
-        (`length_groups`), each cut after its own longest EOT; C' is the longest text's length. Under the causal
-        mask later columns cannot change any earlier state. Sub-captions fill a fraction of the 77-token context
-        and their lengths vary (built-in data: 9-36 tokens, median 18), so most of one padded batch is padding.
-        States past a group's cut are zeros: padding positions, which no method reads (FILIP masks id 0).
+        (`length_groups`), each cut after its own longest EOT; C' is the longest text's length. Under the
+        causal mask later columns cannot change any earlier state. Sub-captions fill a fraction of the
+        77-token context and their lengths vary (built-in data: 9-36 tokens, median 18), so most of one padded
+        batch is padding. States past a group's cut are zeros: padding positions, which no method reads (FILIP
+        masks id 0).
         """
         return self._encode_text(ids, keep_tokens=True)
 
     def encode_text_global(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (..., C) -> EOT state (M, Wt): `encode_text` without gathering the token states nobody reads."""
+        """ids (..., C) -> EOT state (M, Wt): `encode_text` without gathering the token states nobody
+        reads."""
         return self._encode_text(ids, keep_tokens=False)[0]
 
     def _encode_text(self, ids: torch.Tensor, keep_tokens: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -132,7 +135,8 @@ class DualTowers(nn.Module):
         lengths = ids.argmax(dim=-1) + 1
         longest = int(lengths.max())
         groups = length_groups(lengths, self.config.text_cfg.width)
-        # One lookup for every group: the backward then writes one dense vocabulary-sized gradient, not one per group.
+        # One lookup for every group: the backward then writes one dense
+        # vocabulary-sized gradient, not one per group.
         embedded = self.token_embedding(ids[:, :longest])
         pooled, states = [], []
         for rows in groups:
@@ -157,9 +161,11 @@ class DualTowers(nn.Module):
     def retrieval_scores(self, features: dict[str, torch.Tensor], mode: str, topk: int = 128,
                          dtype: torch.dtype | None = None, budget_mb: float = 512
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(i2t, t2i) score matrices (I, T) in one scoring mode, from embedded images and texts + logit_scale."""
+        """(i2t, t2i) score matrices (I, T) in one scoring mode, from embedded images and texts +
+        logit_scale."""
         if mode == "global":
-            g = scores.global_scores(features["image_features"], features["text_features"], features["logit_scale"])
+            g = scores.global_scores(features["image_features"], features["text_features"],
+                                     features["logit_scale"])
             return g, g
         raise ValueError(f"unknown retrieval mode {mode!r} for {type(self).__name__}")
 

@@ -49,7 +49,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: holds no state dict (expected tensors by name, or a 'state_dict' entry)")
+        raise CheckpointError(f"{path}: holds no state dict (expected tensors by name, or a 'state_dict' "
+                              "entry)")
     return {_strip_prefixes(k): v for k, v in obj.items()}
 
 
@@ -69,7 +70,8 @@ def _first_line(err: BaseException) -> str:
 
 
 def adapt_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Fill what older files lack and resize position embeddings to the model's grid/context (as open_clip)."""
+    """Fill what older files lack and resize position embeddings to the model's grid/context (as
+    open_clip)."""
     state_dict = dict(state_dict)
     if "logit_bias" not in state_dict and getattr(model, "logit_bias", None) is not None:
         state_dict["logit_bias"] = torch.zeros(())

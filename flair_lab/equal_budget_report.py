@@ -1,5 +1,5 @@
-"""The equal-budget study's report: the main table in the paper's layout, the ablations in the paper's order with
-its published numbers beside ours, K and length curves, validation curves, and a verdict per paper claim
+"""The equal-budget study's report: the main table in the paper's layout, the ablations in the paper's order
+with its published numbers beside ours, K and length curves, validation curves, and a verdict per paper claim
 computed from the numbers (holds / does not hold / within noise). Markdown + CSV + PNG in one folder.
 
 Everything is computed from the runs' per-query records (`flair_core/evaluation/records.py`) with
@@ -33,8 +33,8 @@ from flair_lab import paper_numbers
 PAPER = "../shared/reference/paper_numbers.md"
 # Our ablation settings (params/study.yaml) and the paper's row of the same setting in paper_numbers.yaml; the
 # paper's labels differ from ours, so the pairing is stated here.
-# Our "TCS only" trains K sub-captions with diverse sampling: the paper's "TCS + multi-caption + diverse sampling"
-# row, not its one-caption "text-conditioned loss only (TCS)".
+# Our "TCS only" trains K sub-captions with diverse sampling: the paper's "TCS + multi-caption + diverse
+# sampling" row, not its one-caption "text-conditioned loss only (TCS)".
 PAPER_LOSS_ROWS = {"global sigmoid only": "global sigmoid loss, one caption",
                    "MPS only": "global + multi-caption (MPS, no TCS)",
                    "TCS only": "TCS + multi-caption + diverse sampling",
@@ -48,13 +48,14 @@ CLS = metric_key("classification", "builtin_classification", "zeroshot", "top1")
 
 
 def collect(config, runs_dir: Path) -> dict[tuple[str, str], dict[int, dict]]:
-    """(group, label) -> seed -> {"metrics": flat metrics, "method": name, "config": resolved config, "dir": run
-    folder} of finished runs."""
+    """(group, label) -> seed -> {"metrics": flat metrics, "method": name, "config": resolved config, "dir":
+    run folder} of finished runs."""
     out: dict[tuple[str, str], dict[int, dict]] = {}
     for record in sorted(runs_dir.glob("*/study.json")):
         folder = record.parent
         results = [folder / "eval" / f"{b}.json" for b in config.benchmarks]
-        if not all(r.is_file() and records_path(r.parent, b).is_file() for r, b in zip(results, config.benchmarks)):
+        if not all(r.is_file() and records_path(r.parent, b).is_file()
+                   for r, b in zip(results, config.benchmarks)):
             continue  # not finished (or evaluated before per-query records were kept): not in the report
         metrics: dict = {}
         for r in results:
@@ -63,8 +64,8 @@ def collect(config, runs_dir: Path) -> dict[tuple[str, str], dict[int, dict]]:
         for entry in json.loads(record.read_text()):
             if entry["study"] == config.name:
                 out.setdefault((entry["group"], entry["label"]), {})[entry["seed"]] = {
-                    "metrics": metrics, "method": resolved.method.name, "config": resolved.model_dump(mode="json"),
-                    "dir": folder}
+                    "metrics": metrics, "method": resolved.method.name,
+                    "config": resolved.model_dump(mode="json"), "dir": folder}
     return out
 
 
@@ -96,8 +97,9 @@ def _records(path: Path) -> dict:
 
 @dataclass(frozen=True)
 class Cell:
-    """One metric of one configuration over its seeds: the seed mean with its two-level interval, the reference
-    levels, and each seed's resampling units (for paired comparisons on the same seeds and queries)."""
+    """One metric of one configuration over its seeds: the seed mean with its two-level interval, the
+    reference levels, and each seed's resampling units (for paired comparisons on the same seeds and
+    queries)."""
 
     estimate: stats.Estimate
     chance: float | None
@@ -132,7 +134,8 @@ def cell(seeds: dict[int, dict], key: str, mode: str | None = None) -> Cell | No
         majority.append(entry["metrics"].get(name + MAJORITY))
     if not units:
         return None
-    level = {name: mean(v) if None not in v else None for name, v in (("chance", chance), ("majority", majority))}
+    level = {name: mean(v) if None not in v else None
+             for name, v in (("chance", chance), ("majority", majority))}
     return Cell(stats.estimate(list(units.values())), level["chance"], level["majority"], units)
 
 
@@ -171,7 +174,8 @@ def difference_text(d: stats.Difference) -> str:
 
 @dataclass(frozen=True)
 class Row:
-    """One claim's line in the report: judged (Holm over the report's claims) or set aside, with the numbers."""
+    """One claim's line in the report: judged (Holm over the report's claims) or set aside, with the
+    numbers."""
 
     claim: str
     numbers: str
@@ -197,20 +201,22 @@ def claims(runs: dict) -> list[Row]:
     flair_fine = cell(method["flair"], FINE) if method["flair"] else None
     rivals = {m: c for m in METHODS if METHODS[m].baseline and method.get(m) and (c := cell(method[m], FINE))}
     if flair_fine and rivals:
-        best = max(rivals, key=lambda m: rivals[m].value)  # chosen on the test split: the baselines' best case
+        # chosen on the test split: the baselines' best case
+        best = max(rivals, key=lambda m: rivals[m].value)
         paper_flair, paper_dreamlip = (paper_numbers.value("main_comparison", "docci_fg_t2i_r1", method=m)
                                        for m in ("FLAIR", "DreamLIP"))
         numbers = f"FLAIR {text(flair_fine)} vs best baseline {best} {text(rivals[best])}"
-        rows.append(claim_row(f"FLAIR beats CLIP, FILIP and DreamLIP on fine-grained t2i R@1 (paper [S]: DOCCI-FG "
-                              f"{paper_flair} vs DreamLIP {paper_dreamlip})", flair_fine, rivals[best], numbers))
-        rows.append(claim_row("target: FLAIR fine-grained ≥ 2× the best baseline, the ratio's interval above 1.5×",
-                              flair_fine, rivals[best], numbers, min_ratio=2.0, ratio_floor=1.5))
+        rows.append(claim_row("FLAIR beats CLIP, FILIP and DreamLIP on fine-grained t2i R@1 (paper [S]: "
+                              f"DOCCI-FG {paper_flair} vs DreamLIP {paper_dreamlip})", flair_fine,
+                              rivals[best], numbers))
+        rows.append(claim_row("target: FLAIR fine-grained ≥ 2× the best baseline, the ratio's interval above "
+                              "1.5×", flair_fine, rivals[best], numbers, min_ratio=2.0, ratio_floor=1.5))
     tcs, glob = runs.get(("loss", "TCS only")), runs.get(("loss", "global sigmoid only"))
     if tcs and glob:
         (tcs_mode, a), (glob_mode, b) = best_mode_cell(tcs, SEG), best_mode_cell(glob, SEG)
         voc20 = [paper_loss(label, "voc20_miou") for label in ("TCS only", "global sigmoid only")]
-        rows.append(claim_row(f"TCS creates spatial grounding: TCS-only segmentation ≫ global-only (≥ {SEG_MARGIN:.0f} "
-                              f"mIoU; paper [S] {voc20[0]} vs {voc20[1]})", a, b,
+        rows.append(claim_row("TCS creates spatial grounding: TCS-only segmentation ≫ global-only (≥ "
+                              f"{SEG_MARGIN:.0f} mIoU; paper [S] {voc20[0]} vs {voc20[1]})", a, b,
                               f"TCS only ({tcs_mode}) {text(a)} vs global only ({glob_mode}) {text(b)}",
                               min_value=SEG_MARGIN))
     seg_rivals = {m: found for m in METHODS if METHODS[m].baseline and method.get(m)
@@ -223,7 +229,8 @@ def claims(runs: dict) -> list[Row]:
                               f"{SEG_MARGIN:.0f} mIoU", a, b,
                               f"FLAIR ({flair_mode}) {text(a)} vs {best} ({rival_mode}) {text(b)}",
                               min_value=SEG_MARGIN))
-    long_rivals = {m: c for m in METHODS if METHODS[m].baseline and method.get(m) and (c := cell(method[m], LONG))}
+    long_rivals = {m: c for m in METHODS if METHODS[m].baseline and method.get(m)
+                   and (c := cell(method[m], LONG))}
     if method["flair"] and long_rivals:
         a = cell(method["flair"], LONG)
         best = max(long_rivals, key=lambda m: long_rivals[m].value)
@@ -234,16 +241,18 @@ def claims(runs: dict) -> list[Row]:
     if k2 and k8:
         a, b = cell(k8, FINE), cell(k2, FINE)
         rows.append(claim_row(f"more sub-captions help: K 8 > K 2 (paper [S]: COCO T2I {paper_k('K 8')} vs "
-                              f"{paper_k('K 2')})", a, b, f"K 8 {text(a)} vs K 2 {text(b)} (fine-grained t2i R@1)"))
+                              f"{paper_k('K 2')})", a, b,
+                              f"K 8 {text(a)} vs K 2 {text(b)} (fine-grained t2i R@1)"))
     mixed = runs.get(("length", "mixed 1–3"))
-    fixed = {label: seeds for label in ("fixed 1", "fixed 2", "fixed 3") if (seeds := runs.get(("length", label)))}
+    fixed = {label: seeds for label in ("fixed 1", "fixed 2", "fixed 3")
+             if (seeds := runs.get(("length", label)))}
     if mixed and fixed:
         for key, name in ((FINE, "fine-grained"), (LONG, "long-caption")):
             cells = {label: cell(seeds, key) for label, seeds in fixed.items()}
             best = max(cells, key=lambda label: cells[label].value)
             a = cell(mixed, key)
-            rows.append(claim_row(f"mixed sub-caption lengths (1–3) beat the best fixed length on {name} t2i R@1",
-                                  a, cells[best], f"mixed {text(a)} vs {best} {text(cells[best])}"))
+            rows.append(claim_row(f"mixed sub-caption lengths (1–3) beat the best fixed length on {name} t2i "
+                                  "R@1", a, cells[best], f"mixed {text(a)} vs {best} {text(cells[best])}"))
     return rows
 
 
@@ -257,8 +266,9 @@ def verdicts(runs: dict) -> list[tuple[str, str, str]]:
             out.append((row.claim, row.set_aside, row.numbers))
             continue
         v = next(judged)
-        out.append((row.claim, v.verdict, (f"{row.numbers}; paired A − B {difference_text(v.claim.difference)}, "
-                                          f"Holm-adjusted p {v.p_adjusted:.3f}")))
+        out.append((row.claim, v.verdict,
+                    (f"{row.numbers}; paired A − B {difference_text(v.claim.difference)}, "
+                     f"Holm-adjusted p {v.p_adjusted:.3f}")))
     return out
 
 
@@ -269,36 +279,40 @@ def write_report(config, out: Path) -> list[Path]:
     planned = len(config.seeds) * len(config.methods) + sum(len(r) for r in config.ablations.values()) * len(
         config.ablation_seeds)
     lines = [f"# Study `{config.name}`: FLAIR against its baselines at one CPU budget", "",
-             (f"Budget per run: `{' '.join(config.budget)}` over `{', '.join(config.base_params)}` (each method "
-              f"with its recipe); seeds {list(config.seeds)} (ablations: {list(config.ablation_seeds)}), each seed "
-              "its own generated data and training seed. Values in percent on the built-in test split: the mean "
-              "over seeds [95 % interval of that mean: a two-level bootstrap over seeds, then clusters of queries "
-              "(twin pairs) or images] (chance, and for segmentation and classification the majority-class "
-              "level) n = seeds. Retrieval in each method's own scoring mode; segmentation in every mode a "
-              f"method offers. Runs finished so far: {sum(len(s) for s in runs.values())} of {planned}."),
+             (f"Budget per run: `{' '.join(config.budget)}` over `{', '.join(config.base_params)}` (each "
+              f"method with its recipe); seeds {list(config.seeds)} (ablations: "
+              f"{list(config.ablation_seeds)}), each seed its own generated data and training seed. Values "
+              "in percent on the built-in test split: the mean over seeds [95 % interval of that mean: a "
+              "two-level bootstrap over seeds, then clusters of queries (twin pairs) or images] (chance, and "
+              "for segmentation and classification the majority-class level) n = seeds. Retrieval in each "
+              "method's own scoring mode; segmentation in every mode a method offers. Runs finished so far: "
+              f"{sum(len(s) for s in runs.values())} of {planned}."),
              "", "## Main table", ""]
     columns = [(c.label, c.key, None) for c in MAIN_TABLE if "segmentation" not in c.key] + [
         ("seg mIoU (patch)", SEG, "patch"), ("seg mIoU (attention)", SEG, "attention")]
-    lines += ["| method | " + " | ".join(label for label, _, _ in columns) + " |", "|---|" + "---:|" * len(columns)]
+    lines += ["| method | " + " | ".join(label for label, _, _ in columns) + " |",
+              "|---|" + "---:|" * len(columns)]
     for m in config.methods:
         if seeds := runs.get(("methods", m)):
             cells = [cell(seeds, key, mode) for _, key, mode in columns]
             lines.append(f"| {m} | " + " | ".join(text(c) for c in cells) + " |")
     lines += ["", "## Claims", "",
               ("Each claim is a paired difference A − B: the same test queries and the same seeds, resampled "
-               "together (seeds, then clusters), with its 95 % interval, the ratio A / B and a p-value. A claim "
-               "holds only when its Holm-adjusted p (over every judged claim below) is under 0.05 and any stated "
-               "size (+10 mIoU, 2×) is met; a claim whose numbers are not beyond chance is not judged. The best "
-               "baseline is picked on the test split itself: its best case."), "",
+               "together (seeds, then clusters), with its 95 % interval, the ratio A / B and a p-value. A "
+               "claim holds only when its Holm-adjusted p (over every judged claim below) is under 0.05 and "
+               "any stated size (+10 mIoU, 2×) is met; a claim whose numbers are not beyond chance is not "
+               "judged. The best baseline is picked on the test split itself: its best case."), "",
               "| claim | verdict | numbers |", "|---|---|---|"]
     lines += [f"| {claim} | **{verdict}** | {numbers} |" for claim, verdict, numbers in verdicts(runs)]
-    lines += ["", f"## Ablations (FLAIR at its recipe, one setting changed; seeds {list(config.ablation_seeds)})",
+    lines += ["",
+              f"## Ablations (FLAIR at its recipe, one setting changed; seeds {list(config.ablation_seeds)})",
               "", (f"Published: ViT-B/16 on CC3M-recap, millions of pairs; every published value here is "
-                   f"**secondary** [S] ({PAPER} §3–4: COCO T2I / VOC20 mIoU / ImageNet top-1); ours: the CPU budget "
-                   "above on the built-in data. Fine-grained retrieval in FLAIR's mode and in global mode: an "
-                   "MPS-only run trains only the global embedding, a TCS-only run only FLAIR's pooling."), "",
-              ("| group | setting | fine-grained t2i R@1 (flair mode) | fine-grained t2i R@1 (global mode) | long t2i "
-               "R@1 | seg mIoU (best mode) | cls top-1 | paper [S] |"),
+                   f"**secondary** [S] ({PAPER} §3–4: COCO T2I / VOC20 mIoU / ImageNet top-1); ours: the CPU "
+                   "budget above on the built-in data. Fine-grained retrieval in FLAIR's mode and in global "
+                   "mode: an MPS-only run trains only the global embedding, a TCS-only run only FLAIR's "
+                   "pooling."), "",
+              ("| group | setting | fine-grained t2i R@1 (flair mode) | fine-grained t2i R@1 (global mode) | "
+               "long t2i R@1 | seg mIoU (best mode) | cls top-1 | paper [S] |"),
               "|---|---|---:|---:|---:|---:|---:|---|"]
     for group, labels in config.ablations.items():
         for label in labels:
@@ -308,7 +322,8 @@ def write_report(config, out: Path) -> list[Path]:
                 continue
             flair = next(iter(seeds.values()))["method"] == "flair"
             seg = best_mode_cell(seeds, SEG)
-            cells = [cell(seeds, FINE, "flair") if flair else None, cell(seeds, FINE, "global"), cell(seeds, LONG)]
+            cells = [cell(seeds, FINE, "flair") if flair else None, cell(seeds, FINE, "global"),
+                     cell(seeds, LONG)]
             lines.append(f"| {group} | {label} | " + " | ".join(text(c) for c in cells)
                          + f" | {text(seg[1]) + f' ({seg[0]})' if seg else '—'} | {text(cell(seeds, CLS))} | "
                          f"{published(group, label)} |")
@@ -331,9 +346,9 @@ RESULT_FIELDS = ("group", "setting", "seed", "benchmark", "metric", "value", "ci
 
 
 def write_results(runs: dict, path: Path) -> None:
-    """One row per (configuration, seed, benchmark, headline metric in every mode): the value with its interval
-    over clusters (or images) and reference levels; a row with seed `all` holds the seed mean and its two-level
-    interval."""
+    """One row per (configuration, seed, benchmark, headline metric in every mode): the value with its
+    interval over clusters (or images) and reference levels; a row with seed `all` holds the seed mean and its
+    two-level interval."""
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
         writer.writeheader()
@@ -380,8 +395,8 @@ def flair_configurations(runs: dict, config) -> dict[str, dict]:
 
 
 def pareto_front(runs: dict, config, out: Path) -> tuple[list[str], Path | None]:
-    """FLAIR's configurations as trials of an Optuna two-objective study (fine-grained vs long-caption t2i R@1,
-    both maximised) over the sweep's space; Optuna's Pareto front (`best_trials`) as a table and a plot.
+    """FLAIR's configurations as trials of an Optuna two-objective study (fine-grained vs long-caption t2i
+    R@1, both maximised) over the sweep's space; Optuna's Pareto front (`best_trials`) as a table and a plot.
 
     The study is rebuilt in memory from the finished runs each time the report is written: it is a view of the
     runs, not a search (no trial here was sampled)."""
@@ -413,10 +428,11 @@ def pareto_front(runs: dict, config, out: Path) -> tuple[list[str], Path | None]
     front = sorted((t for t in study.best_trials), key=lambda t: -t.values[0])
     on_front = {t.user_attrs["label"] for t in front}
     lines = ["", "## Pareto front: fine-grained vs long-caption retrieval (Optuna, two objectives)", "",
-             (f"Each distinct FLAIR configuration of the ablations above is one trial of a two-objective Optuna "
-              f"study over the sweep's space ({', '.join(space)}; `{config.sweep_file}`), both objectives "
-              f"maximised; the front is Optuna's `best_trials`, judged on the means. Points whose intervals "
-              f"overlap are not separable: the front is a description of {len(cells)} runs, not a search."), "",
+             ("Each distinct FLAIR configuration of the ablations above is one trial of a two-objective "
+              f"Optuna study over the sweep's space ({', '.join(space)}; `{config.sweep_file}`), both "
+              "objectives maximised; the front is Optuna's `best_trials`, judged on the means. Points whose "
+              f"intervals overlap are not separable: the front is a description of {len(cells)} runs, not a "
+              "search."), "",
              "| on front | setting | " + " | ".join(key.rsplit(".", 1)[-1] for key in space)
              + " | fine-grained t2i R@1 | long t2i R@1 |",
              "|---|---|" + "---|" * len(space) + "---:|---:|"]
@@ -490,9 +506,9 @@ def validation_curves(runs: dict, config, out: Path) -> Path | None:
 
 
 def timed_validations(run_dir: Path, key: str) -> list[tuple[float, float]]:
-    """(training seconds so far, validation value) at each validation of a run. A step's logged seconds are its
-    wall time, data waiting and the validation before it included; a run trains on one thread, so wall time is
-    its CPU time."""
+    """(training seconds so far, validation value) at each validation of a run. A step's logged seconds are
+    its wall time, data waiting and the validation before it included; a run trains on one thread, so wall
+    time is its CPU time."""
     steps, validations = run_dir / "metrics.jsonl", run_dir / "val_metrics.jsonl"
     if not (steps.is_file() and validations.is_file()):
         return []
@@ -506,8 +522,9 @@ def timed_validations(run_dir: Path, key: str) -> list[tuple[float, float]]:
 
 
 def equal_compute(runs: dict, config, out: Path) -> tuple[list[str], Path | None]:
-    """Validation fine-grained t2i R@1 against training CPU time for every method, and who leads at three equal
-    times (a third, two thirds and all of the shortest run's time): equal steps are not equal compute."""
+    """Validation fine-grained t2i R@1 against training CPU time for every method, and who leads at three
+    equal times (a third, two thirds and all of the shortest run's time): equal steps are not equal
+    compute."""
     curves: dict[str, dict[int, list[tuple[float, float]]]] = {}
     for m in config.methods:
         for seed, entry in (runs.get(("methods", m)) or {}).items():
@@ -523,10 +540,10 @@ def equal_compute(runs: dict, config, out: Path) -> tuple[list[str], Path | None
         return reached[-1] if reached else None
 
     lines = ["", "## Equal compute: validation fine-grained t2i R@1 at equal training time", "",
-             ("Equal steps are not equal compute (FLAIR and DreamLIP encode K sub-captions per image). Each method's "
-              "latest validation (val split, own mode) reached by the time shown, mean over seeds [each seed]; one "
-              "thread per run, so seconds are CPU-seconds. Validation keeps no per-query records: no interval "
-              "here."), "",
+             ("Equal steps are not equal compute (FLAIR and DreamLIP encode K sub-captions per image). Each "
+              "method's latest validation (val split, own mode) reached by the time shown, mean over seeds "
+              "[each seed]; one thread per run, so seconds are CPU-seconds. Validation keeps no per-query "
+              "records: no interval here."), "",
              "| method | " + " | ".join(f"at {t / 60:.1f} CPU-min" for t in times) + " | whole run |",
              "|---|" + "---:|" * (len(times) + 1)]
     leaders = []
@@ -539,16 +556,17 @@ def equal_compute(runs: dict, config, out: Path) -> tuple[list[str], Path | None
         cells = []
         for t in [*times, float("inf")]:
             values = [at(points, t) for points in seeds.values()]
-            cells.append("—" if None in values else f"{mean(values):.2f} [{', '.join(f'{v:.2f}' for v in values)}]")
+            cells.append("—" if None in values
+                         else f"{mean(values):.2f} [{', '.join(f'{v:.2f}' for v in values)}]")
         whole = mean(points[-1][0] for points in seeds.values()) / 60
         lines.append(f"| {m} | " + " | ".join(cells[:-1]) + f" | {cells[-1]} in {whole:.1f} CPU-min |")
-    lines += ["", "Leader at each time: " + ", ".join(f"{t / 60:.1f} min: {m}" for t, m in zip(times, leaders,
-                                                                                            strict=True)) + "."]
+    lines += ["", "Leader at each time: " + ", ".join(f"{t / 60:.1f} min: {m}"
+                                                      for t, m in zip(times, leaders, strict=True)) + "."]
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for m, seeds in curves.items():
         for i, points in enumerate(seeds.values()):
-            ax.plot([s / 60 for s, _ in points], [v for _, v in points], "o-", color=f"C{list(curves).index(m)}",
-                    alpha=0.8, markersize=3, label=m if i == 0 else None)
+            ax.plot([s / 60 for s, _ in points], [v for _, v in points], "o-",
+                    color=f"C{list(curves).index(m)}", alpha=0.8, markersize=3, label=m if i == 0 else None)
     ax.set_xlabel("training CPU-minutes")
     ax.set_ylabel("val fine-grained t2i R@1 (%)")
     ax.set_title("Validation against compute (each seed a line)", fontsize=9)

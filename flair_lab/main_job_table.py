@@ -43,7 +43,8 @@ def cells(metrics: dict[str, float], method: str) -> list[str]:
     """The main table's row of a run (`main_table`: each column in the method's own mode): value, [95 %
     interval] and (chance) where recorded, else '-'."""
     table = main_table({method: metrics}, {method: get_method(method).primary_mode})
-    return [table.cell(method, c.key) if table.value(method, c.key) is not None else "-" for c in table.columns]
+    return [table.cell(method, c.key) if table.value(method, c.key) is not None else "-"
+            for c in table.columns]
 
 
 def urls() -> dict[str, str]:
@@ -53,7 +54,8 @@ def urls() -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     args = parser.parse_args()
     header = ["method", "version", "alias", "training"] + [column.label for column in MAIN_TABLE]

@@ -17,7 +17,8 @@ def _tables() -> dict[str, dict]:
 
 
 def value(table: str, column: str, **row) -> float:
-    """One published cell; `row` picks the row by its fields: value("num_sub_captions", "coco_t2i_r1", K=8)."""
+    """One published cell; `row` picks the row by its fields: value("num_sub_captions", "coco_t2i_r1",
+    K=8)."""
     for entry in _tables()[table]["rows"]:
         if all(entry.get(k) == v for k, v in row.items()):
             return entry["values"][column]

@@ -93,8 +93,8 @@ def separation(trials: list[dict], objective) -> dict | None:
         rule = "outside the best trial's own interval (not paired: some trials kept no per-query records)"
     within = [t["number"] for t in others if t["number"] not in beaten]
     return {"best": best["number"], "bound": bound, "beaten": beaten, "within": within, "rule": rule,
-            "text": f"trial {best['number']} beats {len(beaten)} of {len(others)} other complete trials beyond "
-                    f"noise ({rule}); {len(within)} are not separable from it"}
+            "text": f"trial {best['number']} beats {len(beaten)} of {len(others)} other complete trials "
+                    f"beyond noise ({rule}); {len(within)} are not separable from it"}
 
 
 def summarize(study: optuna.Study, config: SweepConfig) -> dict:
@@ -211,9 +211,9 @@ def write_report(study: optuna.Study, config: SweepConfig) -> tuple[dict, list[P
         for t in summary["trials"]:
             values = t["values"] or [None] * len(names)
             interval = t["interval"] or {}
-            writer.writerow([t["number"], t["state"], *values, interval.get("ci_low"), interval.get("ci_high"),
-                             interval.get("chance"), *(t["params"].get(k) for k in config.space),
-                             t["last_step"], t["seconds"]])
+            writer.writerow([t["number"], t["state"], *values, interval.get("ci_low"),
+                             interval.get("ci_high"), interval.get("chance"),
+                             *(t["params"].get(k) for k in config.space), t["last_step"], t["seconds"]])
     files = [out / "summary.json", out / "trials.csv", plot_history(summary, config, out),
              *plot_objective_vs_params(summary, config, out)]
     if (path := plot_importances(summary, out)) is not None:

@@ -50,14 +50,16 @@ def run_trial(trial: optuna.trial.BaseTrial, config: SweepConfig, data_root: str
     overrides = [f"train.shards={data_root}/train", *config.trial_overrides, *as_overrides(params)]
     run_config = load_run_config(list(config.base_params), overrides)
     if run_config.train.validate_every is None:  # validate once, at the end
-        run_config = load_run_config(list(config.base_params), [*overrides, "train.validate_every=1000000000"])
+        run_config = load_run_config(list(config.base_params),
+                                     [*overrides, "train.validate_every=1000000000"])
     objectives = config.objectives
     first = objectives[0].metric
 
     def report(step: int, metrics: dict[str, float]) -> None:
         missing = [o.metric for o in objectives if o.metric not in metrics]
         if missing:
-            raise ConfigError(f"objective {missing[0]!r} is not a validation metric (have: {', '.join(metrics)})")
+            raise ConfigError(f"objective {missing[0]!r} is not a validation metric (have: "
+                              f"{', '.join(metrics)})")
         if not math.isfinite(metrics[first]):
             raise EvaluationError(f"step {step}: validation {first} = {metrics[first]} is not finite")
         if len(objectives) == 1:
@@ -77,7 +79,8 @@ def run_trial(trial: optuna.trial.BaseTrial, config: SweepConfig, data_root: str
     values = [trainer.val_metrics[o.metric] for o in objectives]
     broken = [(o.metric, v) for o, v in zip(objectives, values, strict=True) if not math.isfinite(v)]
     if broken:  # Optuna records the trial as failed: it is never best, never exported
-        raise EvaluationError(f"trial {trial.number}: objective {broken[0][0]} = {broken[0][1]} is not finite")
+        raise EvaluationError(
+            f"trial {trial.number}: objective {broken[0][0]} = {broken[0][1]} is not finite")
     return values
 
 
@@ -99,9 +102,10 @@ def stop_after_repeated_failures():
     return callback
 
 
-def run_worker(config: SweepConfig, data_root: str, on_trial_end=None, worker: int | None = None) -> list[int]:
-    """Trials until the study is full; returns this worker's trial numbers. `on_trial_end(study, trial)` runs on
-    rank 0 after each trial in any state (the flow logs the trial to MLflow there)."""
+def run_worker(config: SweepConfig, data_root: str, on_trial_end=None,
+               worker: int | None = None) -> list[int]:
+    """Trials until the study is full; returns this worker's trial numbers. `on_trial_end(study, trial)` runs
+    on rank 0 after each trial in any state (the flow logs the trial to MLflow there)."""
     world = distributed.init()
     try:
         if not world.is_main:
@@ -145,8 +149,8 @@ def _main_rank(config: SweepConfig, data_root: str, on_trial_end, world_size: in
     callbacks = [stop_at_n_trials(config.n_trials), stop_after_repeated_failures()]
     if on_trial_end is not None:
         callbacks.append(on_trial_end)
-    # A failed trial is recorded and the next one starts; in a torchrun group the other ranks cannot tell where
-    # rank 0 failed, so there the failure (recorded too) ends the worker.
+    # A failed trial is recorded and the next one starts; in a torchrun group the other ranks cannot tell
+    # where rank 0 failed, so there the failure (recorded too) ends the worker.
     if finished_or_running(study) < config.n_trials:
         study.optimize(objective, callbacks=callbacks, catch=(Exception,) if world_size == 1 else (),
                        gc_after_trial=True)
@@ -155,7 +159,8 @@ def _main_rank(config: SweepConfig, data_root: str, on_trial_end, world_size: in
     last = [study.trials[n] for n in mine[-MAX_FAILURES_IN_A_ROW:]]
     if len(last) == MAX_FAILURES_IN_A_ROW and not any(t.state in FINISHED for t in last):
         reason = last[-1].user_attrs.get("fail_reason", "no reason recorded")
-        raise RuntimeError(f"this worker's last {MAX_FAILURES_IN_A_ROW} trials failed; the last one: {reason}")
+        raise RuntimeError(
+            f"this worker's last {MAX_FAILURES_IN_A_ROW} trials failed; the last one: {reason}")
     return mine
 
 

@@ -71,13 +71,15 @@ class ParamSpace(Frozen):
 
 
 class Objective(Frozen):
-    metric: str = Field(description="a validation metric name, e.g. retrieval/builtin_fine_grained/flair/t2i_r1")
+    metric: str = Field(description="a validation metric name, e.g. "
+                                    "retrieval/builtin_fine_grained/flair/t2i_r1")
     direction: Literal["maximize", "minimize"] = "maximize"
 
 
 class SweepConfig(Frozen):
     study: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    storage: str = Field("sqlite:///sweeps/optuna.db", description="SQLAlchemy URL: sqlite:///… or postgresql://…")
+    storage: str = Field("sqlite:///sweeps/optuna.db",
+                         description="SQLAlchemy URL: sqlite:///… or postgresql://…")
     base_params: tuple[str, ...] = ("params/cpu.yaml",)
     trial_overrides: tuple[str, ...] = Field((), description="what makes a trial a shortened run")
     space: dict[str, ParamSpace]
@@ -85,15 +87,17 @@ class SweepConfig(Frozen):
     n_trials: int = Field(12, ge=1, description="finished (complete or pruned) trials the study aims for")
     n_workers: int = Field(1, ge=1, description="worker processes the flow starts on this machine")
     threads_per_worker: int | None = Field(None, ge=1)
-    procs_per_trial: int = Field(1, ge=1, description="torchrun processes per trial (same params on every rank)")
+    procs_per_trial: int = Field(1, ge=1,
+                                 description="torchrun processes per trial (same params on every rank)")
     sampler: Literal["tpe", "random"] = "tpe"
     seed: int | None = 0
     pruner: Literal["median", "hyperband", "none"] = "median"
     pruner_warmup_steps: int = Field(0, ge=0, description="no pruning before this training step")
     heartbeat_seconds: int = Field(10, ge=1, description="a worker's trials beat this often...")
-    grace_seconds: int = Field(30, ge=2, description="...and are failed when silent this long (killed worker)")
-    trade_off: tuple[float, ...] | None = Field(None, description="multi-objective: weights picking the exported "
-                                                                  "Pareto trial (default: equal)")
+    grace_seconds: int = Field(30, ge=2,
+                               description="...and are failed when silent this long (killed worker)")
+    trade_off: tuple[float, ...] | None = Field(None, description="multi-objective: weights picking the "
+                                                                  "exported Pareto trial (default: equal)")
     best_params_out: str = "params/best.yaml"
     report_dir: str = "reports/sweeps"
     runs_dir: str = "runs/sweeps"
@@ -106,7 +110,8 @@ class SweepConfig(Frozen):
             raise ValueError(f"pruning needs a single objective: set pruner: none for {len(self.objectives)} "
                              "objectives")
         if self.trade_off is not None and len(self.trade_off) != len(self.objectives):
-            raise ValueError(f"trade_off has {len(self.trade_off)} weights for {len(self.objectives)} objectives")
+            raise ValueError(f"trade_off has {len(self.trade_off)} weights for {len(self.objectives)} "
+                             "objectives")
         if self.grace_seconds <= self.heartbeat_seconds:
             raise ValueError("grace_seconds must exceed heartbeat_seconds")
         return self
@@ -130,9 +135,11 @@ def load_sweep_config(path: str | Path, overrides: list[str] = ()) -> SweepConfi
     for key, space in config.space.items():
         for value in space.extremes():
             try:
-                load_run_config(list(config.base_params), [*config.trial_overrides, f"{key}={json.dumps(value)}"])
+                load_run_config(list(config.base_params),
+                                [*config.trial_overrides, f"{key}={json.dumps(value)}"])
             except ConfigError as err:
-                raise ConfigError(f"{path}: sweep.space.{key} = {value!r} is not a valid setting ({err})") from None
+                raise ConfigError(
+                    f"{path}: sweep.space.{key} = {value!r} is not a valid setting ({err})") from None
     return config
 
 
@@ -181,8 +188,9 @@ def pruner(config: SweepConfig) -> optuna.pruners.BasePruner:
 def open_study(config: SweepConfig, worker: int | None = 0) -> optuna.Study:
     """Create the study, or load it if it exists with the same space and objectives."""
     signature = space_signature(config)
-    study = optuna.create_study(study_name=config.study, storage=storage(config), sampler=sampler(config, worker),
-                                pruner=pruner(config), directions=config.directions, load_if_exists=True)
+    study = optuna.create_study(study_name=config.study, storage=storage(config),
+                                sampler=sampler(config, worker), pruner=pruner(config),
+                                directions=config.directions, load_if_exists=True)
     if study.trials:
         study.sampler = sampler(config, worker, resumed_at=len(study.trials))
     stored = study.user_attrs.get("signature")
@@ -190,8 +198,8 @@ def open_study(config: SweepConfig, worker: int | None = 0) -> optuna.Study:
         study.set_user_attr("signature", signature)
     elif stored != signature:
         changed = sorted(k for k in ("space", "objectives") if stored[k] != signature[k])
-        raise ConfigError(f"study {config.study!r} already exists in {safe_url(config.storage)} with a different "
-                          f"{' and '.join(changed)}: choose a new study name")
+        raise ConfigError(f"study {config.study!r} already exists in {safe_url(config.storage)} with a "
+                          f"different {' and '.join(changed)}: choose a new study name")
     return study
 
 
@@ -248,7 +256,8 @@ def write_best_params(study: optuna.Study, config: SweepConfig, out: str | Path)
     merged = merged_params(list(config.base_params), as_overrides(trial.params))
     validate(RunConfig, merged, str(out))
     values = ", ".join(f"{o.metric} = {v:.2f}" for o, v in zip(config.objectives, trial.values, strict=True))
-    header = (f"# Best trial {trial.number} of study {config.study!r} ({safe_url(config.storage)}): {values}.\n"
+    header = (f"# Best trial {trial.number} of study {config.study!r} ({safe_url(config.storage)}): "
+              f"{values}.\n"
               f"# Written by the sweep from {', '.join(config.base_params)} with: "
               f"{' '.join(as_overrides(trial.params))}\n")
     out = Path(out)

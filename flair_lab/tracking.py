@@ -154,7 +154,8 @@ def log_training_run(run_dir: Path, method: str, eval_metrics: dict[str, float],
 
 # What `predict` takes and returns, so pyfunc users see it in the registry (flair_lab/pyfunc_model.py).
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "image"), ColSpec("string", "caption")]),  # image: base64 of PNG/JPEG bytes
+    # image: base64 of PNG/JPEG bytes
+    inputs=Schema([ColSpec("string", "image"), ColSpec("string", "caption")]),
     outputs=Schema([ColSpec("double", "score")]),
 )
 
@@ -162,7 +163,8 @@ SIGNATURE = ModelSignature(
 def input_example() -> pd.DataFrame:
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), (200, 30, 30)).save(buffer, format="PNG")
-    return pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode()], "caption": ["a red square."]})
+    return pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode()],
+                         "caption": ["a red square."]})
 
 
 def decide(candidate: dict[str, float], champion: dict[str, float] | None, primary: str,
@@ -189,27 +191,30 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, prima
         note = f", not beyond chance ({chance:.2f})" if at_chance else ""
         return "champion", f"first version: {primary} = {value:.2f}{interval}{note}"
     if at_chance:
-        return "challenger", f"{primary} {value:.2f}{interval} is not beyond chance ({chance:.2f}): stays challenger"
+        return "challenger", (f"{primary} {value:.2f}{interval} is not beyond chance ({chance:.2f}): stays "
+                              "challenger")
     if primary not in champion or not math.isfinite(champion[primary]):
         return "champion", f"{primary} {value:.2f}{interval}: the champion has no finite {primary}"
     best = champion[primary]
     gain = value - best
     if difference is not None:
-        paired = (f"paired difference {difference.value:+.2f} [{difference.low:+.2f}, {difference.high:+.2f}], "
-                  f"p = {difference.p:.3f}")
+        paired = (f"paired difference {difference.value:+.2f} [{difference.low:+.2f}, "
+                  f"{difference.high:+.2f}], p = {difference.p:.3f}")
         if difference.low <= 0:
-            return "challenger", f"{primary} {value:.2f} vs the champion's {best:.2f}: {paired}; stays challenger"
+            return "challenger", (f"{primary} {value:.2f} vs the champion's {best:.2f}: {paired}; stays "
+                                  "challenger")
         beats = f"{primary} {value:.2f} beats {best:.2f}: {paired}"
     elif gain <= 0:
-        return "challenger", f"{primary} {value:.2f}{interval} does not beat the champion's {best:.2f} ({gain:+.2f})"
+        return "challenger", (f"{primary} {value:.2f}{interval} does not beat the champion's {best:.2f} "
+                              f"({gain:+.2f})")
     elif interval and low <= best:
         return "challenger", (f"{primary} gain +{gain:.2f} over {best:.2f} is within the interval{interval} "
                               "(the champion kept no per-query records: not paired): stays challenger")
     elif not interval:
         beats = f"{primary} {value:.2f} beats {best:.2f} (+{gain:.2f}; no interval recorded)"
     else:
-        beats = (f"{primary} {value:.2f}{interval} beats {best:.2f} beyond its interval (+{gain:.2f}; the champion "
-                 "kept no per-query records: not paired)")
+        beats = (f"{primary} {value:.2f}{interval} beats {best:.2f} beyond its interval (+{gain:.2f}; the "
+                 "champion kept no per-query records: not paired)")
     regressions = {k: champion[k] - v for k, v in headline(candidate).items()
                    if k in champion and champion[k] - v > tolerance}
     if regressions:
@@ -238,15 +243,16 @@ def paired_difference(client: MlflowClient, candidate_run: str, champion_run: st
     if any(r is None for r in found):
         return None
     try:
-        return stats.paired([outcomes(found[0], f"{mode}/{metric}")], [outcomes(found[1], f"{mode}/{metric}")])
+        return stats.paired([outcomes(found[0], f"{mode}/{metric}")],
+                            [outcomes(found[1], f"{mode}/{metric}")])
     except (RecordsError, ValueError):
         return None
 
 
 def promote(method: str, version: str, run_id: str, primary: str, tolerance: float) -> dict:
-    """Move `champion` to this version if it wins, else give it `challenger`; record why everywhere. Not safe to
-    run twice at once for one model (both could read the same champion): callers serialise it (the flow holds a
-    Prefect concurrency slot per model)."""
+    """Move `champion` to this version if it wins, else give it `challenger`; record why everywhere. Not safe
+    to run twice at once for one model (both could read the same champion): callers serialise it (the flow
+    holds a Prefect concurrency slot per model)."""
     client = MlflowClient()
     name = registered_name(method)
     candidate = client.get_run(run_id).data.metrics
@@ -259,7 +265,8 @@ def promote(method: str, version: str, run_id: str, primary: str, tolerance: flo
     champion_metrics = client.get_run(current.run_id).data.metrics if current else None
     difference = paired_difference(client, run_id, current.run_id, primary) if current else None
     alias, reason = decide(candidate, champion_metrics, primary, tolerance, difference)
-    # The alias last: if the server goes away midway, a re-run finds no alias yet and writes the whole decision.
+    # The alias last: if the server goes away midway, a re-run finds no alias yet
+    # and writes the whole decision.
     client.update_model_version(name, version, description=f"{alias}: {reason}")
     client.set_tag(run_id, "promotion", alias)
     client.set_tag(run_id, "promotion_reason", reason)
@@ -274,8 +281,8 @@ TRIAL_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 def parent_run(experiment: str, run_name: str, match_tags: dict[str, str], params: dict[str, str],
                tags: dict[str, str] | None = None) -> str:
-    """A study's or sweep's parent run, found by `match_tags` so that a resumed study keeps logging under the same
-    run; created (with `match_tags`, `tags` and `params`) the first time."""
+    """A study's or sweep's parent run, found by `match_tags` so that a resumed study keeps logging under the
+    same run; created (with `match_tags`, `tags` and `params`) the first time."""
     client = MlflowClient()
     exp_id = experiment_id(experiment) or client.create_experiment(experiment)
     query = " and ".join(f"tags.{key} = '{value}'" for key, value in match_tags.items())
@@ -293,7 +300,8 @@ def log_trial(parent_run_id: str, study: str, trial, objectives: list[str]) -> s
     client = MlflowClient()
     parent = client.get_run(parent_run_id)
     exp_id = parent.info.experiment_id
-    existing = client.search_runs([exp_id], f"tags.sweep_study = '{study}' and tags.optuna_trial = '{trial.number}'")
+    existing = client.search_runs([exp_id],
+                                  f"tags.sweep_study = '{study}' and tags.optuna_trial = '{trial.number}'")
     if existing:
         return existing[0].info.run_id
     state = trial.state.name

@@ -44,14 +44,16 @@ class StudyConfig(Frozen):
     seeds: tuple[int, ...] = Field(min_length=1)
     methods: tuple[str, ...] = ()
     ablation_seeds: tuple[int, ...] = (0,)
-    ablations: dict[str, dict[str, tuple[str, ...]]] = Field(default_factory=dict)  # group -> label -> overrides
+    # group -> label -> overrides
+    ablations: dict[str, dict[str, tuple[str, ...]]] = Field(default_factory=dict)
     benchmarks: tuple[str, ...] = ("builtin_fine_grained", "builtin_long", "builtin_standard",
                                    "builtin_segmentation", "builtin_classification")
     data_root: str = "data/study"
     runs_dir: str = "runs/study"
     report_dir: str = "docs/study"
-    sweep_file: str = Field("params/sweep.yaml", description="the sweep whose search space (K, length, w) the "
-                            "report's two-objective Optuna study over FLAIR's configurations uses")
+    sweep_file: str = Field("params/sweep.yaml",
+                            description="the sweep whose search space (K, length, w) the report's "
+                                        "two-objective Optuna study over FLAIR's configurations uses")
 
 
 @dataclass(frozen=True)
@@ -81,11 +83,11 @@ def planned_runs(config: StudyConfig) -> list[Run]:
 def code_version() -> str:
     """The git trees of the library and its CLI, plus a hash of uncommitted changes to them: what a cached
     result depends on."""
-    trees = subprocess.run(["git", "rev-parse", "HEAD:flair_core", "HEAD:flair_cli"], cwd=REPO, capture_output=True,
-                           text=True, check=False).stdout.split()
+    trees = subprocess.run(["git", "rev-parse", "HEAD:flair_core", "HEAD:flair_cli"], cwd=REPO,
+                           capture_output=True, text=True, check=False).stdout.split()
     tree = "+".join(trees) if len(trees) == 2 else "unknown"
-    diff = subprocess.run(["git", "diff", "HEAD", "--", "flair_core", "flair_cli"], cwd=REPO, capture_output=True,
-                          check=False).stdout
+    diff = subprocess.run(["git", "diff", "HEAD", "--", "flair_core", "flair_cli"], cwd=REPO,
+                          capture_output=True, check=False).stdout
     return tree + (f"+{hashlib.sha256(diff).hexdigest()[:12]}" if diff else "")
 
 
@@ -112,13 +114,15 @@ def prepare(config: StudyConfig, seed: int, out: Path) -> str:
     """The built-in data of one seed, generated once (`flair prepare` replaces the folder atomically)."""
     if not (out / "meta.json").is_file():
         params = [x for p in config.base_params for x in ("--params", p)]
-        run_command([*FLAIR, "prepare", *params, "--set", f"seed={seed}", "--out", str(out)], f"data seed {seed}")
+        run_command([*FLAIR, "prepare", *params, "--set", f"seed={seed}", "--out", str(out)],
+                    f"data seed {seed}")
     return str(out)
 
 
 @task
 def train_and_evaluate(config: StudyConfig, params: dict, out: Path, data: Path) -> dict[str, float]:
-    """`flair train --resume auto` (a finished run returns at once), then every benchmark not yet evaluated."""
+    """`flair train --resume auto` (a finished run returns at once), then every benchmark not yet
+    evaluated."""
     # A finished run is not even restarted.
     if not all((out / "eval" / f"{b}.json").is_file() for b in config.benchmarks):
         _train(params, out)
@@ -134,13 +138,15 @@ def _train(params: dict, out: Path) -> None:
                 f"training {out.name}")
 
 
-def log_run(parent: str, config: StudyConfig, run: Run, key: str, out: Path, metrics: dict[str, float]) -> None:
+def log_run(parent: str, config: StudyConfig, run: Run, key: str, out: Path,
+            metrics: dict[str, float]) -> None:
     """One nested run per configuration and seed (idempotent: found by its study, group, label and seed)."""
     client = MlflowClient()
     exp_id = client.get_run(parent).info.experiment_id
     tags = {"study": config.name, "study_role": "run", "study_group": run.group, "study_label": run.label,
             "seed": str(run.seed), "run_key": key, "mlflow.parentRunId": parent}
-    query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items() if k in ("study", "study_group", "seed"))
+    query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items()
+                         if k in ("study", "study_group", "seed"))
     if any(r.data.tags.get("study_label") == run.label for r in client.search_runs([exp_id], query)):
         return
     mlflow_run = client.create_run(exp_id, run_name=f"{run.group}/{run.label}/seed{run.seed}", tags=tags)
@@ -220,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                        ("report", "write the report of the runs finished so far")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", default="params/study.yaml")
-        p.add_argument("--quick", action="store_true", help="the tiny variant (minutes): the `quick:` section")
+        p.add_argument("--quick", action="store_true",
+                       help="the tiny variant (minutes): the `quick:` section")
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":

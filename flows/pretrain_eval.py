@@ -40,7 +40,8 @@ from flair_lab import tracking
 
 REPO = Path(__file__).resolve().parents[1]
 FLAIR = [sys.executable, "-m", "flair_cli"]
-BENCHMARKS = [name for name in benchmark_names() if name.startswith("builtin_")]  # every family, built-in data
+# every family, built-in data
+BENCHMARKS = [name for name in benchmark_names() if name.startswith("builtin_")]
 
 
 def run_command(command: list[str], what: str, threads: int | None = None) -> str:
@@ -49,8 +50,8 @@ def run_command(command: list[str], what: str, threads: int | None = None) -> st
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     if threads:  # concurrent evaluations share the cores instead of oversubscribing them
         env["OMP_NUM_THREADS"] = str(threads)
-    # Its whole process tree (torchrun's workers and their loader workers included) ends with the task: when the
-    # flow run is stopped or cancelled, and when its process is killed outright.
+    # Its whole process tree (torchrun's workers and their loader workers included) ends with the task: when
+    # the flow run is stopped or cancelled, and when its process is killed outright.
     result = run_tree(command, cwd=REPO, env=env)
     if result.returncode != 0:
         lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
@@ -59,22 +60,24 @@ def run_command(command: list[str], what: str, threads: int | None = None) -> st
 
 
 def git_commit() -> str:
-    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False)
-    dirty = subprocess.run(["git", "status", "--porcelain", "flair_core", "flair_cli"], cwd=REPO, capture_output=True,
-                           text=True, check=False).stdout.strip()
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                            check=False)
+    dirty = subprocess.run(["git", "status", "--porcelain", "flair_core", "flair_cli"], cwd=REPO,
+                           capture_output=True, text=True, check=False).stdout.strip()
     return (result.stdout.strip() or "unknown") + ("-dirty" if dirty else "")
 
 
 @task(retries=1, retry_delay_seconds=5)
 def data_version() -> str:
     """Reproduce (or find up to date) the DVC `prepare` stage; its output hash versions the data."""
-    # Flow runs side by side share the repo: one prepares, the others wait and then find it up to date. DVC waits
-    # for its repo lock (--wait-for-lock) but not for the lock on the stage's output, which a running
+    # Flow runs side by side share the repo: one prepares, the others wait and then find it up to date. DVC
+    # waits for its repo lock (--wait-for-lock) but not for the lock on the stage's output, which a running
     # `prepare` holds: that refusal is retried here for as long as a preparation can take.
     deadline = time.monotonic() + 900
     while True:
         try:
-            run_command([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "prepare"], "dvc repro prepare")
+            run_command([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "prepare"],
+                        "dvc repro prepare")
             break
         except RuntimeError as err:
             if "rwlock" not in str(err) or time.monotonic() > deadline:
@@ -110,9 +113,10 @@ def train(method: str, params_file: str, overrides: list[str], run_key: str, nod
 
 def evaluate_missing(run_dir: str | Path, benchmarks: list[str], data_root: str | Path, out_dir: str | Path,
                      threads: int | None = None) -> dict[str, float]:
-    """Every benchmark not yet in `out_dir` in one `flair evaluate` process (one start-up, ~4.5 s of imports, and
-    one model load for all), then the metrics of all of them. Each result (`<benchmark>.json` and its per-query
-    records) is written when done, so a run interrupted half-way continues with the ones still missing."""
+    """Every benchmark not yet in `out_dir` in one `flair evaluate` process (one start-up, ~4.5 s of imports,
+    and one model load for all), then the metrics of all of them. Each result (`<benchmark>.json` and its
+    per-query records) is written when done, so a run interrupted half-way continues with the ones still
+    missing."""
     results = {benchmark: Path(out_dir) / f"{benchmark}.json" for benchmark in benchmarks}
     # A result without its per-query records (evaluated before they were kept) is evaluated again.
     todo = [benchmark for benchmark, result in results.items()
@@ -146,8 +150,8 @@ def attention_pngs(run_dir: str, data_root: str, count: int = 2) -> list[str]:
 @task(retries=2, retry_delay_seconds=5)
 def log_and_register(run_dir: str, method: str, metrics: dict, tags: dict, experiment: str,
                      pngs: list[str], eval_dir: str) -> tuple[str, str]:
-    return tracking.log_training_run(Path(run_dir), method, metrics, tags, experiment, [Path(p) for p in pngs],
-                                     Path(eval_dir))
+    return tracking.log_training_run(Path(run_dir), method, metrics, tags, experiment,
+                                     [Path(p) for p in pngs], Path(eval_dir))
 
 
 @task(retries=2, retry_delay_seconds=5)
@@ -161,7 +165,8 @@ def promote(method: str, version: str, run_id: str, primary: str, tolerance: flo
 def promotion_lock(method: str) -> str:
     """The one-slot Prefect global concurrency limit that serialises promotions of `method`'s model."""
     name = f"promote-{tracking.registered_name(method)}"
-    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):  # a concurrent run made it
+    # a concurrent run made it
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
         client.upsert_global_concurrency_limit_by_name(name, 1)
     return name
 
@@ -174,10 +179,11 @@ def check_services() -> None:
         raise RuntimeError(problems[0])
 
 
-@flow(name="pretrain-eval", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1))
-def pretrain_eval(method: str = "flair", params_file: str = "params/cpu.yaml", overrides: list[str] | None = None,
-                  benchmarks: list[str] | None = None, nodes: int = 1, procs_per_node: int = 1,
-                  experiment: str = "flair-lab", primary_metric: str | None = None,
+@flow(name="pretrain-eval", log_prints=True,
+      task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1))
+def pretrain_eval(method: str = "flair", params_file: str = "params/cpu.yaml",
+                  overrides: list[str] | None = None, benchmarks: list[str] | None = None, nodes: int = 1,
+                  procs_per_node: int = 1, experiment: str = "flair-lab", primary_metric: str | None = None,
                   regression_tolerance: float = 2.0, data_root: str = "data/builtin",
                   threads: int | None = None) -> dict:
     """Train one method on the built-in data, evaluate it on every benchmark, log, register and promote.
@@ -198,10 +204,11 @@ def pretrain_eval(method: str = "flair", params_file: str = "params/cpu.yaml", o
     run_dir = train(method, params_file, overrides + [f"train.shards={data_root}/train"], run_key, nodes,
                     procs_per_node, threads)
     train_seconds, phase = time.perf_counter() - phase, time.perf_counter()
-    # Results in a folder of this flow run's own: its retries continue there, while another flow run of the same
-    # cached training (perhaps on another data root) evaluates afresh in its own.
+    # Results in a folder of this flow run's own: its retries continue there, while another flow run of the
+    # same cached training (perhaps on another data root) evaluates afresh in its own.
     out_dir = str(Path(run_dir) / "eval" / str(flow_run.get_id() or "local"))
-    metrics = evaluate(run_dir, benchmarks, data_root, threads, out_dir)  # failing after its retries fails the flow
+    # failing after its retries fails the flow
+    metrics = evaluate(run_dir, benchmarks, data_root, threads, out_dir)
     eval_seconds = time.perf_counter() - phase
     pngs = attention_pngs(run_dir, data_root)
     preset = read_run_config(run_dir).train.model  # as resolved
@@ -210,10 +217,12 @@ def pretrain_eval(method: str = "flair", params_file: str = "params/cpu.yaml", o
     run_id, version = log_and_register(run_dir, method, metrics, tags, experiment, pngs, out_dir)
     primary = primary_metric or promotion_metric(get_method(method).primary_mode)
     decision = promote(method, version, run_id, primary, regression_tolerance)
-    logger.info("%s v%s → %s: %s", tracking.registered_name(method), version, decision["alias"], decision["reason"])
+    logger.info("%s v%s → %s: %s", tracking.registered_name(method), version, decision["alias"],
+                decision["reason"])
     rows = "\n".join(f"| {k} | {format_cell(v, *noise_of(metrics, k))} |"
                      for k, v in sorted(headline(metrics).items()))
-    link = f"{os.environ.get('MLFLOW_TRACKING_URI', '')}/#/experiments/{tracking.experiment_id(experiment)}/runs/{run_id}"
+    link = (f"{os.environ.get('MLFLOW_TRACKING_URI', '')}/#/experiments/"
+            f"{tracking.experiment_id(experiment)}/runs/{run_id}")
     create_markdown_artifact(
         key=f"pretrain-eval-{method}",
         markdown=(f"## {method}: version {version} → **{decision['alias']}**\n\n{decision['reason']}\n\n"
@@ -229,7 +238,8 @@ def pretrain_eval(method: str = "flair", params_file: str = "params/cpu.yaml", o
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the deployment pretrain-eval/<name> (blocks)")
     serve.add_argument("--name", default="cpu")
@@ -241,7 +251,8 @@ def main() -> None:
     if args.command == "serve":
         pretrain_eval.serve(name=args.name)
     else:
-        print(json.dumps(pretrain_eval(method=args.method, params_file=args.params_file, overrides=args.overrides),
+        print(json.dumps(pretrain_eval(method=args.method, params_file=args.params_file,
+                                       overrides=args.overrides),
                          indent=1))
 
 

@@ -43,8 +43,8 @@ from flows.pretrain_eval import REPO, check_services, data_version, git_commit
 EXPERIMENT = "flair-lab-sweeps"
 
 
-def worker_command(index: int, config_file: str, overrides: list[str], data_root: str, parent_run_id: str | None,
-                   procs_per_trial: int) -> list[str]:
+def worker_command(index: int, config_file: str, overrides: list[str], data_root: str,
+                   parent_run_id: str | None, procs_per_trial: int) -> list[str]:
     args = ["-m", "flows.sweep", "worker", "--config", config_file, "--data-root", data_root,
             "--worker-index", str(index), *[x for o in overrides for x in ("--set", o)]]
     if parent_run_id:
@@ -89,8 +89,9 @@ def report_and_export(config: SweepConfig, parent_run_id: str | None) -> dict:
         summary["best_params_file"] = str(path)
         files.append(path)
     if parent_run_id:
-        best = {f"best/{name}": value for name, value in zip(objectives, (summary["best"] or {}).get("values") or [],
-                                                               strict=False)}
+        best = {f"best/{name}": value
+                for name, value in zip(objectives, (summary["best"] or {}).get("values") or [],
+                                       strict=False)}
         tracking.log_study_report(parent_run_id, files, {**best, **{f"trials/{k.lower()}": v for k, v in
                                                                     summary["states"].items()}})
     return summary
@@ -109,7 +110,8 @@ def summary_markdown(summary: dict) -> str:
         lines += ["", f"Separation: {summary['separation']['text']}"]
     for metric, values in summary["importances"].items():
         if values:
-            lines += ["", f"Importances for {metric}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items())]
+            lines += ["",
+                      f"Importances for {metric}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items())]
     return "\n".join(lines)
 
 
@@ -128,11 +130,12 @@ def sweep(config_file: str = "params/sweep.yaml", overrides: list[str] | None = 
                                                                        "sweep_role": "study"}, {
         "space": json.dumps(signature["space"]), "objectives": json.dumps(signature["objectives"]),
         "storage": safe_url(config.storage), "n_trials": str(config.n_trials),
-        "trial_overrides": json.dumps(list(config.trial_overrides)), "base_params": ",".join(config.base_params)},
+        "trial_overrides": json.dumps(list(config.trial_overrides)),
+        "base_params": ",".join(config.base_params)},
         {"git_commit": git_commit(), "data_hash": data_hash})
     logger.info("study %s: %d trials so far; MLflow parent run %s", config.study, len(study.trials), parent)
-    workers = run_worker_process.map(range(config.n_workers), config_file, unmapped(overrides), data_root, parent,
-                                     unmapped(config))
+    workers = run_worker_process.map(range(config.n_workers), config_file, unmapped(overrides), data_root,
+                                     parent, unmapped(config))
     for future in workers:
         future.wait()
     failed = [future.state for future in workers if future.state.is_failed()]
@@ -163,18 +166,21 @@ def main(argv: list[str] | None = None) -> int:
                        help="override a sweep setting, e.g. --set n_trials=4 --set study=k-only (repeatable)")
         p.add_argument("--data-root", default="data/builtin")
         if name != "run":
-            p.add_argument("--parent-run", help="MLflow run id of the study (trials are logged nested under it)")
+            p.add_argument("--parent-run",
+                           help="MLflow run id of the study (trials are logged nested under it)")
         if name == "worker":
             p.add_argument("--worker-index", type=int,
                            help="seeds this worker's sampler with seed + index (default: unseeded)")
     args = parser.parse_args(argv)
     # force: importing Prefect has configured the root logger already
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        force=True)
     try:
         if args.command == "serve":
             sweep.serve(name=args.name)
         elif args.command == "run":
-            print(json.dumps(sweep(config_file=args.config, overrides=args.overrides, data_root=args.data_root),
+            print(json.dumps(sweep(config_file=args.config, overrides=args.overrides,
+                                   data_root=args.data_root),
                              indent=1, default=str))
         else:
             config = load_sweep_config(args.config, args.overrides)

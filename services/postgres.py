@@ -3,8 +3,8 @@
 
 Debian's server binaries run a cluster of our own in the given folder, listening on 127.0.0.1 only (no unix
 socket). One role, `flair`, owns the databases `mlflow` and `optuna`; its generated password lives in
-ROOT/postgres.json (mode 0600) and reaches the MLflow server and clients only through their environment: never a
-command line, a log, a flow parameter or a file in git. PostgreSQL refuses to run as root, so under root the
+ROOT/postgres.json (mode 0600) and reaches the MLflow server and clients only through their environment: never
+a command line, a log, a flow parameter or a file in git. PostgreSQL refuses to run as root, so under root the
 server runs as the `postgres` system user, which must be able to reach the data folder.
 """
 
@@ -69,10 +69,11 @@ def init_cluster(root: Path, data: Path, log: Path) -> None:
             server = pwd.getpwnam(SERVER_USER)
             for path in (data, pwfile):
                 os.chown(path, server.pw_uid, server.pw_gid)
-            blocked = [p for p in data.parents if p.stat().st_mode & 0o001 == 0 and p.stat().st_uid != server.pw_uid]
+            blocked = [p for p in data.parents if p.stat().st_mode & 0o001 == 0
+                       and p.stat().st_uid != server.pw_uid]
             if blocked:
-                raise ServiceError(f"PostgreSQL: the {SERVER_USER} user cannot reach {data} ({blocked[0]} is not "
-                                   "searchable by others); choose another folder with --postgres-dir")
+                raise ServiceError(f"PostgreSQL: the {SERVER_USER} user cannot reach {data} ({blocked[0]} is "
+                                   "not searchable by others); choose another folder with --postgres-dir")
         with open(log, "a") as out:
             failed = subprocess.run(as_server_user([
                 str(bindir() / "initdb"), "-D", str(data), "-U", USER, f"--pwfile={pwfile}", "-E", "UTF8",
@@ -95,8 +96,8 @@ def ready(root: Path, port: int) -> bool:
     import psycopg2  # only here: the other commands should not pay for importing it
 
     try:
-        connection = psycopg2.connect(host=HOST, port=port, user=USER, password=password(root), dbname="postgres",
-                                      connect_timeout=2)
+        connection = psycopg2.connect(host=HOST, port=port, user=USER, password=password(root),
+                                      dbname="postgres", connect_timeout=2)
     except psycopg2.OperationalError:
         return False
     try:

@@ -1,5 +1,6 @@
 """The platform's local services: SeaweedFS (S3 object store), an MLflow tracking server and a Prefect server,
-and with `--db postgres` a PostgreSQL server for MLflow's backend store and Optuna's storage (services/postgres.py).
+and with `--db postgres` a PostgreSQL server for MLflow's backend store and Optuna's storage
+(services/postgres.py).
 
     python -m services start [--root .services] [--prefect-port 4200] [--mlflow-port 5000]
                              [--s3-port 8333] [--backend-store-uri URI] [--weed-ports M,V,F,A]
@@ -10,10 +11,11 @@ and with `--db postgres` a PostgreSQL server for MLflow's backend store and Optu
 Everything listens on 127.0.0.1 and runs under services.supervisor. Team mode (`--auth on`), for a platform
 shared by several people: MLflow runs its basic-auth app and Prefect checks its API auth string, so nobody
 reaches either without the generated credentials, which `services env` hands to clients (flows, dashboard,
-DVC). Only then may `--bind` open MLflow and Prefect to other machines; SeaweedFS and PostgreSQL always stay on
-127.0.0.1 (their internal ports have no authentication; artifacts reach remote users through MLflow's proxy).
-Pids, ports and settings are kept in ROOT/state.json, logs in ROOT/logs/<name>.log; the generated S3 identity
-(ROOT/s3.json), PostgreSQL password (ROOT/postgres.json) and team credentials (ROOT/auth.json) are mode 0600.
+DVC). Only then may `--bind` open MLflow and Prefect to other machines; SeaweedFS and PostgreSQL always stay
+on 127.0.0.1 (their internal ports have no authentication; artifacts reach remote users through MLflow's
+proxy). Pids, ports and settings are kept in ROOT/state.json, logs in ROOT/logs/<name>.log; the generated S3
+identity (ROOT/s3.json), PostgreSQL password (ROOT/postgres.json) and team credentials (ROOT/auth.json) are
+mode 0600.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from services.supervisor import HOST, ServiceError
 # set by `services env` with --db postgres; read by flair_lab/sweeps.py
 OPTUNA_STORAGE_ENV = "FLAIR_OPTUNA_STORAGE"
 
-ORDER = ("postgres", "seaweedfs", "prefect", "mlflow")  # start order (Prefect boots while MLflow migrates); stop: reverse
+# start order (Prefect boots while MLflow migrates); stop: reverse
+ORDER = ("postgres", "seaweedfs", "prefect", "mlflow")
 LABEL = {"postgres": "PostgreSQL", "seaweedfs": "SeaweedFS S3", "mlflow": "MLflow", "prefect": "Prefect"}
 URL_KEY = {"postgres": "postgres", "seaweedfs": "s3", "mlflow": "mlflow", "prefect": "prefect"}
 DEFAULT_PORTS = {"prefect": 4200, "mlflow": 5000, "s3": 8333, "postgres": 5432}
@@ -52,7 +55,8 @@ BIN = Path(sysconfig.get_path("scripts"))  # weed, mlflow and prefect are instal
 DEPENDENTS = {"postgres": ("mlflow",)}
 # PostgreSQL's SIGTERM waits for every client to leave; SIGINT is its clean "fast" shutdown
 STOP_SIGNAL = {"postgres": signal.SIGINT}
-START_TIMEOUT = {"postgres": 60, "seaweedfs": 60, "mlflow": 180, "prefect": 120}  # seconds; 2 cores start all three at once
+# seconds; 2 cores start all three at once
+START_TIMEOUT = {"postgres": 60, "seaweedfs": 60, "mlflow": 180, "prefect": 120}
 
 
 class LocalServices:
@@ -60,8 +64,8 @@ class LocalServices:
     then to the defaults; SeaweedFS's internal ports are picked free once and then reused."""
 
     def __init__(self, root=".services", prefect_port=None, mlflow_port=None, s3_port=None,
-                 backend_store_uri=None, weed_ports: dict[str, int] | None = None, db=None, postgres_port=None,
-                 postgres_dir=None, auth=None, bind=None):
+                 backend_store_uri=None, weed_ports: dict[str, int] | None = None, db=None,
+                 postgres_port=None, postgres_dir=None, auth=None, bind=None):
         self.root = Path(root).resolve()
         state = self._load()
         asked = {"prefect": prefect_port, "mlflow": mlflow_port, "s3": s3_port, "postgres": postgres_port,
@@ -72,14 +76,17 @@ class LocalServices:
         if self.db not in ("sqlite", "postgres"):
             raise ServiceError(f"unknown database {self.db!r}: sqlite (one machine, the default) or postgres")
         if self.db == "postgres" and backend_store_uri:
-            raise ServiceError("--backend-store-uri and --db postgres both choose MLflow's database: give one")
-        self.postgres_dir = Path(postgres_dir or state.get("postgres_dir") or self.root / "postgres").resolve()
+            raise ServiceError(
+                "--backend-store-uri and --db postgres both choose MLflow's database: give one")
+        self.postgres_dir = Path(postgres_dir or state.get("postgres_dir")
+                                 or self.root / "postgres").resolve()
         # With PostgreSQL, the URI (which holds the password) is built when needed and never stored.
         self.backend_store_uri = (None if self.db == "postgres" else backend_store_uri
                                   or state.get("backend_store_uri") or f"sqlite:///{self.root / 'mlflow.db'}")
         self.auth = auth or state.get("auth") or "off"
         if self.auth not in ("off", "on"):
-            raise ServiceError(f"unknown --auth {self.auth!r}: off (one machine, the default) or on (team mode)")
+            raise ServiceError(f"unknown --auth {self.auth!r}: off (one machine, the default) or on (team "
+                               "mode)")
         self.bind = bind or state.get("bind") or HOST
         try:
             loopback = ipaddress.ip_address(self.bind).is_loopback
@@ -91,7 +98,8 @@ class LocalServices:
 
     def settings(self) -> dict:
         """What the running processes were started with: a change restarts every service."""
-        return {"db": self.db, "backend_store_uri": self.backend_store_uri, "auth": self.auth, "bind": self.bind}
+        return {"db": self.db, "backend_store_uri": self.backend_store_uri, "auth": self.auth,
+                "bind": self.bind}
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -124,7 +132,8 @@ class LocalServices:
             env[OPTUNA_STORAGE_ENV] = postgres.url(self.root, self.ports["postgres"], "optuna")
         if self.auth == "on":  # the names MLflow's and Prefect's own clients read
             team = self._team_account()
-            env |= {"MLFLOW_TRACKING_USERNAME": team["username"], "MLFLOW_TRACKING_PASSWORD": team["password"],
+            env |= {"MLFLOW_TRACKING_USERNAME": team["username"],
+                    "MLFLOW_TRACKING_PASSWORD": team["password"],
                     "PREFECT_API_AUTH_STRING": f"{team['username']}:{team['password']}"}
         return env
 
@@ -220,9 +229,9 @@ class LocalServices:
                    self.bind, "--port", str(p["mlflow"]), "--workers", "1"]  # 1 worker on 2 cores
         server_env = {**env, "MLFLOW_BACKEND_STORE_URI": self._mlflow_store()}
         if not ipaddress.ip_address(self.bind).is_unspecified:
-            # MLflow refuses Host headers other than localhost and private ranges (DNS rebinding): clients here come
-            # in by the bind address. (A wildcard bind keeps MLflow's default; set MLFLOW_SERVER_ALLOWED_HOSTS to
-            # add a host name.)
+            # MLflow refuses Host headers other than localhost and private ranges (DNS rebinding): clients
+            # here come in by the bind address. (A wildcard bind keeps MLflow's default; set
+            # MLFLOW_SERVER_ALLOWED_HOSTS to add a host name.)
             host = self.urls()["mlflow"].removeprefix("http://").rsplit(":", 1)[0]
             server_env.setdefault("MLFLOW_SERVER_ALLOWED_HOSTS", ",".join(
                 f"{name}{port}" for name in (host, "localhost") for port in ("", f":{p['mlflow']}")))
@@ -337,8 +346,8 @@ class LocalServices:
         return cred["accessKey"], cred["secretKey"]
 
     def _team_account(self) -> dict[str, str]:
-        """Team mode's one account (user `flair`, its password, MLflow's Flask secret), generated on first use,
-        kept in ROOT/auth.json (0600)."""
+        """Team mode's one account (user `flair`, its password, MLflow's Flask secret), generated on first
+        use, kept in ROOT/auth.json (0600)."""
         path = self.root / "auth.json"
         if not path.exists():
             self.root.mkdir(parents=True, exist_ok=True)
@@ -347,11 +356,13 @@ class LocalServices:
         return json.loads(path.read_text())
 
     def _mlflow_auth(self) -> dict[str, str]:
-        """MLflow's basic-auth app: its own user store beside ours, our account its admin, nobody else allowed in."""
+        """MLflow's basic-auth app: its own user store beside ours, our account its admin, nobody else allowed
+        in."""
         team = self._team_account()
         config = self.root / "mlflow-auth.ini"
         config.write_text(f"[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
-                          f"database_uri = sqlite:///{self.root / 'mlflow-auth.db'}\nadmin_username = {team['username']}\n"
+                          f"database_uri = sqlite:///{self.root / 'mlflow-auth.db'}\n"
+                          f"admin_username = {team['username']}\n"
                           "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
         return {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": team["password"],
                 "MLFLOW_FLASK_SERVER_SECRET_KEY": team["mlflow_flask_secret"]}
@@ -362,7 +373,8 @@ class LocalServices:
                 "AWS_ENDPOINT_URL": urls["s3"]}
 
     def _down(self) -> dict[str, str]:
-        """{service: url} of this platform's services that do not answer (PostgreSQL by TCP, the rest by HTTP)."""
+        """{service: url} of this platform's services that do not answer (PostgreSQL by TCP, the rest by
+        HTTP)."""
         down = _down(self._probe_env())
         if self.db == "postgres" and not postgres.answers(self.ports["postgres"]):
             down["postgres"] = self.urls()["postgres"]
@@ -408,15 +420,16 @@ def main(argv: list[str] | None = None) -> int:
         start.add_argument(f"--{port}-port", type=int, help=f"default: the last start's, else {default}")
     start.add_argument("--backend-store-uri", help="MLflow database (default: sqlite:///ROOT/mlflow.db)")
     start.add_argument("--db", choices=("sqlite", "postgres"),
-                       help="MLflow's and Optuna's database: sqlite (one machine) or a PostgreSQL server started "
-                            "here (default: the last start's, else sqlite)")
+                       help="MLflow's and Optuna's database: sqlite (one machine) or a PostgreSQL server "
+                            "started here (default: the last start's, else sqlite)")
     start.add_argument("--auth", choices=("off", "on"),
-                       help="team mode: MLflow and Prefect ask for the credentials generated into ROOT/auth.json, "
-                            "which `env` hands to clients (default: the last start's, else off)")
-    start.add_argument("--bind", help="address MLflow and Prefect listen on; other than loopback needs --auth on "
-                                      "(default: the last start's, else 127.0.0.1)")
-    start.add_argument("--postgres-dir", help="PostgreSQL's cluster folder (default: ROOT/postgres); under root it "
-                                              "must be reachable by the postgres user")
+                       help="team mode: MLflow and Prefect ask for the credentials generated into "
+                            "ROOT/auth.json, which `env` hands to clients (default: the last start's, else "
+                            "off)")
+    start.add_argument("--bind", help="address MLflow and Prefect listen on; other than loopback needs "
+                                      "--auth on (default: the last start's, else 127.0.0.1)")
+    start.add_argument("--postgres-dir", help="PostgreSQL's cluster folder (default: ROOT/postgres); under "
+                                              "root it must be reachable by the postgres user")
     start.add_argument("--weed-ports", help="SeaweedFS master,volume,filer,admin ports; each also uses "
                                             "port+10000 (default: picked free once, then reused)")
     args = parser.parse_args(argv)
@@ -425,8 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     options = ("prefect_port", "mlflow_port", "s3_port", "backend_store_uri")
     try:
         services = LocalServices(args.root, *(getattr(args, k, None) for k in options), weed,
-                                 *(getattr(args, k, None) for k in ("db", "postgres_port", "postgres_dir", "auth",
-                                                                    "bind")))
+                                 *(getattr(args, k, None)
+                                   for k in ("db", "postgres_port", "postgres_dir", "auth", "bind")))
         if args.command == "start":
             services.start()
         elif args.command == "stop":

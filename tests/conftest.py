@@ -12,8 +12,8 @@ from tests.helpers.paths import ARTIFACTS, REPO, SHARED
 from tests.helpers.podman import podman_problem
 
 # Parallel workers (`make test`) share the cores: each runs its trainings (in-process and in the processes it
-# starts) on its share of them. Two 2-thread OpenMP processes on 2 cores spin against each other and ran a test
-# training 7x slower than alone.
+# starts) on its share of them. Two 2-thread OpenMP processes on 2 cores spin against each other and ran a
+# test training 7x slower than alone.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1)
                                                       // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
@@ -41,8 +41,8 @@ def pytest_collection_modifyitems(config, items):
         return
     IMAGE_BUILD_PID.parent.mkdir(exist_ok=True)
     with (IMAGE_BUILD_PID.parent / "image_build.log").open("w") as out:
-        build = subprocess.Popen([REPO / "infra" / "containers.sh", "build"], stdout=out, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        build = subprocess.Popen([REPO / "infra" / "containers.sh", "build"], stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
     _IMAGE_BUILD.append(build)
     IMAGE_BUILD_PID.write_text(str(build.pid))
 
@@ -54,7 +54,8 @@ def pytest_configure(config):
 
 def pytest_sessionfinish(session, exitstatus):
     """A session cut short (e.g. -x) does not leave a build behind. Under xdist this is the controller's end,
-    after every worker's: a worker that finished early must not stop a build another worker still waits for."""
+    after every worker's: a worker that finished early must not stop a build another worker still waits
+    for."""
     if hasattr(session.config, "workerinput"):
         if _IMAGE_BUILD:
             _IMAGE_BUILD[0].poll()  # reap a finished build; a running one stays for the other workers
@@ -83,7 +84,8 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def reference_fixture(shared_dir) -> Path:
     """The parity fixture folder: $FLAIR_REFERENCE_FIXTURE, else the shared tiny_flair one."""
-    return Path(os.environ.get("FLAIR_REFERENCE_FIXTURE", shared_dir / "reference" / "fixtures" / "tiny_flair"))
+    return Path(os.environ.get("FLAIR_REFERENCE_FIXTURE",
+                               shared_dir / "reference" / "fixtures" / "tiny_flair"))
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,8 @@ def test_zero_slot_mass_is_what_the_pooling_block_returns(flair):
     with torch.no_grad():
         tokens = model.image_post(model.encode_image(image[None])[1])
         queries = model.text_post(model.encode_text(tokenizer(CAPTIONS))[0])
-        _, weights = model.visual_proj(queries[None], tokens, need_weights=True, average_heads=True)  # (1, N, L+1)
+        # (1, N, L+1)
+        _, weights = model.visual_proj(queries[None], tokens, need_weights=True, average_heads=True)
     assert torch.allclose(zero, weights[0, :, -1], atol=1e-6)
     # Renormalised patches = the block's patch weights divided by what the zero slot left over.
     expected = weights[0, :, :-1] / (1 - weights[0, :, -1:])

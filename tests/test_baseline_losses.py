@@ -42,7 +42,7 @@ def close(actual: torch.Tensor, expected: float | list, atol: float = 1e-6) -> N
                                rtol=1e-5, atol=atol)
 
 
-# --- shared primitives ---------------------------------------------------------------------------------------
+# --- shared primitives --------------------------------------------------------------------------------------
 
 
 def test_softmax_contrastive_sums_the_positive_probabilities():
@@ -59,7 +59,7 @@ def test_sigmoid_loss_sum_signs_by_positive():
     close(sigmoid_loss_sum(logits, positive), softplus(-1) + softplus(-2) + softplus(0.5) + softplus(-3))
 
 
-# --- CLIP ----------------------------------------------------------------------------------------------------
+# --- CLIP ---------------------------------------------------------------------------------------------------
 
 # Two images and their two texts, in 2-D. Unnormalised on purpose (the loss normalises): after normalising,
 # image 0 = (1, 0), image 1 = (0, 1), text 0 = (1, 0), text 1 = (0.6, 0.8), so cos = [[1, 0.6], [0, 0.8]].
@@ -105,7 +105,7 @@ def test_clip_infonce_gradient_reaches_both_towers_and_the_scale():
     close(scale.grad, (sum(rows) / 2 + sum(cols) / 2) / 2)
 
 
-# --- FILIP ---------------------------------------------------------------------------------------------------
+# --- FILIP --------------------------------------------------------------------------------------------------
 
 # Image tokens (I=2, L=2, d=2) and text tokens (T=2, C=3, d=2), all unit vectors. Masked-out text tokens are
 # non-zero on purpose and would win a max or change a mean if the mask were ignored.
@@ -128,9 +128,11 @@ def late_interaction(images, texts, mask):
 
 
 def test_filip_token_similarities_by_hand():
-    i2t, t2i = token_similarities(torch.tensor(FILIP_IMAGES), torch.tensor(FILIP_TEXTS), torch.tensor(FILIP_MASK))
+    i2t, t2i = token_similarities(torch.tensor(FILIP_IMAGES), torch.tensor(FILIP_TEXTS),
+                                  torch.tensor(FILIP_MASK))
     assert i2t.shape == (2, 2) and t2i.shape == (2, 2)  # (images, texts) and (texts, images)
-    # image 0 vs text 0: token (1,0) best 1 [(1,0)], token (0,1) best 0.6 [(0.8,0.6); the masked (0,1) gives 1]
+    # image 0 vs text 0: token (1,0) best 1 [(1,0)], token (0,1) best 0.6
+    # [(0.8,0.6); the masked (0,1) gives 1]
     close(i2t[0, 0], (1 + 0.6) / 2)
     # text 0 vs image 0: (1,0) best 1, (0.8,0.6) best 0.8; two unmasked tokens, so /2 (not /3)
     close(t2i[0, 0], (1 + 0.8) / 2)
@@ -190,8 +192,8 @@ def test_filip_loss_skips_padding_columns_past_the_longest_text():
     mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]], dtype=torch.bool)
 
     def loss(texts, mask):
-        out = {"image_tokens": images, "image_features": images[:, 0], "text_tokens": texts, "text_mask": mask,
-               "logit_scale": torch.tensor(5.0)}
+        out = {"image_tokens": images, "image_features": images[:, 0], "text_tokens": texts,
+               "text_mask": mask, "logit_scale": torch.tensor(5.0)}
         return FilipLoss(FilipSettings())(out, None)["contrastive"]
 
     padded = torch.cat([texts, torch.randn(3, 71, 4)], dim=1)  # garbage in the padding columns
@@ -205,11 +207,12 @@ def test_filip_loss_skips_padding_columns_past_the_longest_text():
 
 
 def test_filip_token_fraction_changes_the_loss():
-    """Keeping half the image tokens must change the loss in this case (else the 0.5 case above proves little)."""
+    """Keeping half the image tokens must change the loss in this case (else the 0.5 case above proves
+    little)."""
     assert abs(filip_terms(3.0, 1.0)["contrastive"] - filip_terms(3.0, 0.5)["contrastive"]) > 0.01
 
 
-# --- DreamLIP ------------------------------------------------------------------------------------------------
+# --- DreamLIP -----------------------------------------------------------------------------------------------
 
 
 def test_dreamlip_grouping_by_hand():
@@ -270,7 +273,8 @@ def dreamlip_expected(s, threshold, long_weight, sub_caption_weight, grouping_we
             sims = [dot(x, text) for x in tokens]
             weights = [(v - min(sims)) / (max(sims) - min(sims)) for v in sims]
             weights = [w if w >= threshold else 0.0 for w in weights]
-            grouped.append(unit([sum(w * x[d] for w, x in zip(weights, tokens, strict=True)) for d in range(2)]))
+            grouped.append(unit([sum(w * x[d] for w, x in zip(weights, tokens, strict=True))
+                                 for d in range(2)]))
         g2t = sum(nll([s * dot(grouped[j], t) for t in texts], [j]) for j in range(B * K)) / (B * K)
         terms["grouping"] = grouping_weight * g2t
     return terms
@@ -296,7 +300,8 @@ def test_dreamlip_terms_by_hand(threshold):
 
 
 def test_dreamlip_threshold_changes_the_grouping_term():
-    """The thresholds above select different patches in this case (else the parametrised case proves little)."""
+    """The thresholds above select different patches in this case (else the parametrised case proves
+    little)."""
     values = [DreamlipLoss(DreamlipSettings(grouping_threshold=t))(dreamlip_out(4.0), None)["grouping"].item()
               for t in (0.0, 0.67, 0.95)]
     assert min(abs(a - b) for a, b in itertools.combinations(values, 2)) > 1e-3

@@ -1,6 +1,6 @@
 """Retrieval benchmark loaders: real annotation excerpts (COCO, Flickr30k val, Urban-1K, IIW, DCI splits) and
-generated files in the documented formats (DOCCI, COCO-Karpathy, Flickr test, ShareGPT4V, DCI per-image files).
-Images are tiny stand-in JPEGs written at every expected path."""
+generated files in the documented formats (DOCCI, COCO-Karpathy, Flickr test, ShareGPT4V, DCI per-image
+files). Images are tiny stand-in JPEGs written at every expected path."""
 
 import io
 import json
@@ -169,7 +169,7 @@ def test_coco_karpathy_keeps_test_split(tmp_path, jpeg):
     assert "dataset_coco.json record 3 sentence 2" in msg and "not a string" in msg
 
 
-# ---------------------------------------------------------------- Flickr30k (real val excerpt, generated test)
+# --------------------------------------------------------------- Flickr30k (real val excerpt, generated test)
 
 
 @pytest.fixture
@@ -262,12 +262,13 @@ def test_docci_fg_groups_by_image_id(tmp_path, jpeg):
     assert ds.image_ids == (5, 2, 9) and ds.text_image == (0, 0, 1, 0, 2, 1)
     assert ds.image_texts() == [[0, 1, 3], [2, 5], [4]]
     assert ds.image_paths[1] == tmp_path / "images" / "test_00002.jpg"
-    anns[3]["image"] = "test_00077.jpg"  # id 5 now names two files: as the original, the id's first file is used
+    # id 5 now names two files: as the original, the id's first file is used
+    anns[3]["image"] = "test_00077.jpg"
     write_json(path, {"annotations": anns})
     assert load_benchmark("docci_fg", tmp_path) == ds
 
 
-# ---------------------------------------------------------------- DCI (real splits.json, generated per-image files)
+# ---------------------------------------------------------- DCI (real splits.json, generated per-image files)
 
 
 @pytest.fixture
@@ -438,15 +439,18 @@ def test_records_the_original_evaluates_load_and_are_counted_in_one_warning(tmp_
 
     _, _anns = urban1k_root(tmp_path, real, jpeg, oddities, prefix=b"\xef\xbb\xbf")
     ds = load_benchmark("urban1k", tmp_path)
-    assert len(ds.texts) == 27 and len(ds.image_paths) == 25  # every record is a text; images are the unique ids
-    assert ds.texts[3] == "" and ds.texts[5] == "\ufeffA street  with\ttabs. "  # verbatim: the tokenizer cleans
+    # every record is a text; images are the unique ids
+    assert len(ds.texts) == 27 and len(ds.image_paths) == 25
+    # verbatim: the tokenizer cleans
+    assert ds.texts[3] == "" and ds.texts[5] == "\ufeffA street  with\ttabs. "
     assert ds.text_image[26] == ds.text_image[7] and ds.text_image[25] == ds.text_image[6]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "\n" not in warnings[0]
-    assert warnings[0] == ("urban1k: 27 texts, 25 images evaluated as the original does, with 2 empty captions "
-                           "(evaluated as the empty string); 1 captions with odd whitespace or a BOM (kept "
-                           "verbatim); 1 file starts with a BOM; 1 records repeating an earlier image id and "
-                           "caption; 1 image ids reused for another file (the first file is used)")
+    assert warnings[0] == ("urban1k: 27 texts, 25 images evaluated as the original does, with 2 empty "
+                           "captions (evaluated as the empty string); 1 captions with odd whitespace or a "
+                           "BOM (kept verbatim); 1 file starts with a BOM; 1 records repeating an earlier "
+                           "image id and caption; 1 image ids reused for another file (the first file is "
+                           "used)")
     caplog.clear()
     urban1k_root(tmp_path, real, jpeg)
     load_benchmark("urban1k", tmp_path)
@@ -482,7 +486,8 @@ def test_unusable_images_are_named_before_any_compute(tmp_path, real, jpeg, monk
     images[4].write_bytes(b"")
     images[9].write_text("not an image at all")
     msg = error("urban1k", tmp_path)
-    assert msg == f"urban1k: 2 of 25 images unusable (empty file, not an image), first: {images[4]} (empty file)"
+    assert msg == (f"urban1k: 2 of 25 images unusable (empty file, not an image), first: {images[4]} (empty "
+                   "file)")
     images[4].write_bytes(jpeg)
     images[9].write_bytes(jpeg)
     big = io.BytesIO()
@@ -522,7 +527,8 @@ def test_the_pixel_cap_is_judged_from_the_header_before_any_pixel_is_decoded(mon
     declared = declaring(png(), 8000, 6000)  # 48 MP claimed over the pixels of 64 x 64: decoding would fail
     with pytest.raises(DataError, match=r"^x: too many pixels \(8000 x 6000\)$"):
         image_from_bytes(declared, "x")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # 64 x 64 is between PIL's two limits: PIL only warns
+    # 64 x 64 is between PIL's two limits: PIL only warns
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the warning must not escape: the cap's one line says it
         with pytest.raises(DataError, match=r"^x: too many pixels \(64 x 64\)$"):

@@ -14,7 +14,8 @@ from flair_core.data.scenes import COLOURS, SHAPES, Scene, SceneObject
 from flair_core.model_config import ConfigError
 from flair_core.run_config import load_section
 
-SMALL = BuiltinDataConfig(train_images=40, val_images=20, test_images=60, classification_images=30, shard_size=25)
+SMALL = BuiltinDataConfig(train_images=40, val_images=20, test_images=60, classification_images=30,
+                          shard_size=25)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,8 @@ def test_masks_agree_with_captions(dataset):
         classes, instances = sample["seg.png"], sample["inst.png"]
         if classes.ndim == 3:
             classes, instances = classes[..., 0], instances[..., 0]
-        scene = Scene(tuple(SceneObject(**o) for o in record["scene"]["objects"]), record["scene"]["background"],
+        scene = Scene(tuple(SceneObject(**o) for o in record["scene"]["objects"]),
+                      record["scene"]["background"],
                       record["scene"]["background_style"], record["scene"]["grid"])
         stated = {fact_from_json(f) for f in record["facts"]}
         size = image.shape[0]
@@ -101,7 +103,8 @@ def test_evaluation_splits_are_twin_pairs(dataset):
             assert (y1["colour"], y2["colour"]) == (x2["colour"], x1["colour"])
         else:
             (x1, y1), (x2, y2) = diffs
-            assert (y1["row"], y1["col"], y2["row"], y2["col"]) == (x2["row"], x2["col"], x1["row"], x1["col"])
+            assert ((y1["row"], y1["col"], y2["row"], y2["col"])
+                    == (x2["row"], x2["col"], x1["row"], x1["col"]))
     assert set(kinds) == {"attribute", "swap_colours", "swap_positions"}
 
 
@@ -112,8 +115,8 @@ def brute_force(fact, scene):
         return any(all(v is None or v == (o.region(scene.grid) if k == "region" else getattr(o, k))
                        for k, v in vars(fact).items()) for o in objs)
     if isinstance(fact, RelationFact):
-        axis, sign = {"left of": ("col", 1), "right of": ("col", -1), "above": ("row", 1), "below": ("row", -1)}[
-            fact.relation]
+        axis, sign = {"left of": ("col", 1), "right of": ("col", -1), "above": ("row", 1),
+                      "below": ("row", -1)}[fact.relation]
         return any(a.colour == fact.colour and a.shape == fact.shape and b.colour == fact.other_colour
                    and b.shape == fact.other_shape and sign * (getattr(b, axis) - getattr(a, axis)) > 0
                    for a in objs for b in objs if a is not b)
@@ -125,7 +128,8 @@ def brute_force(fact, scene):
 def test_ground_truth_is_the_exact_set_of_satisfying_images():
     scenes = [s for _, s, _ in builtin.split_scenes(SMALL, "test")]
     shares = builtin.FactShares(scenes)
-    samples = [builtin.scene_sample(SMALL, "test", k, s, o, shares) for k, s, o in builtin.split_scenes(SMALL, "test")]
+    samples = [builtin.scene_sample(SMALL, "test", k, s, o, shares)
+               for k, s, o in builtin.split_scenes(SMALL, "test")]
     extras = [extra for _, extra in samples]
     queries = builtin.build_queries(scenes, extras, SMALL.merged_queries_per_image)
     index = FactIndex(scenes)
@@ -133,7 +137,8 @@ def test_ground_truth_is_the_exact_set_of_satisfying_images():
         for fact, share in zip(extra["facts"], sample["json"]["sentence_share"], strict=True):
             expected = [i for i, s in enumerate(scenes) if brute_force(fact, s)]
             assert index.positives([fact]).tolist() == expected, fact
-            assert share == pytest.approx(len(expected) / len(scenes), abs=1e-6), fact  # what training filters on
+            # what training filters on
+            assert share == pytest.approx(len(expected) / len(scenes), abs=1e-6), fact
     fine = queries["fine_grained"]
     assert all(src in pos for src, pos in zip(fine["source"], fine["positives"], strict=True))
     assert any(len(p) > 1 for p in fine["positives"])  # a sentence true of its twin too
@@ -156,7 +161,8 @@ def test_classification_images_cover_every_shape(dataset):
 
 @pytest.mark.parametrize("override,key", [("val_images=3", "data.val_images"),
                                           ("min_objects=9", "data"), ("grid=2", "data"),
-                                          ("image_size=-4", "data.image_size"), ("colour=red", "data.colour")])
+                                          ("image_size=-4", "data.image_size"),
+                                          ("colour=red", "data.colour")])
 def test_invalid_parameters_name_the_field(override, key):
     with pytest.raises(ConfigError) as err:
         load_section(BuiltinDataConfig, "data", None, [override])
@@ -185,7 +191,8 @@ def test_a_failed_generation_leaves_the_previous_output_intact(dataset, tmp_path
 
 
 def test_region_names_partition_the_grid():
-    names = [[SceneObject("circle", "red", "small", "solid", r, c).region(4) for c in range(4)] for r in range(4)]
+    names = [[SceneObject("circle", "red", "small", "solid", r, c).region(4) for c in range(4)]
+             for r in range(4)]
     assert names[0] == ["top left", "top", "top", "top right"]
     assert names[1] == names[2] == ["left", "centre", "centre", "right"]
     assert names[3] == ["bottom left", "bottom", "bottom", "bottom right"]

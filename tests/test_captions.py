@@ -42,7 +42,8 @@ def test_bit_exact_with_the_original_when_its_window_rule_is_kept(examples):
     for case in examples["sampling_cpython_random"]:
         record = examples["pixelprose_sample"] if case["pixelprose"] else examples["dreamlip_caption_dict"]
         config = SamplingConfig(k=case["k"], max_sentences=case["max_merged_num"], include_last_window=False)
-        assert sample_sub_captions(sentence_pool(record), config, random.Random(case["seed"])) == case["output"]
+        assert (sample_sub_captions(sentence_pool(record), config, random.Random(case["seed"]))
+                == case["output"])
 
 
 def test_fixed_window_rule_reaches_the_last_sentence():
@@ -63,11 +64,13 @@ def test_length_and_merge_modes():
     for c in windows:
         idx = [int(s[1:]) for s in c.split(". ")]
         assert idx == list(range(idx[0], idx[0] + 3))
-    merged = sample_sub_captions(pool, SamplingConfig(k=50, max_sentences=3, length_mode="fixed", merge="random"),
-                                 rng)
+    merged = sample_sub_captions(
+        pool, SamplingConfig(k=50, max_sentences=3, length_mode="fixed", merge="random"), rng)
     assert all(len(set(c.split(". "))) == 3 for c in merged)  # distinct sentences
-    assert any([int(s[1:]) for s in c.split(". ")] != sorted(int(s[1:]) for s in c.split(". ")) for c in merged)
-    lengths = {len(c.split(". ")) for c in sample_sub_captions(pool, SamplingConfig(k=200, max_sentences=3), rng)}
+    assert any([int(s[1:]) for s in c.split(". ")] != sorted(int(s[1:]) for s in c.split(". "))
+               for c in merged)
+    lengths = {len(c.split(". "))
+               for c in sample_sub_captions(pool, SamplingConfig(k=200, max_sentences=3), rng)}
     assert lengths == {1, 2, 3}
 
 

@@ -1,5 +1,5 @@
-"""The chaos suite: real services on 127.0.0.1, each fault injected by killing the real process (SIGKILL of its
-whole process group, as a crash would); what the user sees, and that nothing is lost or registered twice.
+"""The chaos suite: real services on 127.0.0.1, each fault injected by killing the real process (SIGKILL of
+its whole process group, as a crash would); what the user sees, and that nothing is lost or registered twice.
 docs/reliability.md holds the fault table these tests back (the full-disk fault is in test_training.py, the
 hostile uploads in test_dashboard.py)."""
 
@@ -45,7 +45,8 @@ def crash(services: LocalServices, name: str) -> None:
 
 
 def scored(value: float, metric: str) -> dict[str, float]:
-    return {metric: value, f"{metric}_ci_low": value - 1, f"{metric}_ci_high": value + 1, f"{metric}_chance": 0.4}
+    return {metric: value, f"{metric}_ci_low": value - 1, f"{metric}_ci_high": value + 1,
+            f"{metric}_chance": 0.4}
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +67,15 @@ def test_mlflow_killed_while_registering_leaves_no_version_and_a_rerun_registers
 
     from flair_lab import tracking
 
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the flow's task retries are not under test here
+    # the flow's task retries are not under test here
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     metric = promotion_metric(get_method("flair").primary_mode)
     tags = {"run_key": "chaos-registration", "git_commit": "c", "data_hash": "d", "data_level": "easy",
             "method": "flair", "preset": "micro-32"}
     register = tracking.mlflow.register_model
 
-    def crash_first(*args, **kwargs):  # the run and its artifacts are logged; the server dies before the version
+    # the run and its artifacts are logged; the server dies before the version
+    def crash_first(*args, **kwargs):
         crash(platform, "mlflow")
         return register(*args, **kwargs)
 
@@ -87,9 +90,11 @@ def test_mlflow_killed_while_registering_leaves_no_version_and_a_rerun_registers
     name = tracking.registered_name("flair")
     assert client.search_model_versions(f"name = '{name}'") == []  # nothing half-registered
     run_id, version = tracking.log_training_run(trained, "flair", scored(6.0, metric), tags, "chaos")
-    assert tracking.log_training_run(trained, "flair", scored(6.0, metric), tags, "chaos") == (run_id, version)
+    assert (tracking.log_training_run(trained, "flair", scored(6.0, metric), tags, "chaos")
+            == (run_id, version))
     versions = client.search_model_versions(f"name = '{name}'")
-    assert [(v.version, v.run_id, v.tags["run_key"]) for v in versions] == [("1", run_id, "chaos-registration")]
+    assert ([(v.version, v.run_id, v.tags["run_key"]) for v in versions]
+            == [("1", run_id, "chaos-registration")])
     runs = client.search_runs([tracking.experiment_id("chaos")], "tags.run_key = 'chaos-registration'")
     assert [r.info.run_id for r in runs] == [run_id]  # the crashed attempt's run was deleted
     assert client.get_run(run_id).info.status == "FINISHED"
@@ -112,17 +117,20 @@ def test_two_promotions_of_one_model_at_once_leave_one_champion_and_consistent_a
     candidates = []
     for _ in range(2):
         run = client.create_run(experiment)
-        client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in scored(6.0, metric).items()])
+        client.log_batch(run.info.run_id,
+                         metrics=[Metric(k, v, 0, 0) for k, v in scored(6.0, metric).items()])
         version = client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id).version
         candidates.append((version, run.info.run_id))
-    promotions = [subprocess.Popen([sys.executable, "-m", "tests.helpers.slow_promotion", "clip", version, run_id,
-                                    metric], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    promotions = [subprocess.Popen([sys.executable, "-m", "tests.helpers.slow_promotion", "clip", version,
+                                    run_id, metric],
+                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                   for version, run_id in candidates]
     results = {}
     for (version, _), promotion in zip(candidates, promotions, strict=True):
         stdout, stderr = promotion.communicate(timeout=300)
         assert promotion.returncode == 0, stderr[-3000:]
-        results[version] = json.loads(next(line for line in reversed(stdout.splitlines()) if line.startswith("{")))
+        results[version] = json.loads(next(line for line in reversed(stdout.splitlines())
+                                           if line.startswith("{")))
     assert sorted(r["alias"] for r in results.values()) == ["challenger", "champion"], results
     first = next(v for v, r in results.items() if r["alias"] == "champion")
     second = next(v for v, r in results.items() if r["alias"] == "challenger")
@@ -140,7 +148,8 @@ def test_s3_killed_and_restarted_while_training_reads_shards_costs_a_pause_not_t
 
     upload_folder(tiny_data / "train", "s3://dvc/chaos/train")
     out = tmp_path / "run"
-    steps_per_epoch, epochs = 8, 5  # every epoch opens its shards again (~2 s apart): one falls inside the outage
+    # every epoch opens its shards again (~2 s apart): one falls inside the outage
+    steps_per_epoch, epochs = 8, 5
     settings = {"train.model": "micro-32", "train.shards": "s3://dvc/chaos/train/shard-{000000..000003}.tar",
                 "train.batch_size": 16, "train.steps_per_epoch": steps_per_epoch, "train.epochs": epochs,
                 "train.checkpoint_every": steps_per_epoch, "loader.workers": 1}
@@ -168,9 +177,10 @@ def test_s3_killed_and_restarted_while_training_reads_shards_costs_a_pause_not_t
 
 def test_prefect_restarted_in_training_and_mlflow_down_before_logging_the_flow_completes_and_registers_once(
         platform, tmp_path):
-    """pretrain-eval in a scratch repo on the tiny preset: Prefect crashes while the flow trains and comes back; MLflow
-    crashes before the flow logs and comes back ~10 s later (5 s down, ~6 s to start). The Prefect client and the flow's task retries ride
-    both out: the flow completes, its run is recorded Completed, and the model has exactly one version."""
+    """pretrain-eval in a scratch repo on the tiny preset: Prefect crashes while the flow trains and comes
+    back; MLflow crashes before the flow logs and comes back ~10 s later (5 s down, ~6 s to start). The
+    Prefect client and the flow's task retries ride both out: the flow completes, its run is recorded
+    Completed, and the model has exactly one version."""
     from mlflow import MlflowClient
 
     from flair_core.data.registry import benchmark_names
@@ -180,8 +190,8 @@ def test_prefect_restarted_in_training_and_mlflow_down_before_logging_the_flow_c
 
     repo = scratch_copy(tmp_path)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    flow = subprocess.Popen([sys.executable, "-m", "flows.pretrain_eval", "run", "--method", "dreamlip"], cwd=repo,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    flow = subprocess.Popen([sys.executable, "-m", "flows.pretrain_eval", "run", "--method", "dreamlip"],
+                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def wait_for(pattern: str, count: int = 1) -> None:
         deadline = time.time() + 300
@@ -192,7 +202,8 @@ def test_prefect_restarted_in_training_and_mlflow_down_before_logging_the_flow_c
     wait_for("runs/flows/dreamlip-*/metrics.jsonl")
     crash(platform, "prefect")
     platform.start()
-    wait_for("runs/flows/dreamlip-*/eval/*/*.json", evaluations)  # in the flow run's folder; next: attention, logging
+    # in the flow run's folder; next: attention, logging
+    wait_for("runs/flows/dreamlip-*/eval/*/*.json", evaluations)
     crash(platform, "mlflow")
     time.sleep(5)
     platform.start()
@@ -210,7 +221,8 @@ def test_prefect_restarted_in_training_and_mlflow_down_before_logging_the_flow_c
 
 
 def processes_under(folder: Path) -> list[str]:
-    """Live processes working in `folder` (services, flow runs, training, evaluation all do): pid and command."""
+    """Live processes working in `folder` (services, flow runs, training, evaluation all do): pid and
+    command."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
@@ -226,10 +238,11 @@ def processes_under(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("load", ["idle", "loaded"])
-def test_sigterm_to_the_main_job_stops_its_flow_run_and_the_services_and_leaves_no_process(platform, tmp_path, load):
+def test_sigterm_to_the_main_job_stops_its_flow_run_and_the_services_and_leaves_no_process(
+        platform, tmp_path, load):
     """The last tests here: the main job finds the module's services running, and its SIGTERM stops them, its
-    flow run and the training below it (torchrun's worker in a session of its own, and its loader worker) on an
-    idle machine and beside two CPU-burning processes."""
+    flow run and the training below it (torchrun's worker in a session of its own, and its loader worker) on
+    an idle machine and beside two CPU-burning processes."""
     from tests.helpers.scratch_repo import scratch_copy
 
     repo = scratch_copy(tmp_path)

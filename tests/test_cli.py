@@ -56,13 +56,13 @@ def test_attention_draws_flair_maps_and_says_why_other_methods_have_none(tmp_pat
 
 
 def test_parsing_any_verb_imports_no_library():
-    """`flair --help` and each verb's parsing stay free of torch and open_clip (seconds): a verb imports what it
-    needs when it runs."""
+    """`flair --help` and each verb's parsing stay free of torch and open_clip (seconds): a verb imports what
+    it needs when it runs."""
     probe = ("import sys\n"
              "from flair_cli import build_parser\n"
              "parser = build_parser()\n"
-             "for argv in (['methods'], ['benchmarks', '--names'], ['prepare', '--out', 'x'], ['train', '--out', 'x'],"
-             " ['evaluate', 'run', '--benchmark', 'voc'], ['compare', 'eval', '--out', 'r']):\n"
+             "for argv in (['methods'], ['benchmarks', '--names'], ['prepare', '--out', 'x'], ['train', "
+             "'--out', 'x'], ['evaluate', 'run', '--benchmark', 'voc'], ['compare', 'eval', '--out', 'r']):\n"
              "    parser.parse_args(argv)\n"
              "print(sorted(m for m in ('torch', 'open_clip', 'flair_core', 'numpy') if m in sys.modules))\n")
     result = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)

@@ -20,7 +20,8 @@ def retrieval(benchmark: str, modes: dict[str, tuple[float, float]]) -> dict[str
     out = {f"retrieval/{benchmark}/num_images": 128, f"seconds/{benchmark}": 3.5}
     for mode, (t2i, i2t) in modes.items():
         out |= {f"retrieval/{benchmark}/{mode}/t2i_r1": t2i, f"retrieval/{benchmark}/{mode}/i2t_r1": i2t,
-                f"retrieval/{benchmark}/{mode}/t2i_r5": 99.0, f"retrieval/{benchmark}/{mode}/strict_t2i_r1": 98.0}
+                f"retrieval/{benchmark}/{mode}/t2i_r5": 99.0,
+                f"retrieval/{benchmark}/{mode}/strict_t2i_r1": 98.0}
     return out
 
 
@@ -42,7 +43,8 @@ def classification(top1: float) -> dict[str, float]:
 EVALS = {
     # FLAIR: its `flair` mode is shown even where `topk`/`global` score higher
     "flair": {"builtin_fine_grained": retrieval("builtin_fine_grained",
-                                                {"flair": (40.0, 41.0), "global": (50.0, 51.0), "topk": (60.0, 61.0)}),
+                                                {"flair": (40.0, 41.0), "global": (50.0, 51.0),
+                                                 "topk": (60.0, 61.0)}),
               "builtin_long": retrieval("builtin_long", {"flair": (42.0, 43.0), "global": (10.0, 10.0)}),
               "builtin_segmentation": segmentation({"patch": 20.0, "attention": 25.0}),
               "builtin_classification": classification(70.0)},
@@ -95,8 +97,9 @@ def test_table_cells_modes_and_order(eval_dir):
     table = compare.build_table(compare.load_evals(eval_dir), METHODS.values())
     assert table.runs == ("flair", "clip", "filip", "extra")  # known methods first, then the rest sorted
     assert [c.key for c in table.columns] == COLUMNS
-    assert [c.label for c in table.columns] == ["fine-grained t2i R@1", "fine-grained i2t R@1", "long t2i R@1",
-                                                "long i2t R@1", "segmentation mIoU", "classification top-1"]
+    assert [c.label for c in table.columns] == ["fine-grained t2i R@1", "fine-grained i2t R@1",
+                                                "long t2i R@1", "long i2t R@1", "segmentation mIoU",
+                                                "classification top-1"]
     for run in table.runs:
         for key in COLUMNS:
             assert table.value(run, key) == EXPECTED[run].get(key), (run, key)
@@ -214,16 +217,18 @@ def test_cells_show_what_is_recorded():
     assert compare.format_cell(6.7, 5.9, 7.5, 0.4) == "6.70 [5.90, 7.50] (chance 0.40)"
     assert compare.format_cell(6.7, bold=True) == "**6.70**"
     assert compare.format_cell(None) == "—"
-    assert compare.format_noise(5.9, 7.5) == "[5.90, 7.50]" and compare.format_noise(chance=0.4) == "(chance 0.40)"
+    assert (compare.format_noise(5.9, 7.5) == "[5.90, 7.50]"
+            and compare.format_noise(chance=0.4) == "(chance 0.40)")
     assert compare.format_noise() == ""
-    assert compare.format_cell(20.0, 17.0, 23.0, 16.67, 21.5) == "20.00 [17.00, 23.00] (chance 16.67, majority 21.50)"
+    assert (compare.format_cell(20.0, 17.0, 23.0, 16.67, 21.5)
+            == "20.00 [17.00, 23.00] (chance 16.67, majority 21.50)")
     metrics = {"m": 1.0, "m_ci_low": 0.5, "m_chance": 0.1}
     assert compare.noise_of(metrics, "m") == (0.5, None, 0.1, None)
 
 
 def test_main_table_shows_each_run_in_the_mode_it_is_given():
-    """flair_lab.main_job_table and the dashboard: MAIN_TABLE's columns, each run in its method's own mode, not
-    the best."""
+    """flair_lab.main_job_table and the dashboard: MAIN_TABLE's columns, each run in its method's own mode,
+    not the best."""
     flair = EVALS["flair"]["builtin_fine_grained"] | EVALS["flair"]["builtin_segmentation"] | {
         "retrieval/builtin_fine_grained/flair/t2i_r1_ci_low": 36.1,
         "retrieval/builtin_fine_grained/flair/t2i_r1_ci_high": 43.9,
@@ -245,8 +250,10 @@ def test_dvc_plots_read_columns_compare_writes(eval_dir, runs_dir, tmp_path):
     for the pipeline's methods and benchmarks."""
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
     methods, evaluate = pipeline["vars"][0]["methods"], pipeline["stages"]["evaluate"]["do"]
-    benchmarks = [Path(next(iter(metric))).stem for metric in evaluate["metrics"]]  # eval/${item}/<benchmark>.json
-    assert all(f"--benchmark {b}" in evaluate["cmd"] for b in benchmarks)  # each file is one the command writes
+    # eval/${item}/<benchmark>.json
+    benchmarks = [Path(next(iter(metric))).stem for metric in evaluate["metrics"]]
+    # each file is one the command writes
+    assert all(f"--benchmark {b}" in evaluate["cmd"] for b in benchmarks)
     every = {k: v for metrics in EVALS["flair"].values() for k, v in metrics.items()}
     every |= retrieval("builtin_standard", {"global": (1.0, 2.0)})
     table = compare.build_table(dict.fromkeys(methods, every), METHODS.values())

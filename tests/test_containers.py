@@ -24,13 +24,16 @@ PORTS = {"s3": 8333, "mlflow": 5000, "prefect": 4200, "dashboard": 8501}  # comp
 TIMINGS: dict[str, float] = {}
 
 
-def timed(name: str, command: list, env: dict, timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def timed(name: str, command: list, env: dict, timeout: float,
+          cwd: Path | None = None) -> subprocess.CompletedProcess:
     start = time.perf_counter()
-    result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+    result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                            check=False)
     TIMINGS[name] = round(time.perf_counter() - start, 1)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "containers_timings.json").write_text(json.dumps(TIMINGS, indent=1) + "\n")
-    assert result.returncode == 0, f"{' '.join(map(str, command))}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (f"{' '.join(map(str, command))}:\n{result.stdout[-3000:]}\n"
+                                    f"{result.stderr[-3000:]}")
     return result
 
 
@@ -45,7 +48,8 @@ def get(url: str) -> dict:
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    """The platform image of this checkout, built unless one with the same inputs exists (infra/containers.sh)."""
+    """The platform image of this checkout, built unless one with the same inputs exists
+    (infra/containers.sh)."""
     problem = podman_problem()
     if problem:
         pytest.skip(problem)
@@ -58,8 +62,10 @@ def image() -> str:
 def stack(image, tmp_path_factory):
     busy = [port for port in PORTS.values() if taken(port)]
     if busy:
-        pytest.skip(f"ports {busy} on 127.0.0.1 are taken (the compose stack publishes them): stop `make services`")
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PROJECT": "flair-lab-test", "FLAIR_IMAGE": image}
+        pytest.skip(f"ports {busy} on 127.0.0.1 are taken (the compose stack publishes them): stop `make "
+                    "services`")
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PROJECT": "flair-lab-test",
+           "FLAIR_IMAGE": image}
     repo = scratch_copy(tmp_path_factory.mktemp("containers"))  # the checkout the workers mount: tiny preset
     script = repo / "infra" / "containers.sh"
     try:
@@ -73,7 +79,8 @@ def registry_state() -> tuple[list, list, int]:
     """(champion aliases, runs of the experiment, objects in the MLflow bucket) as the host sees them."""
     import boto3
 
-    model = get(f"http://127.0.0.1:{PORTS['mlflow']}/api/2.0/mlflow/registered-models/get?name=flair-lab-flair")
+    model = get(
+        f"http://127.0.0.1:{PORTS['mlflow']}/api/2.0/mlflow/registered-models/get?name=flair-lab-flair")
     request = urllib.request.Request(f"http://127.0.0.1:{PORTS['mlflow']}/api/2.0/mlflow/runs/search",
                                      data=json.dumps({"experiment_ids": ["1"]}).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -96,8 +103,9 @@ def test_deployment_runs_in_the_stack_and_survives_a_restart(stack, monkeypatch)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys["AWS_ACCESS_KEY_ID"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["AWS_SECRET_ACCESS_KEY"])
     client = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{PORTS['prefect']}/api"}
-    run = timed("deployment_run_seconds", [BIN / "prefect", "deployment", "run", "pretrain-eval/cpu", "--watch",
-                                            "-p", "method=flair"], client, timeout=1200)
+    run = timed("deployment_run_seconds",
+                [BIN / "prefect", "deployment", "run", "pretrain-eval/cpu", "--watch", "-p", "method=flair"],
+                client, timeout=1200)
     assert "Flow run finished successfully in 'Completed'" in run.stdout
     # the worker trained on the mounted checkout, the tiny preset's model
     assert list((repo / "runs" / "flows").glob("flair-*/checkpoints/step-*.pt"))
@@ -107,7 +115,8 @@ def test_deployment_runs_in_the_stack_and_survives_a_restart(stack, monkeypatch)
     metrics = {m["key"] for m in runs[0]["data"]["metrics"]}
     assert "retrieval/builtin_fine_grained/flair/t2i_r1" in metrics
     assert objects > 0  # the model and its files, proxied by MLflow into the S3 store
-    assert urllib.request.urlopen(f"http://127.0.0.1:{PORTS['dashboard']}/_stcore/health", timeout=10).read() == b"ok"
+    assert urllib.request.urlopen(f"http://127.0.0.1:{PORTS['dashboard']}/_stcore/health",
+                                  timeout=10).read() == b"ok"
     runs_before = flow_runs()
     assert list(runs_before.values()) == ["COMPLETED"]
 
@@ -120,16 +129,17 @@ def test_deployment_runs_in_the_stack_and_survives_a_restart(stack, monkeypatch)
 
 @pytest.mark.parametrize("manifest", ["k8s", "slurm"])
 def test_multinode_manifests_train_on_two_container_nodes(manifest, image, tmp_path):
-    """The command lines and environment the PyTorchJob and the Slurm script give each node, rendered for 2 CPU
-    nodes (infra/multinode/render.py), run as two containers that meet at the c10d rendezvous."""
+    """The command lines and environment the PyTorchJob and the Slurm script give each node, rendered for 2
+    CPU nodes (infra/multinode/render.py), run as two containers that meet at the c10d rendezvous."""
     repo = scratch_copy(tmp_path)  # tiny preset, data prepared on the host
-    subprocess.run([BIN / "flair", "prepare", "--params", "params/cpu.yaml", "--out", "data/builtin"], cwd=repo,
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run([BIN / "flair", "prepare", "--params", "params/cpu.yaml", "--out", "data/builtin"],
+                   cwd=repo, check=True, capture_output=True, timeout=600)
     out = f"runs/{manifest}-2node"
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     result = timed(f"multinode_{manifest}_seconds",
-                   [sys.executable, REPO / "infra" / "multinode" / "render.py", manifest, "--nodes", "2", "--params",
-                    "params/cpu.yaml", "--global-batch", "32", "--out", out, "--podman", image, "--timeout", "900"],
+                   [sys.executable, REPO / "infra" / "multinode" / "render.py", manifest, "--nodes", "2",
+                    "--params", "params/cpu.yaml", "--global-batch", "32", "--out", out, "--podman", image,
+                    "--timeout", "900"],
                    env, timeout=1200, cwd=repo)
     nodes = json.loads(result.stdout)
     assert [n["host"] for n in nodes] == (["flair-cc3m-worker-0", "flair-cc3m-worker-1"] if manifest == "k8s"

@@ -1,5 +1,6 @@
-"""Every dashboard page through Streamlit's AppTest against a seeded MLflow store (SQLite, file artifacts) and a
-seeded Optuna study: the right numbers appear, empty states and a down service show one line, no traceback."""
+"""Every dashboard page through Streamlit's AppTest against a seeded MLflow store (SQLite, file artifacts) and
+a seeded Optuna study: the right numbers appear, empty states and a down service show one line, no
+traceback."""
 
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def run(page: str) -> AppTest:
 
 
 def texts(app: AppTest) -> str:
-    parts = [e.value for kind in ("title", "subheader", "markdown", "caption", "info", "warning") for e in app.get(kind)]
+    parts = [e.value for kind in ("title", "subheader", "markdown", "caption", "info", "warning")
+             for e in app.get(kind)]
     return "\n".join(str(p) for p in parts)
 
 
@@ -95,15 +97,18 @@ def test_paper_page_shows_the_published_numbers_with_their_source_and_our_scale(
 def test_paper_page_marks_secondary_tables_as_secondary(env):
     app = run("paper")
     shown = [e for e in app.main if e.type in ("subheader", "markdown", "caption", "dataframe")]
-    heading = next(i for i, e in enumerate(shown) if e.type == "subheader" and "loss-component ablation" in e.value)
+    heading = next(i for i, e in enumerate(shown) if e.type == "subheader"
+                   and "loss-component ablation" in e.value)
     assert shown[heading].value.startswith("[S] ")
-    section = shown[heading + 1:next(i for i in range(heading + 1, len(shown)) if shown[i].type == "subheader")]
+    section = shown[heading + 1:next(i for i in range(heading + 1, len(shown))
+                                     if shown[i].type == "subheader")]
     badge = [e.value.replace("\\", "") for e in section if e.type == "markdown"]
     assert len(badge) == 1 and "[S] secondary — third-party notes of the paper" in badge[0], badge
     assert any("../shared/reference/paper_numbers.md §3" in e.value for e in section if e.type == "caption")
     ablation = frame(next(e for e in section if e.type == "dataframe")).set_index("method")
     assert ablation.loc["text-conditioned loss only (TCS)", "voc20_miou"] == 36.9
-    assert pd.isna(ablation.loc["global + multi-caption (MPS, no TCS)", "coco_i2t_r1"])  # missing, not guessed
+    # missing, not guessed
+    assert pd.isna(ablation.loc["global + multi-caption (MPS, no TCS)", "coco_i2t_r1"])
     primary = next(e for e in app.subheader if "COCO / Flickr30k retrieval R@1 of the released" in e.value)
     assert primary.value.startswith("[P] ")  # the primary table beside it keeps its own mark
 
@@ -150,8 +155,8 @@ def test_registry_page_shows_aliases_decisions_and_lineage(env):
     text = texts(app)
     fine = FINE.format(mode="flair")
     assert f"champion: first version: {fine} = 12.50 [10.94, 14.06]" in text
-    assert (f"challenger: {fine} gain +0.50 over 12.50 is within the interval [11.20, 14.80] (the champion kept no "
-            "per-query records: not paired): stays challenger") in text
+    assert (f"challenger: {fine} gain +0.50 over 12.50 is within the interval [11.20, 14.80] (the champion "
+            "kept no per-query records: not paired): stays challenger") in text
     versions = frame(app.dataframe[0])
     assert versions["git_commit"].tolist() == ["c0ffee2", "c0ffee1"]
     assert versions["data_level"].tolist() == ["easy", "easy"]
@@ -185,7 +190,8 @@ def test_a_hostile_upload_is_one_warning_and_the_page_keeps_the_built_in_image(e
     assert not app.exception, [e.value for e in app.exception]
     warnings = [w.value for w in app.warning]
     assert len(warnings) == 1 and "\n" not in warnings[0], warnings
-    assert warnings[0].startswith(f"upload '{kind}.png': ") and warnings[0].endswith(f"showing the built-in test image {key} instead")
+    assert (warnings[0].startswith(f"upload '{kind}.png': ")
+            and warnings[0].endswith(f"showing the built-in test image {key} instead"))
     expected = data.caption_ranks(env["uri"], "flair-lab-flair", 2, env["data"], 512, caption)
     assert app.metric[0].label == f"rank of {key} for the caption"
     assert app.metric[0].value == f"{int(expected.loc[expected['image'] == key, 'rank'].iloc[0])} / 64"
@@ -199,8 +205,10 @@ def test_a_valid_upload_is_ranked_among_the_built_in_images(env):
     app = run("inspect")
     caption = app.text_input[0].value
     app.file_uploader[0].set_value(("mine.png", raw, "image/png")).run()
-    assert not app.exception and not app.warning, [e.value for e in app.exception] + [w.value for w in app.warning]
-    expected = data.caption_ranks(env["uri"], "flair-lab-flair", 2, env["data"], 512, caption, data.image(raw, "x"))
+    assert not app.exception and not app.warning, ([e.value for e in app.exception]
+                                                    + [w.value for w in app.warning])
+    expected = data.caption_ranks(env["uri"], "flair-lab-flair", 2, env["data"], 512, caption,
+                                  data.image(raw, "x"))
     assert app.metric[0].label == "rank of upload for the caption"
     assert app.metric[0].value == f"{int(expected.loc[expected['image'] == 'upload', 'rank'].iloc[0])} / 65"
 
@@ -229,7 +237,8 @@ def test_the_router_opens_on_compare(env):
 
 
 # ---------------------------------------------------------------------------------------------------- study
-STUDY_CLAIM = "FLAIR beats CLIP, FILIP and DreamLIP on fine-grained t2i R@1 (paper: DOCCI-FG 25.0 vs DreamLIP 21.6)"
+STUDY_CLAIM = ("FLAIR beats CLIP, FILIP and DreamLIP on fine-grained t2i R@1 (paper: DOCCI-FG 25.0 vs "
+               "DreamLIP 21.6)")
 STUDY_REPORT = f"""# Study `seeded-study`: FLAIR against its baselines at one CPU budget
 
 ## Main table
@@ -263,8 +272,10 @@ def seed_study(root: Path) -> dict:
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
-    experiment = client.create_experiment("flair-lab-studies", artifact_location=(root / "artifacts").as_uri())
-    start = 1_750_000_000_000  # explicit start times: the page orders studies newest first and runs oldest first
+    experiment = client.create_experiment("flair-lab-studies",
+                                          artifact_location=(root / "artifacts").as_uri())
+    # explicit start times: the page orders studies newest first and runs oldest first
+    start = 1_750_000_000_000
     client.create_run(experiment, start_time=start, run_name="study-running-study",
                       tags={"study": "running-study", "study_role": "study"})
     parent = client.create_run(experiment, start_time=start + 1000, run_name="study-seeded-study",
@@ -281,10 +292,12 @@ def seed_study(root: Path) -> dict:
     # method.name override), so its own mode is global.
     nested = [("methods", "flair", "method.name=flair", {FINE.format(mode="flair"): 12.5,
                                                          FINE.format(mode="global"): 3.0}),
-              ("loss", "global sigmoid only", "method.name=flair method.name=clip method.settings.loss=sigmoid",
+              ("loss", "global sigmoid only",
+               "method.name=flair method.name=clip method.settings.loss=sigmoid",
                {FINE.format(mode="global"): 10.0})]
     for number, (group, label, overrides, metrics) in enumerate(nested, 2):
-        run = client.create_run(experiment, start_time=start + 1000 * number, run_name=f"{group}/{label}/seed0",
+        run = client.create_run(experiment, start_time=start + 1000 * number,
+                                run_name=f"{group}/{label}/seed0",
                                 tags={"study": "seeded-study", "study_role": "run", "study_group": group,
                                       "study_label": label, "seed": "0", "run_key": f"{number}" * 16,
                                       "mlflow.parentRunId": parent}).info.run_id
@@ -311,7 +324,8 @@ def test_study_page_shows_the_report_its_images_and_the_nested_runs(studied, mon
     runs = frame(app.dataframe[0])
     assert runs[["group", "setting", "seed", "mode"]].values.tolist() == [
         ["methods", "flair", 0, "flair"], ["loss", "global sigmoid only", 0, "global"]]
-    assert runs["fine-grained t2i R@1"].tolist() == [12.5, 10.0]  # each in its own mode, not FLAIR's global 3.0
+    # each in its own mode, not FLAIR's global 3.0
+    assert runs["fine-grained t2i R@1"].tolist() == [12.5, 10.0]
     assert not app.info
 
 

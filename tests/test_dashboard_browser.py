@@ -14,7 +14,8 @@ from tests.helpers.paths import ARTIFACTS
 from tests.helpers.processes import free_port
 
 pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(find_chromium() is None, reason="Chromium not installed (apt-get install chromium)")]
+              pytest.mark.skipif(find_chromium() is None,
+                                 reason="Chromium not installed (apt-get install chromium)")]
 ERROR = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 BUSY = '[data-testid="stStatusWidget"]'  # shown while a script runs
 DEPLOY = '[data-testid="stAppDeployButton"]'  # developer toolbar: hidden by dashboard/.streamlit/config.toml
@@ -44,8 +45,8 @@ def test_every_page_renders_in_chromium_without_an_error_element(dashboard, tmp_
     ARTIFACTS.mkdir(exist_ok=True)
     with headless_chromium(tmp_path) as browser:
         for path, expected in PAGES.items():
-            page = browser.render(f"{dashboard}/{path}", wait_for_text=expected, absent_selector=BUSY, timeout=120,
-                                  count=(ERROR, DEPLOY, '[data-testid="stDataFrame"]'))
+            page = browser.render(f"{dashboard}/{path}", wait_for_text=expected, absent_selector=BUSY,
+                                  timeout=120, count=(ERROR, DEPLOY, '[data-testid="stDataFrame"]'))
             name = path or "compare"
             (ARTIFACTS / f"dashboard_{name}.png").write_bytes(page.screenshot)
             assert page.counts[ERROR] == 0, f"{name}: {page.text[-1500:]}"

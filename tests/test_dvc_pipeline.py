@@ -1,5 +1,5 @@
-"""The DVC pipeline end to end, in a scratch git copy of the repo on the tiny preset: params/pipeline.yaml read
-over params/cpu.yaml (dvc.yaml's `override_file` variable).
+"""The DVC pipeline end to end, in a scratch git copy of the repo on the tiny preset: params/pipeline.yaml
+read over params/cpu.yaml (dvc.yaml's `override_file` variable).
 
 `dvc repro` runs prepare, 4 trainings, 20 evaluations and compare; a second `dvc repro` does nothing and is
 quick; metrics, params and plots commands work; `dvc exp run -S` runs an experiment; `dvc push` to an S3
@@ -28,14 +28,15 @@ from tests.helpers.paths import ARTIFACTS, BIN, REPO
 pytestmark = pytest.mark.integration
 
 ALL_METHODS = ("flair", "clip", "filip", "dreamlip")  # dvc.yaml's `methods`
-# The copy runs two of them: every method's stages come from the same foreach/matrix templates, and each method
-# more costs a training and five evaluations (~40 s). FLAIR and CLIP cover both text views (sub-captions, long).
+# The copy runs two of them: every method's stages come from the same foreach/matrix templates, and each
+# method more costs a training and five evaluations (~40 s). FLAIR and CLIP cover both text views
+# (sub-captions, long).
 METHODS = ("flair", "clip")
 BENCHMARKS = ("builtin_fine_grained", "builtin_long", "builtin_standard", "builtin_segmentation",
               "builtin_classification")
 # What a pipeline needs from the repo (tests, docs and other folders are not read by any stage).
-COPY = ("flair_core", "flair_cli", "params", "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
-        "pyproject.toml")
+COPY = ("flair_core", "flair_cli", "params", "dvc.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore",
+        ".gitignore", "pyproject.toml")
 TINY = "params/pipeline.yaml"  # the override the copy's stages read after params/cpu.yaml
 NOOP_SECONDS = 8.0  # measured 1.5-3.6 s for 26 stages; DVC start-up is most of it
 TIMINGS: dict[str, float] = {}
@@ -57,7 +58,8 @@ def environment(root: Path) -> dict[str, str]:
 def run(root: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     result = subprocess.run(list(args), check=False, cwd=root, env=environment(root), capture_output=True,
                             text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, (f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n"
+                                    f"{result.stderr[-4000:]}")
     return result
 
 
@@ -70,8 +72,8 @@ def git(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def use_methods(root: Path, methods: tuple[str, ...]) -> None:
-    """Keep only `methods` in the copy's dvc.yaml: its `methods` variable, the compare stage's loss inputs and the
-    loss plot's lines."""
+    """Keep only `methods` in the copy's dvc.yaml: its `methods` variable, the compare stage's loss inputs and
+    the loss plot's lines."""
     path = root / "dvc.yaml"
     text = path.read_text()
     for default in (f"  - methods: [{', '.join(ALL_METHODS)}]\n",
@@ -106,7 +108,8 @@ def timed(name: str, fn, *args, **kw):
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    """A committed copy at the tiny preset and two methods, after one full `dvc repro` (outputs committed too)."""
+    """A committed copy at the tiny preset and two methods, after one full `dvc repro` (outputs committed
+    too)."""
     root = tmp_path_factory.mktemp("dvc") / "repo"
     for item in COPY:
         source, target = REPO / item, root / item
@@ -162,7 +165,8 @@ def test_metrics_and_plots_are_declared(repo):
     assert set(compare) == set(METHODS)
     assert isinstance(compare["flair"]["builtin_segmentation/miou"], float)
     assert "eval/clip/builtin_long.json" in metrics
-    assert "retrieval/builtin_long/global/t2i_r1" in metrics["eval/clip/builtin_long.json"]["data"]  # own mode
+    # own mode
+    assert "retrieval/builtin_long/global/t2i_r1" in metrics["eval/clip/builtin_long.json"]["data"]
 
     plots = json.loads(dvc(repo, "plots", "show", "--json").stdout)
     assert not plots.get("errors"), plots.get("errors")

@@ -16,7 +16,8 @@ def test_every_planned_run_of_the_shipped_study_is_a_valid_run_at_one_budget(qui
     assert {p["train"]["epochs"] for p in params} == {2 if not quick else 1}  # the equal budget
     keys = {run: run_key(p, config.benchmarks, "code") for run, p in zip(runs, params, strict=True)}
     by_label = {(r.group, r.label, r.seed): k for r, k in keys.items()}
-    assert by_label[("loss", "TCS only", 0)] == by_label[("methods", "flair", 0)]  # FLAIR's recipe is TCS only
+    # FLAIR's recipe is TCS only
+    assert by_label[("loss", "TCS only", 0)] == by_label[("methods", "flair", 0)]
     if not quick:
         assert len(runs) == 23 and len(set(keys.values())) == 21
         assert by_label[("k", "K 4", 0)] == by_label[("methods", "flair", 0)]

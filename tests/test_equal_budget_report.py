@@ -38,9 +38,11 @@ def fake_run(root: Path, name: str, method: str, rows: list[tuple[str, str, int]
         save_records(records_path(folder / "eval", benchmark), {
             "t2i/query": np.arange(QUERIES), "t2i/cluster": np.arange(QUERIES) // 2,
             f"{MODE[method]}/t2i/rank": np.where(hits(value, seed), 0, 9)})
-    (folder / "config.yaml").write_text(yaml.safe_dump({"method": {"name": method, "settings": settings.get("method", {})},
+    (folder / "config.yaml").write_text(yaml.safe_dump({"method": {"name": method,
+                                                                   "settings": settings.get("method", {})},
                                                          "sampling": settings.get("sampling", {})}))
-    (folder / "study.json").write_text(json.dumps([{"study": "s", "group": g, "label": label, "seed": seed, "key": name}
+    (folder / "study.json").write_text(json.dumps([{"study": "s", "group": g, "label": label, "seed": seed,
+                                                    "key": name}
                                                    for g, label, seed in rows]))
 
 
@@ -55,7 +57,8 @@ def claim_line(report: str, words: str) -> str:
 
 def test_claims_are_paired_differences_over_seeds_judged_with_holm(tmp_path):
     runs = tmp_path / "runs" / "s"
-    recipe = {"method": {"tcs_weight": 0.5}, "sampling": {"k": 4, "max_sentences": 2, "length_mode": "random"}}
+    recipe = {"method": {"tcs_weight": 0.5},
+              "sampling": {"k": 4, "max_sentences": 2, "length_mode": "random"}}
     for seed, (flair_fine, clip_fine) in enumerate([(12.0, 5.0), (14.0, 6.0), (13.0, 5.5)]):
         fake_run(runs, f"flair{seed}", "flair", [("methods", "flair", seed)], flair_fine, 20.0, recipe, seed)
         fake_run(runs, f"clip{seed}", "clip", [("methods", "clip", seed)], clip_fine, 30.0, recipe, seed)
@@ -97,7 +100,8 @@ def test_report_puts_optunas_pareto_front_over_flairs_configurations(tmp_path):
     recipe = {"method": {"tcs_weight": 1.0}, "sampling": sampling}
     fake_run(runs, "recipe", "flair", [("methods", "flair", 0), ("k", "K 4", 0)], 6.0, 6.0, recipe)
     fake_run(runs, "k8", "flair", [("k", "K 8", 0)], 4.0, 12.0, {**recipe, "sampling": {**sampling, "k": 8}})
-    fake_run(runs, "k2", "flair", [("k", "K 2", 0)], 3.0, 5.0, {**recipe, "sampling": {**sampling, "k": 2}})  # dominated
+    # dominated
+    fake_run(runs, "k2", "flair", [("k", "K 2", 0)], 3.0, 5.0, {**recipe, "sampling": {**sampling, "k": 2}})
     fake_run(runs, "swept", "flair", [("sweep", "sweep best", 0)], 5.0, 10.0,
              {"method": {"tcs_weight": 0.75}, "sampling": {**sampling, "k": 7}})
     fake_run(runs, "clip0", "clip", [("methods", "clip", 0)], 2.0, 14.0, {"sampling": sampling})
@@ -141,7 +145,8 @@ def test_equal_compute_view_says_who_leads_at_equal_training_time(tmp_path):
     fake_run(runs, "flair0", "flair", [("methods", "flair", 0)], 8.0, 10.0, {})
     fake_run(runs, "clip0", "clip", [("methods", "clip", 0)], 5.0, 10.0, {})
     write_training_log(runs / "flair0", "flair", 1.0, {100: 1.0, 200: 4.0, 300: 8.0})
-    write_training_log(runs / "clip0", "clip", 0.5, {100: 2.0, 200: 3.0, 300: 4.0, 400: 4.5, 500: 5.0, 600: 5.0})
+    write_training_log(runs / "clip0", "clip", 0.5,
+                       {100: 2.0, 200: 3.0, 300: 4.0, 400: 4.5, 500: 5.0, 600: 5.0})
     files = write_report(study(tmp_path, seeds=(0,), methods=("flair", "clip")), tmp_path / "report")
     report = (tmp_path / "report" / "report.md").read_text()
     section = report[report.index("## Equal compute"):]

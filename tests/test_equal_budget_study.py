@@ -24,7 +24,8 @@ def test_quick_study_runs_caches_logs_and_reports(tmp_path_factory):
         first_seconds = time.time() - start
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
         result = json.loads(first.stdout[first.stdout.index("{"):])
-        assert result["runs"] == 4 and result["unique_runs"] == 3  # "TCS only" is FLAIR's recipe: one training
+        # "TCS only" is FLAIR's recipe: one training
+        assert result["runs"] == 4 and result["unique_runs"] == 3
 
         client = MlflowClient()
         experiment = client.get_experiment_by_name("flair-lab-studies")
@@ -37,8 +38,10 @@ def test_quick_study_runs_caches_logs_and_reports(tmp_path_factory):
         assert client.get_metric_history(flair.info.run_id, "val/retrieval/builtin_fine_grained/flair/t2i_r1")
 
         report = (repo / "reports" / "study" / "report.md").read_text()
-        assert "## Main table" in report and "| flair | " in report and "| clip | " in report and " n=1 " in report
-        assert "FLAIR beats CLIP" in report and "32.9 / 1.7 / 27.9" in report  # the paper's [S] row beside ours
+        assert "## Main table" in report and "| flair | " in report and "| clip | " in report
+        assert " n=1 " in report
+        # the paper's [S] row beside ours
+        assert "FLAIR beats CLIP" in report and "32.9 / 1.7 / 27.9" in report
         assert any(verdict in report for verdict in ("**holds**", "**does not hold**", "**within noise**",
                                                      "**not beyond chance**"))
         assert "## Pareto front" in report and "| MPS only |" in report[report.index("## Pareto front"):]

@@ -1,4 +1,5 @@
-"""`flair evaluate`: every task family through the CLI, real benchmark loaders through the runner, bad input."""
+"""`flair evaluate`: every task family through the CLI, real benchmark loaders through the runner, bad
+input."""
 
 import json
 import shutil
@@ -44,7 +45,8 @@ def test_retrieval_segmentation_and_classification_metrics(trained_run, tiny_dat
         "builtin_classification": ["classification/builtin_classification/zeroshot/top1"],
     }
     # every family in one call (one start-up, one model load): a file each in --out-dir
-    result = evaluate(str(trained_run), "--root", str(tiny_data), *(x for b in expected for x in ("--benchmark", b)),
+    result = evaluate(str(trained_run), "--root", str(tiny_data),
+                      *(x for b in expected for x in ("--benchmark", b)),
                       "--topk", "8", "--out-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     for benchmark, keys in expected.items():
@@ -54,16 +56,17 @@ def test_retrieval_segmentation_and_classification_metrics(trained_run, tiny_dat
     fine = json.loads((tmp_path / "builtin_fine_grained.json").read_text())
     assert fine["retrieval/builtin_fine_grained/num_images"] == 64
     # counting any satisfying image can only help
-    assert fine["retrieval/builtin_fine_grained/flair/t2i_r5"] >= fine["retrieval/builtin_fine_grained/flair/strict_t2i_r5"]
+    assert (fine["retrieval/builtin_fine_grained/flair/t2i_r5"]
+            >= fine["retrieval/builtin_fine_grained/flair/strict_t2i_r5"])
     # one benchmark alone, --out naming its file, scores the same
     single = tmp_path / "alone.json"
-    assert evaluate(str(trained_run), "--root", str(tiny_data), "--benchmark", "builtin_fine_grained", "--topk", "8",
-                    "--out", str(single)).returncode == 0
+    assert evaluate(str(trained_run), "--root", str(tiny_data), "--benchmark", "builtin_fine_grained",
+                    "--topk", "8", "--out", str(single)).returncode == 0
     alone = json.loads(single.read_text())
     assert {k: v for k, v in alone.items() if not k.startswith("seconds/")} == {
         k: v for k, v in fine.items() if not k.startswith("seconds/")}
-    refused = evaluate(str(trained_run), "--root", str(tiny_data), "--benchmark", "builtin_long", "--benchmark",
-                       "builtin_standard", "--out", str(single))
+    refused = evaluate(str(trained_run), "--root", str(tiny_data), "--benchmark", "builtin_long",
+                       "--benchmark", "builtin_standard", "--out", str(single))
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         "flair evaluate: error: --out names one file but 2 benchmarks were given: use --out-dir"]
 
@@ -76,7 +79,8 @@ def test_a_real_benchmark_through_the_runner(shared_dir, tmp_path):
     records = json.loads(source.read_text())["annotations"]
     (root / "images").mkdir()
     for record in records:
-        Image.new("RGB", (40, 30), (record["image_id"] * 7 % 255, 90, 20)).save(root / "images" / record["image"])
+        Image.new("RGB", (40, 30), (record["image_id"] * 7 % 255, 90, 20)).save(
+            root / "images" / record["image"])
     model = create_model("micro-32").eval()
     metrics = run_benchmark(model, "urban1k", root, options=EvalOptions(modes=("flair",)))
     assert metrics["retrieval/urban1k/num_images"] == len({r["image_id"] for r in records})
@@ -84,17 +88,19 @@ def test_a_real_benchmark_through_the_runner(shared_dir, tmp_path):
     assert "retrieval/urban1k/flair/t2i_r1" in metrics
 
 
-def test_a_whole_urban1k_file_with_an_empty_caption_evaluates_all_1000_pairs(trained_run, shared_dir, tmp_path):
-    """The released file's layout at its full size, with what the whole file holds and the excerpt does not: an
-    empty caption (the original tokenises it) and a BOM. All 1,000 pairs are evaluated; the oddities are counted
-    in one warning line."""
+def test_a_whole_urban1k_file_with_an_empty_caption_evaluates_all_1000_pairs(trained_run, shared_dir,
+                                                                             tmp_path):
+    """The released file's layout at its full size, with what the whole file holds and the excerpt does not:
+    an empty caption (the original tokenises it) and a BOM. All 1,000 pairs are evaluated; the oddities are
+    counted in one warning line."""
     excerpt = json.loads((shared_dir / "benchmarks" / "annotations" / "Urban1k" / "annotations" /
                           "annotations.json").read_text())["annotations"]
     records = [{**excerpt[i % len(excerpt)], "image_id": i, "image": f"{i + 1}.jpg"} for i in range(1000)]
     records[417]["caption"] = ""
     root = tmp_path / "Urban1k"
     (root / "annotations").mkdir(parents=True)
-    (root / "annotations" / "annotations.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({"annotations": records}).encode())
+    (root / "annotations" / "annotations.json").write_bytes(
+        b"\xef\xbb\xbf" + json.dumps({"annotations": records}).encode())
     (root / "images").mkdir()
     for record in records:
         Image.new("RGB", (24, 16), (record["image_id"] % 255, 90, 20)).save(root / "images" / record["image"])
@@ -111,7 +117,8 @@ def test_a_whole_urban1k_file_with_an_empty_caption_evaluates_all_1000_pairs(tra
 @pytest.mark.parametrize("args,message", [
     (["--benchmark", "cocoa"], "unknown benchmark 'cocoa'"),
     (["--benchmark", "builtin_long", "--mode", "filip"], "mode 'filip' is not available for flair"),
-    (["--benchmark", "builtin_long", "--mode", "topk", "--topk", "1000"], "top-k 1000 is larger than the gallery"),
+    (["--benchmark", "builtin_long", "--mode", "topk", "--topk", "1000"],
+     "top-k 1000 is larger than the gallery"),
     (["--benchmark", "builtin_long", "--split", "dev"], "dev_queries.json not found"),
 ])
 def test_bad_evaluation_input_is_one_line(trained_run, tiny_data, args, message):
@@ -132,14 +139,16 @@ def test_missing_root_and_mismatched_weights(trained_run, tmp_path):
 def toy_task(n: int = 4) -> RetrievalTask:
     """n flat-coloured images, one caption each: a retrieval task without any files."""
     colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)][:n]
-    return RetrievalTask("toy", [f"a colour {i}" for i in range(n)], relevance_matrix(n, [[i] for i in range(n)]),
+    return RetrievalTask("toy", [f"a colour {i}" for i in range(n)],
+                         relevance_matrix(n, [[i] for i in range(n)]),
                          None, lambda: (Image.new("RGB", (32, 32), c) for c in colours), n, torch.arange(n),
                          torch.arange(n))
 
 
 def test_retrieval_metrics_come_with_interval_and_chance():
     model = create_model("micro-32", "flair").eval()
-    metrics, records = evaluate_retrieval(model, get_tokenizer(model.config), get_transform(model.config, False),
+    metrics, records = evaluate_retrieval(model, get_tokenizer(model.config),
+                                          get_transform(model.config, False),
                                           toy_task(), modes=("global", "topk"), topk=2)
     for mode in ("global", "topk"):
         prefix = f"retrieval/toy/{mode}"
@@ -166,7 +175,8 @@ def test_nan_weights_are_an_error_naming_benchmark_mode_and_count():
 
 
 def test_nan_weights_fail_segmentation_and_classification_instead_of_scoring():
-    """NaN wins every arg-max, so without the guard a broken model would get a (meaningless) mIoU and top-1."""
+    """NaN wins every arg-max, so without the guard a broken model would get a (meaningless) mIoU and
+    top-1."""
     import numpy as np
 
     from flair_core.data.classification_sets import ClassificationSource

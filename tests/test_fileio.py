@@ -68,7 +68,8 @@ def test_append_line_cuts_a_partial_line_back(tmp_path, monkeypatch):
     path.write_text('{"step": 1}\n')
     real_write = os.write
 
-    def short_then_full(fd, data):  # as the kernel does at the edge of a full disk: a short write, then ENOSPC
+    # as the kernel does at the edge of a full disk: a short write, then ENOSPC
+    def short_then_full(fd, data):
         if len(data) > 4:
             return real_write(fd, data[:4])
         raise disk_full()

@@ -1,6 +1,6 @@
-"""The floors of flair_core: a module imports from its own floor or lower ones only, the imports form no cycle,
-and no flair_core import hides inside a function (the usual way to dodge a cycle), so a module's head shows
-everything it depends on.
+"""The floors of flair_core: a module imports from its own floor or lower ones only, the imports form no
+cycle, and no flair_core import hides inside a function (the usual way to dodge a cycle), so a module's head
+shows everything it depends on.
 
 Read from the source with `ast`: nothing is imported. Edges are the import statements as written (importing
 `a.b.c` also runs `a/b/__init__.py`, which is on the floor of its modules). The package root only re-exports:
@@ -15,13 +15,16 @@ from tests.helpers.paths import REPO
 
 PACKAGE = REPO / "flair_core"
 
-# Lowest first. An entry is a module or a package (with all its modules), relative to flair_core; "" is the root.
+# Lowest first. An entry is a module or a package (with all its modules), relative to flair_core;
+# "" is the root.
 FLOORS = (
     # files, configs, process groups and the maths the models are made of; no data, model or run
-    ("ground", ("fileio", "lifetime", "model_config", "distributed", "pooling", "losses", "scores", "preprocess",
-                "weights", "checkpoints")),
+    ("ground",
+     ("fileio", "lifetime", "model_config", "distributed", "pooling", "losses", "scores", "preprocess",
+      "weights", "checkpoints")),
     ("data", ("data",)),  # built-in and benchmark data sets, captions, the training loader
-    ("models", ("towers", "methods", "models")),  # the towers, each method's model and loss, building and loading
+    # the towers, each method's model and loss, building and loading
+    ("models", ("towers", "methods", "models")),
     ("model users", ("inference", "run_config")),  # scoring with a model; a run's config (it names a method)
     ("evaluation", ("evaluation",)),  # benchmarks, metrics, reports
     ("training", ("training",)),  # the loop: it builds, trains, validates and checkpoints a model
@@ -33,7 +36,8 @@ UPWARD_ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def module_names(package: Path = PACKAGE) -> dict[str, Path]:
-    """Module name relative to flair_core ("data.loader", "data" for data/__init__.py, "" for the root) -> file."""
+    """Module name relative to flair_core ("data.loader", "data" for data/__init__.py, "" for the root) ->
+    file."""
     names = {}
     for path in sorted(package.rglob("*.py")):
         parts = path.relative_to(package).with_suffix("").parts
@@ -58,7 +62,8 @@ def flair_core_imports(package: Path = PACKAGE) -> list[tuple[str, str, int, boo
     found = []
     for importer, path in modules.items():
         tree = ast.parse(path.read_text(), str(path))
-        in_function = {id(node) for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+        in_function = {id(node) for fn in ast.walk(tree)
+                       if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
                        for node in ast.walk(fn) if node is not fn}
         for node in ast.walk(tree):
             for target in _targets(node, modules):
@@ -115,7 +120,8 @@ def function_level(package: Path = PACKAGE) -> list[str]:
 def test_every_module_is_on_one_floor():
     for module in module_names():
         entries = [e for _, es in FLOORS for e in es if covers(e, module)]
-        assert len(entries) == 1, f"flair_core.{module or ''}: on {len(entries)} floors; put it on one in FLOORS"
+        assert len(entries) == 1, (f"flair_core.{module or ''}: on {len(entries)} floors; put it on one in "
+                                   "FLOORS")
 
 
 def test_no_module_imports_from_a_higher_floor():

@@ -70,8 +70,9 @@ def test_a_full_disk_stops_the_run_cleanly_and_resume_finishes_it(tiny_data, sma
     assert full.returncode == 2, full.stderr
     assert "Traceback" not in full.stderr
     error = full.stderr.splitlines()[-1]
-    assert error == (f"flair train: error: writing {run}/checkpoints/step-00000008.pt: No space left on device; "
-                     "earlier checkpoints and metrics are intact: free space and resume with --resume auto")
+    assert error == (f"flair train: error: writing {run}/checkpoints/step-00000008.pt: No space left on "
+                     "device; earlier checkpoints and metrics are intact: free space and resume with "
+                     "--resume auto")
     assert sum("No space left" in line for line in full.stderr.splitlines()) == 1
     assert checkpoints.load(run / "checkpoints" / "step-00000004.pt")["step"] == 4
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, 9))

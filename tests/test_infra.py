@@ -172,7 +172,8 @@ def test_compose_services_mirror_the_local_stack(compose):
     mlflow = " ".join(_argv(services["mlflow"]))
     assert f"--artifacts-destination s3://{BUCKETS[0]}" in mlflow and "--backend-store-uri" in mlflow
     health = {name: " ".join(services[name]["healthcheck"]["test"]) for name in EXPECTED_PORTS}
-    assert f"127.0.0.1:{DEFAULT_PORTS['s3']}'" in health["seaweedfs"] and "HTTPError: pass" in health["seaweedfs"]
+    assert (f"127.0.0.1:{DEFAULT_PORTS['s3']}'" in health["seaweedfs"]
+            and "HTTPError: pass" in health["seaweedfs"])
     assert f"127.0.0.1:{DEFAULT_PORTS['mlflow']}/health" in health["mlflow"]
     assert f"127.0.0.1:{DEFAULT_PORTS['prefect']}/api/health" in health["prefect"]
     assert "127.0.0.1:8501/_stcore/health" in health["dashboard"]
@@ -209,7 +210,8 @@ def test_slurm_runs_flair_train_over_c10d_with_resume():
     text = SLURM.read_text()
     assert re.search(r"(flair|-m flair_cli) train --params params/vit-b16-cc3m\.yaml", text)
     assert "--resume auto" in text and "--rdzv_backend=c10d" in text
-    assert re.search(r"^#SBATCH --nodes=2$", text, re.MULTILINE) and re.search(r"^#SBATCH --gpus-per-node=8$", text, re.MULTILINE)
+    assert (re.search(r"^#SBATCH --nodes=2$", text, re.MULTILINE)
+            and re.search(r"^#SBATCH --gpus-per-node=8$", text, re.MULTILINE))
     assert "GLOBAL_BATCH=1024" in text
     subprocess.run(["bash", "-n", str(SLURM)], check=True, timeout=10)
 

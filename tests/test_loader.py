@@ -33,8 +33,8 @@ def png(colour=(200, 10, 10), size=40):
     return buffer.getvalue()
 
 
-def write_shards(folder, n_shards, per_shard, record=lambda i: {"sentences": [f"sentence {i}", "another one"]},
-                 extra=()):
+def write_shards(folder, n_shards, per_shard,
+                 record=lambda i: {"sentences": [f"sentence {i}", "another one"]}, extra=()):
     folder.mkdir(parents=True, exist_ok=True)
     index = 0
     for s in range(n_shards):
@@ -94,7 +94,8 @@ def test_resampled_mode_draws_shards_with_replacement(tmp_path):
 
 def test_dreamlip_and_pixelprose_records_train_without_conversion(tmp_path):
     dreamlip = write_shards(tmp_path / "dl", 1, 4, record=lambda i: {
-        "raw_caption": ["alt text"], "shortIB_captions": ["short one"], "longIB_captions": ["long a", "long b"],
+        "raw_caption": ["alt text"], "shortIB_captions": ["short one"],
+        "longIB_captions": ["long a", "long b"],
         "shortSV_captions": [], "longSV_captions": "split. on the fly", "url": "http://x", "key": str(i)})
     pixelprose = write_shards(tmp_path / "pp", 1, 4, record=lambda i: {"caption": "First. Second</s>Third"})
     for urls in (dreamlip, pixelprose):
@@ -144,8 +145,8 @@ def test_nothing_readable_stops(tmp_path):
 
 
 def test_error_in_a_worker_keeps_its_type_and_no_worker_is_left_running(tmp_path):
-    """Worker 0 reads only bad samples, worker 1 an empty shard: once, worker 1 read that shard round and round
-    for ever, ignoring DataLoader's stop, and outlived the test run at 70 % of a core."""
+    """Worker 0 reads only bad samples, worker 1 an empty shard: once, worker 1 read that shard round and
+    round for ever, ignoring DataLoader's stop, and outlived the test run at 70 % of a core."""
     urls = write_shards(tmp_path, 2, 0, extra=bad_samples() * 3)
     with pytest.raises(DataError):
         keys_of(urls, steps=1, workers=2, max_bad_fraction=1.0, world=1)
@@ -226,12 +227,14 @@ def test_a_samples_crop_is_the_one_torch_manual_seed_gives(tmp_path):
     buffer = io.BytesIO()
     noisy.save(buffer, format="PNG")
     sample = {"__key__": "s00001", "png": buffer.getvalue(), "json": json.dumps({"sentences": ["a", "b"]})}
-    decoder = SampleDecoder(VIEWS, TOKENIZER, TRANSFORM, seed=3, epoch=1, tracker=BadSampleTracker(LoaderConfig()))
+    decoder = SampleDecoder(VIEWS, TOKENIZER, TRANSFORM, seed=3, epoch=1,
+                            tracker=BadSampleTracker(LoaderConfig()))
     image = decoder.decode(sample)["image"]
     rng = sample_rng(3, 1, "s00001")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rng.getrandbits(63))
         expected = TRANSFORM(Image.open(io.BytesIO(sample["png"])).convert("RGB"))
     torch.testing.assert_close(image, expected, rtol=0, atol=0)
-    other = SampleDecoder(VIEWS, TOKENIZER, TRANSFORM, seed=4, epoch=1, tracker=BadSampleTracker(LoaderConfig()))
+    other = SampleDecoder(VIEWS, TOKENIZER, TRANSFORM, seed=4, epoch=1,
+                          tracker=BadSampleTracker(LoaderConfig()))
     assert not torch.equal(other.decode(sample)["image"], image)  # the seed does reach the crop

@@ -39,21 +39,23 @@ def test_every_method_names_its_own_mode_first_and_offers_it(tiny_data):
     for method in METHODS.values():
         model = create_model("micro-32", method.name).eval()
         assert method_of(model) is method
-        metrics = run_benchmark(model, "builtin_long", tiny_data, options=EvalOptions(modes=(method.primary_mode,)))
+        metrics = run_benchmark(model, "builtin_long", tiny_data,
+                                options=EvalOptions(modes=(method.primary_mode,)))
         assert promotion_metric(method.primary_mode, "builtin_long") in metrics
 
 
 def test_a_registered_fifth_method_trains_evaluates_and_is_listed(toy_method, tiny_data, tmp_path, capsys):
     config = load_run_config([str(REPO / "params/cpu.yaml"), str(REPO / "params/pipeline.yaml")], [
-        "method.name=toy", f"train.shards={tiny_data / 'train'}", "train.steps_per_epoch=4", "train.validate_every=4",
-        "loader.workers=0"])
+        "method.name=toy", f"train.shards={tiny_data / 'train'}", "train.steps_per_epoch=4",
+        "train.validate_every=4", "loader.workers=0"])
     Trainer(config, tmp_path / "run").fit()  # validated in its own mode, from the registry
     assert "retrieval/builtin_fine_grained/global/t2i_r1" in json.loads(
         (tmp_path / "run" / "val_metrics.jsonl").read_text().splitlines()[-1])
     model = load_trained(tmp_path / "run")
     assert method_of(model).name == "toy"
     metrics = run_benchmark(model, "builtin_segmentation", tiny_data)
-    assert "segmentation/builtin_segmentation/patch/miou" in metrics  # its default modes come from the registry
+    # its default modes come from the registry
+    assert "segmentation/builtin_segmentation/patch/miou" in metrics
     assert flair(["methods", "--names"]) == 0
     assert capsys.readouterr().out.split() == ["flair", "clip", "filip", "dreamlip", "toy"]
 

@@ -19,7 +19,8 @@ from flair_core.evaluation.metrics import (
 )
 
 
-@pytest.mark.parametrize("mode,key", [("flair", "retrieval_scores_flair"), ("global", "retrieval_scores_global")])
+@pytest.mark.parametrize("mode,key",
+                         [("flair", "retrieval_scores_flair"), ("global", "retrieval_scores_global")])
 def test_metrics_match_the_original_on_the_fixture(reference_fixture, mode, key):
     expected = json.loads((reference_fixture / "retrieval_metrics.json").read_text())
     scores = load_file(str(reference_fixture / "tensors.safetensors"))[key]

@@ -66,7 +66,8 @@ def test_pooling_heads_must_divide_embed_dim(tmp_path):
 
 def test_library_import_pulls_in_no_orchestrator():
     code = ("import sys, flair_core, flair_core.scores; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect','mlflow','dvc','streamlit','optuna'}))")
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'prefect','mlflow','dvc','streamlit','optuna'}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -127,8 +128,8 @@ def padded_cost(groups: list[torch.Tensor], lengths: torch.Tensor, width: int) -
 
 
 def test_length_groups_put_long_captions_apart_and_cost_no_more_than_equal_splits():
-    """DreamLIP's batch: 32 long captions and 128 short sub-captions. The long ones form their own group, and no
-    split into equal groups (the previous rule) costs less under the same model."""
+    """DreamLIP's batch: 32 long captions and 128 short sub-captions. The long ones form their own group, and
+    no split into equal groups (the previous rule) costs less under the same model."""
     torch.manual_seed(0)
     lengths = torch.cat([torch.randint(9, 37, (128,)), torch.full((32,), 77)])[torch.randperm(160)]
     groups = towers.length_groups(lengths, width=128)

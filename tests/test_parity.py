@@ -32,7 +32,8 @@ def close(actual, expected, atol=ATOL):
 def test_image_preprocessing_matches(fx):
     transform = get_transform(fx["model"].config, train=False)
     n = fx["expected"]["images"].shape[0]
-    images = torch.stack([transform(Image.open(fx["root"] / "images" / f"img_{i}.png").convert("RGB")) for i in range(n)])
+    images = torch.stack([transform(Image.open(fx["root"] / "images" / f"img_{i}.png").convert("RGB"))
+                          for i in range(n)])
     close(images, fx["expected"]["images"])
 
 

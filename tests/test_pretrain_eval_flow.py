@@ -79,13 +79,15 @@ def test_deployment_trains_evaluates_registers_and_promotes(platform):
     assert any(k.endswith(".pt") for k in keys)  # the artifact store is the S3 server
 
     model = mlflow.pyfunc.load_model("models:/flair-lab-flair@champion")
-    assert model.metadata.get_input_schema().input_names() == ["image", "caption"]  # users see what predict takes
+    # users see what predict takes
+    assert model.metadata.get_input_schema().input_names() == ["image", "caption"]
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), (200, 30, 30)).save(buffer, format="PNG")
     import pandas as pd
 
     image = base64.b64encode(buffer.getvalue()).decode()
-    scores = model.predict(pd.DataFrame({"image": [image, image], "caption": ["a red square", "a blue ring"]}))
+    scores = model.predict(pd.DataFrame({"image": [image, image],
+                                         "caption": ["a red square", "a blue ring"]}))
     assert len(scores) == 2 and all(-100 <= s <= 100 for s in scores)
 
     start = time.time()
@@ -97,7 +99,8 @@ def test_deployment_trains_evaluates_registers_and_promotes(platform):
 
 
 def test_a_failing_evaluation_is_retried_then_fails_the_flow_without_promoting(platform):
-    """FLAIR again (its training is cached from the test above), with one benchmark that cannot be evaluated."""
+    """FLAIR again (its training is cached from the test above), with one benchmark that cannot be
+    evaluated."""
     _, env = platform
     from mlflow import MlflowClient
 
@@ -111,25 +114,28 @@ def test_a_failing_evaluation_is_retried_then_fails_the_flow_without_promoting(p
 
 
 def test_cancelling_a_flow_run_stops_its_training_down_to_the_last_process(platform):
-    """A cancel from the UI (the same API call) while the flow trains: the runner stops the flow run's process,
-    and nothing under it (torchrun, its worker in a session of its own, the loader worker) survives."""
+    """A cancel from the UI (the same API call) while the flow trains: the runner stops the flow run's
+    process, and nothing under it (torchrun, its worker in a session of its own, the loader worker)
+    survives."""
     repo, env = platform
     started = subprocess.run([BIN / "prefect", "deployment", "run", "pretrain-eval/test", "-p", "method=clip",
-                              "-p", 'overrides=["train.epochs=400"]'], env=env, capture_output=True, text=True,
-                             check=True)
+                              "-p", 'overrides=["train.epochs=400"]'], env=env, capture_output=True,
+                             text=True, check=True)
     flow_run = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
     deadline = time.time() + 300
     while not (logs := list((repo / "runs" / "flows").glob("clip-*/metrics.jsonl"))):  # training is under way
         assert time.time() < deadline, (repo / ".services" / "serve.log").read_text()[-3000:]
         time.sleep(0.5)
     sent = time.monotonic()
-    subprocess.run([BIN / "prefect", "flow-run", "cancel", flow_run], env=env, capture_output=True, check=True)
+    subprocess.run([BIN / "prefect", "flow-run", "cancel", flow_run], env=env, capture_output=True,
+                   check=True)
     _, left = wait_until_gone(str(logs[0].parent), timeout=120)
     seconds = time.monotonic() - sent
     assert left == [], f"{seconds:.0f} s after the cancel: {left}"
     print(f"cancel to the last training process gone: {seconds:.1f} s")
     deadline = time.time() + 60
-    while "Cancelled" not in (state := subprocess.run([BIN / "prefect", "flow-run", "inspect", flow_run], env=env,
-                                                       capture_output=True, text=True, check=False).stdout):
+    while "Cancelled" not in (state := subprocess.run([BIN / "prefect", "flow-run", "inspect", flow_run],
+                                                       env=env, capture_output=True, text=True,
+                                                       check=False).stdout):
         assert time.time() < deadline, state[-2000:]
         time.sleep(1)

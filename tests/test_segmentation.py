@@ -111,7 +111,8 @@ def test_sliding_window_matches_single_window_and_covers_larger_images(flair):
     image = torch.randn(3, 32, 32)
     with torch.no_grad():
         single = F.interpolate(score(image[None]), size=(32, 32), mode="bilinear", align_corners=False)[0]
-        same, big, small = sliding_window_scores(score, [image, torch.randn(3, 64, 64), torch.randn(3, 20, 24)],
+        same, big, small = sliding_window_scores(score,
+                                                 [image, torch.randn(3, 64, 64), torch.randn(3, 20, 24)],
                                                  32, 16, batch_size=3)
     assert torch.allclose(same, single, atol=1e-6)
     assert big.shape == (4, 64, 64) and torch.isfinite(big).all()
@@ -160,8 +161,8 @@ def test_an_oracle_score_gives_miou_one(flair, monkeypatch, threshold):
 
     monkeypatch.setattr(seg, "class_scorer", oracle)
     model, tokenizer, transform = flair
-    result = evaluate_segmentation(model, tokenizer, transform, block_source(True), background_threshold=threshold,
-                                   stride=16, batch_size=2)
+    result = evaluate_segmentation(model, tokenizer, transform, block_source(True),
+                                   background_threshold=threshold, stride=16, batch_size=2)
     assert result["miou"] == 1.0 and result["pixel_accuracy"] == 1.0 and result["num_images"] == 3
     assert set(result["iou"]) == {"background", "a", "b", "c"}
 
@@ -229,15 +230,19 @@ def test_voc_evaluation_uses_sliding_windows(voc):
 
 def test_missing_or_unusable_files_and_escaping_ids_fail_before_compute(voc):
     (voc / "SegmentationClass" / "b.png").unlink()
-    with pytest.raises(DataError, match=r"1 of 4 image/mask files unusable \(missing\), first: .*SegmentationClass/b\.png") as e:
+    with pytest.raises(DataError,
+                       match=r"1 of 4 image/mask files unusable \(missing\), first: "
+                             r".*SegmentationClass/b\.png") as e:
         voc_segmentation(voc)
     assert "\n" not in str(e.value)
     (voc / "SegmentationClass" / "b.png").write_bytes(b"")
-    with pytest.raises(DataError, match=r"unusable \(empty file\), first: .*SegmentationClass/b\.png \(empty file\)$"):
+    with pytest.raises(DataError,
+                       match=r"unusable \(empty file\), first: .*SegmentationClass/b\.png \(empty file\)$"):
         voc_segmentation(voc)
     listing = voc / "ImageSets" / "Segmentation" / "val.txt"
     listing.write_text("a\n../../../etc/passwd\n")
-    with pytest.raises(DataError, match=r"val\.txt id '\.\./\.\./\.\./etc/passwd': path .* leaves the benchmark root"):
+    with pytest.raises(DataError,
+                       match=r"val\.txt id '\.\./\.\./\.\./etc/passwd': path .* leaves the benchmark root"):
         voc_segmentation(voc)
     with pytest.raises(DataError, match="test.txt not found"):
         voc_segmentation(voc, "test")

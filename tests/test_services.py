@@ -131,13 +131,16 @@ def test_start_use_status_stop(tmp_path, monkeypatch, record_property):
         assert restarted.returncode == 0 and "restarting SeaweedFS S3; Prefect, MLflow kept running" \
             in restarted.stdout, restarted.stdout + restarted.stderr
         now = json.loads((root / "state.json").read_text())["pids"]
-        assert {k: now[k] for k in ("mlflow", "prefect")} == {k: state["pids"][k] for k in ("mlflow", "prefect")}
-        assert now["seaweedfs"] != state["pids"]["seaweedfs"] and all(s["up"] for s in services.status().values())
-        # for a few seconds after a restart SeaweedFS may answer 500 while its volume server re-registers: read as
-        # the library does (flair_core/data/storage.py), with botocore's standard retries
+        assert ({k: now[k] for k in ("mlflow", "prefect")}
+                == {k: state["pids"][k] for k in ("mlflow", "prefect")})
+        assert (now["seaweedfs"] != state["pids"]["seaweedfs"]
+                and all(s["up"] for s in services.status().values()))
+        # for a few seconds after a restart SeaweedFS may answer 500 while its volume server re-registers:
+        # read as the library does (flair_core/data/storage.py), with botocore's standard retries
         from botocore.config import Config
 
-        patient = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
+        patient = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"],
+                               region_name=env["AWS_DEFAULT_REGION"],
                                aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                                aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
                                config=Config(retries={"mode": "standard", "max_attempts": 10}))

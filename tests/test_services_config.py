@@ -27,9 +27,11 @@ def test_the_postgres_password_reaches_clients_only_through_their_environment(tm
     secret = json.loads((tmp_path / "postgres.json").read_text())["password"]
     assert stat.S_IMODE((tmp_path / "postgres.json").stat().st_mode) == 0o600 and len(secret) >= 30
     assert env[OPTUNA_STORAGE_ENV] == f"postgresql+psycopg2://flair:{secret}@127.0.0.1:25999/optuna"
-    assert secret not in json.dumps(services.urls()) and services.backend_store_uri is None  # not in state.json
+    # not in state.json
+    assert secret not in json.dumps(services.urls()) and services.backend_store_uri is None
     assert f":{secret}@" in LocalServices(tmp_path, db="postgres").client_env()[OPTUNA_STORAGE_ENV]  # kept
-    assert OPTUNA_STORAGE_ENV not in LocalServices(tmp_path / "other").client_env()  # SQLite: the file's storage
+    # SQLite: the file's storage
+    assert OPTUNA_STORAGE_ENV not in LocalServices(tmp_path / "other").client_env()
 
 
 def test_the_sweep_takes_its_storage_from_the_services_unless_told_otherwise(monkeypatch):
@@ -39,7 +41,8 @@ def test_the_sweep_takes_its_storage_from_the_services_unless_told_otherwise(mon
     assert load_sweep_config("params/sweep.yaml").storage.startswith("sqlite:///")
     monkeypatch.setenv(OPTUNA_STORAGE_ENV, shared)
     assert load_sweep_config("params/sweep.yaml").storage == shared
-    assert load_sweep_config("params/sweep.yaml", ["storage=sqlite:///mine.db"]).storage == "sqlite:///mine.db"
+    assert (load_sweep_config("params/sweep.yaml", ["storage=sqlite:///mine.db"]).storage
+            == "sqlite:///mine.db")
 
 
 def test_team_mode_hands_its_generated_credentials_to_clients_and_nowhere_else(tmp_path):
@@ -73,4 +76,5 @@ def test_services_bind_loopback_unless_told_and_never_open_without_credentials(t
     assert wide.server_command("prefect", wide.client_env())[0][3:5] == ["--host", "0.0.0.0"]
     assert wide.urls()["mlflow"].startswith("http://127.0.0.1:")  # clients here still come in over loopback
     other = LocalServices(tmp_path / "other", bind="127.0.0.2")
-    assert other.urls()["prefect"].startswith("http://127.0.0.2:") and other.urls()["s3"].startswith("http://127.0.0.1:")
+    assert (other.urls()["prefect"].startswith("http://127.0.0.2:")
+            and other.urls()["s3"].startswith("http://127.0.0.1:"))

@@ -30,8 +30,9 @@ CLUSTERS, PER_CLUSTER = 80, 6
 
 
 def clustered_hits(rng, rate=TRUE_RATE, clusters=CLUSTERS, spread=4.0, shared=None):
-    """Per-query hits (0/1) whose clusters differ in difficulty: p_c ~ Beta with mean `rate` (smaller `spread`,
-    more alike within a cluster). `shared` gives two methods the same cluster difficulties (a paired design)."""
+    """Per-query hits (0/1) whose clusters differ in difficulty: p_c ~ Beta with mean `rate` (smaller
+    `spread`, more alike within a cluster). `shared` gives two methods the same cluster difficulties (a paired
+    design)."""
     difficulty = rng.beta(rate * spread, (1 - rate) * spread, clusters) if shared is None else shared
     hits = rng.random((clusters, PER_CLUSTER)) < difficulty[:, None]
     return hits.ravel(), np.repeat(np.arange(clusters), PER_CLUSTER)
@@ -58,13 +59,15 @@ def cluster_interval(rng):
 
 def query_interval(rng):
     hits, _ = clustered_hits(rng)
-    e = estimate([recall_outcomes(as_ranks(hits), np.arange(len(hits)), 1)], resamples=400)  # each query alone
+    # each query alone
+    e = estimate([recall_outcomes(as_ranks(hits), np.arange(len(hits)), 1)], resamples=400)
     return e.low, e.high
 
 
 def test_cluster_bootstrap_covers_the_true_recall_about_95_percent_of_the_time_and_query_bootstrap_does_not():
     by_cluster, by_query = coverage(300, cluster_interval), coverage(300, query_interval)
-    print(f"coverage of a 95 % interval over 300 data sets: clusters {by_cluster:.3f}, queries {by_query:.3f}")
+    print(
+        f"coverage of a 95 % interval over 300 data sets: clusters {by_cluster:.3f}, queries {by_query:.3f}")
     assert 0.90 <= by_cluster <= 0.99
     assert by_query < 0.85  # queries that share a cluster are not independent: too narrow
 

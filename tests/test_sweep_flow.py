@@ -1,8 +1,9 @@
 """The sweep deployment through a real Prefect server: two workers on one Optuna study in a real PostgreSQL
-server (`services start --db postgres`, which is also MLflow's store), one MLflow parent run with a nested run per
-trial, the report in the S3 store, the best params file; a re-run resumes the study. The platform runs in team
-mode (`--auth on`) bound to another loopback address: MLflow and Prefect refuse requests without the generated
-credentials, the flows run with them, and neither they nor the database password appear anywhere a run writes."""
+server (`services start --db postgres`, which is also MLflow's store), one MLflow parent run with a nested run
+per trial, the report in the S3 store, the best params file; a re-run resumes the study. The platform runs in
+team mode (`--auth on`) bound to another loopback address: MLflow and Prefect refuse requests without the
+generated credentials, the flows run with them, and neither they nor the database password appear anywhere a
+run writes."""
 
 import base64
 import json
@@ -27,7 +28,8 @@ def platform(tmp_path_factory):
                           auth="on", bind=TEAM_ADDRESS) as (repo, env):
         sweep = yaml.safe_load((repo / "params" / "sweep.yaml").read_text())["sweep"]
         sweep.update(study="flow-test", n_trials=4, n_workers=2, pruner="median",
-                     trial_overrides=["train.steps_per_epoch=4", "train.validate_every=2", "loader.workers=0"])
+                     trial_overrides=["train.steps_per_epoch=4", "train.validate_every=2",
+                                      "loader.workers=0"])
         (repo / "params" / "sweep_test.yaml").write_text(yaml.safe_dump({"sweep": sweep}))
         yield repo, env
 
@@ -66,7 +68,8 @@ def test_sweep_deployment_logs_nested_trials_reports_and_exports_the_best_params
             "report/objective_vs_sampling_k.png"} <= artifacts
     exported = load_run_config([repo / "params" / "best.yaml"])
     assert exported.sampling.k == best["params"]["sampling.k"]
-    assert exported.method_settings().tcs_weight == pytest.approx(best["params"]["method.settings.tcs_weight"])
+    assert exported.method_settings().tcs_weight == pytest.approx(
+        best["params"]["method.settings.tcs_weight"])
 
     # Running the deployment again resumes the full study: no new trial, the same parent run.
     again = deployment_run(env, "sweep/test", "config_file=params/sweep_test.yaml")
@@ -79,7 +82,8 @@ def test_sweep_deployment_logs_nested_trials_reports_and_exports_the_best_params
 
     study = optuna.load_study(study_name="flow-test", storage=env["FLAIR_OPTUNA_STORAGE"])
     assert len([t for t in study.trials if t.state.is_finished()]) == 4
-    assert env["FLAIR_OPTUNA_STORAGE"].startswith("postgresql") and not (repo / "sweeps" / "optuna.db").exists()
+    assert (env["FLAIR_OPTUNA_STORAGE"].startswith("postgresql")
+            and not (repo / "sweeps" / "optuna.db").exists())
     assert parent.data.params["storage"].startswith("postgresql+psycopg2://flair:***@127.0.0.1")
     password = json.loads((repo / ".services" / "postgres.json").read_text())["password"]
     team = json.loads((repo / ".services" / "auth.json").read_text())["password"]
@@ -109,7 +113,8 @@ def test_team_mode_refuses_requests_without_the_credentials_and_binds_where_told
         401, 401, 200]
     assert [status_of(flow_runs, body=b"{}"), status_of(flow_runs, wrong, b"{}"),
             status_of(flow_runs, credentials, b"{}")] == [401, 401, 200]
-    assert status_of(env["MLFLOW_TRACKING_URI"] + "/health") == status_of(env["PREFECT_API_URL"] + "/health") == 200
+    assert (status_of(env["MLFLOW_TRACKING_URI"] + "/health") == status_of(env["PREFECT_API_URL"] + "/health")
+            == 200)
     listening = listeners()
     port = {name: int(env[key].rsplit(":", 1)[1].split("/")[0]) for name, key in (
         ("mlflow", "MLFLOW_TRACKING_URI"), ("prefect", "PREFECT_API_URL"), ("s3", "AWS_ENDPOINT_URL"))}

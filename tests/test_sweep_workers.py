@@ -23,7 +23,8 @@ T2I = "retrieval/builtin_fine_grained/flair/t2i_r1"
 
 
 def sweep_file(tmp_path, tiny_data, **changes) -> Path:
-    sweep = {"study": "w", "storage": f"sqlite:///{tmp_path}/optuna.db", "base_params": ["params/cpu.yaml", "params/pipeline.yaml"],
+    sweep = {"study": "w", "storage": f"sqlite:///{tmp_path}/optuna.db",
+             "base_params": ["params/cpu.yaml", "params/pipeline.yaml"],
              "trial_overrides": ["train.steps_per_epoch=3", "train.validate_every=1", "loader.workers=0",
                                  "train.batch_size=8", f"train.samples_per_epoch={512}"],
              "space": {"sampling.k": {"type": "int", "low": 1, "high": 10},
@@ -70,7 +71,8 @@ def test_two_workers_share_one_study_without_duplicates_or_lost_results(tmp_path
     for trial in counted:  # every result reached the storage: the value is the run's last validation
         lines = (tmp_path / "runs" / "w" / f"trial-{trial.number:04d}" / "val_metrics.jsonl").read_text()
         last = json.loads(lines.splitlines()[-1])
-        assert last["step"] == 3 and last[T2I] == trial.value and sorted(trial.intermediate_values) == [1, 2, 3]
+        assert (last["step"] == 3 and last[T2I] == trial.value
+                and sorted(trial.intermediate_values) == [1, 2, 3])
     assert len({tuple(sorted(t.params.items())) for t in counted}) == 6  # differently seeded workers
     assert not list((tmp_path / "runs" / "w").glob("trial-*/checkpoints"))  # trials keep no weights
 
@@ -100,8 +102,9 @@ def test_a_killed_worker_fails_its_trial_and_a_rerun_resumes_without_repeating(t
     done = open_study(load_sweep_config(short)).trials[0]
     # then a long trial, killed while it trains
     path = sweep_file(tmp_path, tiny_data, n_trials=3, heartbeat_seconds=1, grace_seconds=3,
-                      trial_overrides=["train.steps_per_epoch=400", "train.validate_every=400", "loader.workers=0",
-                                       "train.batch_size=8", "train.samples_per_epoch=512"])
+                      trial_overrides=["train.steps_per_epoch=400", "train.validate_every=400",
+                                       "loader.workers=0", "train.batch_size=8",
+                                       "train.samples_per_epoch=512"])
     config = load_sweep_config(path)
     victim = worker(path, tiny_data, 0)
     metrics = tmp_path / "runs" / "w" / "trial-0001" / "metrics.jsonl"
@@ -117,14 +120,15 @@ def test_a_killed_worker_fails_its_trial_and_a_rerun_resumes_without_repeating(t
     finish(worker(rerun, tiny_data, 0))
     trials = open_study(load_sweep_config(rerun)).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
-    assert trials[0].datetime_complete == done.datetime_complete and trials[0].value == done.value  # not re-run
+    # not re-run
+    assert trials[0].datetime_complete == done.datetime_complete and trials[0].value == done.value
 
 
 def test_every_rank_of_a_torchrun_trial_trains_with_the_same_parameters(tmp_path, tiny_data):
     path = sweep_file(tmp_path, tiny_data, n_trials=2, procs_per_trial=2)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    process = subprocess.Popen([*private_network(), *torchrun, "-m", "flows.sweep", "worker", "--config", str(path),
-                                "--data-root", str(tiny_data), "--worker-index", "0"], cwd=REPO,
+    process = subprocess.Popen([*private_network(), *torchrun, "-m", "flows.sweep", "worker", "--config",
+                                str(path), "--data-root", str(tiny_data), "--worker-index", "0"], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     output = finish(process)
@@ -139,5 +143,5 @@ def test_every_rank_of_a_torchrun_trial_trains_with_the_same_parameters(tmp_path
     for trial in study.trials:  # what the ranks trained with is what the study recorded
         trained = json.loads(by_trial[str(trial.number)]["0"])  # (floats cross the group as float32)
         assert trained["sampling.k"] == trial.params["sampling.k"]
-        assert trained["method.settings.tcs_weight"] == pytest.approx(trial.params["method.settings.tcs_weight"],
-                                                                      rel=1e-6)
+        assert trained["method.settings.tcs_weight"] == pytest.approx(
+            trial.params["method.settings.tcs_weight"], rel=1e-6)

@@ -22,7 +22,8 @@ LONG = "retrieval/builtin_long/flair/t2i_r1"
 
 
 def sweep_file(tmp_path, **changes) -> Path:
-    sweep = {"study": "s", "storage": f"sqlite:///{tmp_path}/optuna.db", "base_params": [str(REPO / "params/cpu.yaml")],
+    sweep = {"study": "s", "storage": f"sqlite:///{tmp_path}/optuna.db",
+             "base_params": [str(REPO / "params/cpu.yaml")],
              "space": {"sampling.k": {"type": "int", "low": 1, "high": 10},
                        "method.settings.tcs_weight": {"type": "float", "low": 0.0, "high": 1.0}},
              "objectives": [{"metric": T2I}], "report_dir": str(tmp_path / "reports"),
@@ -35,8 +36,8 @@ def sweep_file(tmp_path, **changes) -> Path:
 
 def test_the_shipped_sweep_file_validates():
     config = load_sweep_config(REPO / "params/sweep.yaml")
-    assert {"sampling.k", "sampling.max_sentences", "sampling.length_mode", "method.settings.tcs_weight"} <= set(
-        config.space)
+    assert {"sampling.k", "sampling.max_sentences", "sampling.length_mode",
+            "method.settings.tcs_weight"} <= set(config.space)
     assert (config.space["sampling.k"].low, config.space["sampling.k"].high) == (1, 10)
     assert config.n_trials >= 12 and config.objectives[0].metric == T2I
 
@@ -44,8 +45,10 @@ def test_the_shipped_sweep_file_validates():
 @pytest.mark.parametrize("changes,message", [
     ({"space": {}}, "the search space is empty"),
     ({"space": {"sampling.k": {"type": "int", "low": 5, "high": 2}}}, "low < high"),
-    ({"space": {"sampling.kk": {"type": "int", "low": 1, "high": 2}}}, "sweep.space.sampling.kk = 1 is not a valid"),
-    ({"space": {"sampling.k": {"type": "int", "low": 0, "high": 3}}}, "sweep.space.sampling.k = 0 is not a valid"),
+    ({"space": {"sampling.kk": {"type": "int", "low": 1, "high": 2}}},
+     "sweep.space.sampling.kk = 1 is not a valid"),
+    ({"space": {"sampling.k": {"type": "int", "low": 0, "high": 3}}},
+     "sweep.space.sampling.k = 0 is not a valid"),
     ({"space": {"train.lr": {"type": "float", "low": 0, "high": 1, "log": True}}}, "log scale needs low > 0"),
     ({"space": {"sampling.length_mode": {"type": "categorical"}}}, "non-empty `choices`"),
     ({"objectives": [{"metric": T2I}, {"metric": LONG}]}, "pruning needs a single objective"),
@@ -60,8 +63,8 @@ def test_bad_sweep_configs_give_one_line(changes, message, tmp_path):
 
 def test_unreachable_storage_is_one_line_without_the_password(tmp_path):
     config = load_sweep_config(sweep_file(tmp_path, storage="postgresql://flair:secret@127.0.0.1:1/optuna"))
-    with pytest.raises(ConfigError, match="optuna storage postgresql://flair:\\*\\*\\*@127.0.0.1:1/optuna is not "
-                                          "reachable") as err:
+    with pytest.raises(ConfigError, match="optuna storage postgresql://flair:\\*\\*\\*@127.0.0.1:1/optuna is "
+                                          "not reachable") as err:
         open_study(config)
     assert "secret" not in str(err.value) and "\n" not in str(err.value)
     assert safe_url("sqlite:///x.db") == "sqlite:///x.db"
@@ -76,7 +79,8 @@ def test_a_study_reopened_with_another_space_is_refused_and_the_same_space_resum
     assert optuna.get_all_study_names(config.storage) == [study.study_name] == [again.study_name]
     assert len(again.trials) == 1
     other = sweep_file(tmp_path, space={"sampling.k": {"type": "int", "low": 1, "high": 4}})
-    with pytest.raises(ConfigError, match="study 's' already exists in sqlite:///.* with a different space: choose"):
+    with pytest.raises(ConfigError,
+                       match="study 's' already exists in sqlite:///.* with a different space: choose"):
         open_study(load_sweep_config(other))
     objectives = sweep_file(tmp_path, objectives=[{"metric": LONG}])
     with pytest.raises(ConfigError, match="different objectives"):
@@ -106,7 +110,8 @@ def test_best_params_file_is_a_complete_params_file_pretrain_eval_accepts(tmp_pa
 
 def test_multi_objective_export_takes_the_chosen_trade_off_from_the_pareto_front(tmp_path):
     objectives = [{"metric": T2I}, {"metric": LONG}]
-    config = load_sweep_config(sweep_file(tmp_path, objectives=objectives, pruner="none", trade_off=[0.9, 0.1]))
+    config = load_sweep_config(sweep_file(tmp_path, objectives=objectives, pruner="none",
+                                          trade_off=[0.9, 0.1]))
     study = open_study(config)
     finished(study, [9.0, 1.0], {"sampling.k": 1, "method.settings.tcs_weight": 1.0})  # grounding
     finished(study, [6.0, 6.0], {"sampling.k": 4, "method.settings.tcs_weight": 0.5})
@@ -166,11 +171,13 @@ def test_a_worker_that_asks_after_the_study_filled_stops_without_overshooting(tm
 def test_report_says_which_trials_the_best_beats_beyond_its_validation_interval(tmp_path):
     config = load_sweep_config(sweep_file(tmp_path))
     study = open_study(config)
-    for number, (value, low, high) in enumerate([(8.0, 7.0, 9.0), (7.5, 6.5, 8.5), (4.0, 3.0, 5.0), (5.0, 4, 6)]):
+    for number, (value, low, high) in enumerate([(8.0, 7.0, 9.0), (7.5, 6.5, 8.5), (4.0, 3.0, 5.0),
+                                                 (5.0, 4, 6)]):
         run_dir = tmp_path / f"trial-{number}"
         run_dir.mkdir()
-        lines = [{"step": 128, T2I: 1.0}, {"step": 256, T2I: value, f"{T2I}_ci_low": low, f"{T2I}_ci_high": high,
-                                           f"{T2I}_chance": 0.59}]
+        lines = [{"step": 128, T2I: 1.0},
+                 {"step": 256, T2I: value, f"{T2I}_ci_low": low, f"{T2I}_ci_high": high,
+                  f"{T2I}_chance": 0.59}]
         (run_dir / "val_metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
         trial = study.ask({"sampling.k": optuna.distributions.IntDistribution(1, 10)})
         trial.set_user_attr("run_dir", str(run_dir))
@@ -193,7 +200,8 @@ def test_separation_is_paired_on_the_validation_queries_when_trials_kept_their_r
         run_dir = tmp_path / f"trial-{number}"
         (run_dir / "validation").mkdir(parents=True)
         save_records(records_path(run_dir / "validation", "builtin_fine_grained"), {
-            "t2i/query": np.arange(300), "t2i/cluster": np.arange(300) // 2, "flair/t2i/rank": np.where(hits, 0, 7)})
+            "t2i/query": np.arange(300), "t2i/cluster": np.arange(300) // 2,
+            "flair/t2i/rank": np.where(hits, 0, 7)})
         trial = study.ask({"sampling.k": optuna.distributions.IntDistribution(1, 10)})
         trial.set_user_attr("run_dir", str(run_dir))
         study.tell(trial, 100 * hits.mean())
@@ -219,12 +227,14 @@ def test_a_trial_whose_objective_is_not_finite_fails_and_is_never_best(tmp_path,
     monkeypatch.setattr(sweep_trials, "Trainer", Trainer)
     config = load_sweep_config(sweep_file(tmp_path, n_trials=1, pruner="none"))
     study = open_study(config)
-    study.add_trial(optuna.trial.create_trial(params={"sampling.k": 2, "method.settings.tcs_weight": 0.5},
-                                              distributions={"sampling.k": optuna.distributions.IntDistribution(1, 10),
-                                                             "method.settings.tcs_weight": optuna.distributions.FloatDistribution(0, 1)},
-                                              value=1.0))
+    study.add_trial(optuna.trial.create_trial(
+        params={"sampling.k": 2, "method.settings.tcs_weight": 0.5},
+        distributions={"sampling.k": optuna.distributions.IntDistribution(1, 10),
+                       "method.settings.tcs_weight": optuna.distributions.FloatDistribution(0, 1)},
+        value=1.0))
     config = load_sweep_config(sweep_file(tmp_path, n_trials=2, pruner="none"))
-    with pytest.raises(RuntimeError, match=r"last 3 trials failed; the last one: EvaluationError: .* is not finite$"):
+    with pytest.raises(RuntimeError,
+                       match=r"last 3 trials failed; the last one: EvaluationError: .* is not finite$"):
         sweep_trials.run_worker(config, str(tmp_path), worker=0)
     study = open_study(config)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "FAIL", "FAIL"]

@@ -31,11 +31,11 @@ def scored(value: float, low: float | None = None, high: float | None = None, ch
      (f"{P} 6.70 [5.90, 7.50] beats 4.57 beyond its interval (+2.13; the champion kept no per-query records: "
      "not paired), no regression")),
     (scored(4.87, 4.1, 5.6, 0.4), scored(4.57), "challenger",
-     (f"{P} gain +0.30 over 4.57 is within the interval [4.10, 5.60] (the champion kept no per-query records: "
-     "not paired): stays challenger")),
+     (f"{P} gain +0.30 over 4.57 is within the interval [4.10, 5.60] (the champion kept no per-query "
+     "records: not paired): stays challenger")),
     (scored(5.0, 4.57, 5.5, 0.4), scored(4.57), "challenger",  # the low bound must exceed, not reach, the bar
-     (f"{P} gain +0.43 over 4.57 is within the interval [4.57, 5.50] (the champion kept no per-query records: "
-     "not paired): stays challenger")),
+     (f"{P} gain +0.43 over 4.57 is within the interval [4.57, 5.50] (the champion kept no per-query "
+     "records: not paired): stays challenger")),
     (scored(3.0, 1.5, 4.5, 1.56), scored(0.5), "challenger",  # beats a poor champion, but only by chance
      f"{P} 3.00 [1.50, 4.50] is not beyond chance (1.56): stays challenger"),
     (scored(4.0, 3.5, 4.5, 0.4), scored(4.57), "challenger",
@@ -44,12 +44,14 @@ def scored(value: float, low: float | None = None, high: float | None = None, ch
      f"{P} 6.70 [5.90, 7.50] +2.13 but {OTHER} drops 10.00 (tolerance 2.00)"),
     # nothing that is not a number is ever promoted (NaN compares false: it would pass every test)
     (scored(float("nan")), None, "challenger", f"{P} = nan is not finite: never promoted"),
-    (scored(float("nan"), 5.9, 7.5, 0.4), scored(4.57), "challenger", f"{P} = nan is not finite: never promoted"),
+    (scored(float("nan"), 5.9, 7.5, 0.4), scored(4.57), "challenger",
+     f"{P} = nan is not finite: never promoted"),
     (scored(6.7, 5.9, 7.5, 0.4, long=float("inf")), scored(4.57, long=1.0), "challenger",
      f"{OTHER} = inf is not finite: never promoted"),
     (scored(6.7, 5.9, 7.5, 0.4), scored(float("nan")), "champion",
      f"{P} 6.70 [5.90, 7.50]: the champion has no finite {P}"),
-    (scored(6.7), scored(4.57), "champion", f"{P} 6.70 beats 4.57 (+2.13; no interval recorded), no regression"),
+    (scored(6.7), scored(4.57), "champion",
+     f"{P} 6.70 beats 4.57 (+2.13; no interval recorded), no regression"),
     (scored(6.7), None, "champion", f"first version: {P} = 6.70"),
 ])
 def test_promotion_needs_a_gain_beyond_the_interval_and_says_so(candidate, champion, alias, reason):
@@ -64,8 +66,8 @@ def paired_runs(candidate_hits, champion_hits):
 
 
 def test_paired_gate_promotes_a_gain_on_the_same_queries_that_separate_intervals_would_miss():
-    """The challenger answers every query the champion does, and 6 more: +10 points on the same queries. Its own
-    interval [~3, ~21] would not clear the champion's 11.67, the paired difference does."""
+    """The challenger answers every query the champion does, and 6 more: +10 points on the same queries. Its
+    own interval [~3, ~21] would not clear the champion's 11.67, the paired difference does."""
     champion_hits = np.zeros(60, bool)
     champion_hits[::9] = True  # 7 of 60
     candidate_hits = champion_hits.copy()
@@ -84,7 +86,8 @@ def test_paired_gate_keeps_the_champion_when_the_difference_is_within_noise():
     difference = paired_runs(candidate_hits, champion_hits)
     assert difference.low <= 0
     candidate, champion = 100 * candidate_hits.mean(), 100 * champion_hits.mean()
-    alias, reason = decide(scored(candidate, candidate - 5, candidate + 5, 1.0), scored(champion), P, 2.0, difference)
+    alias, reason = decide(scored(candidate, candidate - 5, candidate + 5, 1.0), scored(champion), P, 2.0,
+                           difference)
     assert alias == "challenger" and "paired difference" in reason and reason.endswith("stays challenger")
 
 

@@ -70,7 +70,8 @@ def test_logit_scale_is_clamped_and_scalars_have_their_own_group(tiny_data, tmp_
     trainer = Trainer(config, tmp_path / "run")
     groups = {g["name"]: g for g in trainer.optimizer.param_groups}
     assert groups["scalars"]["weight_decay"] == 0 and groups["scalars"]["initial_lr"] == 5.0
-    assert {id(p) for p in groups["scalars"]["params"]} == {id(trainer.head.logit_scale), id(trainer.head.logit_bias)}
+    assert {id(p) for p in groups["scalars"]["params"]} == {id(trainer.head.logit_scale),
+                                                            id(trainer.head.logit_bias)}
     trainer.fit()
     assert 0 <= trainer.head.logit_scale.item() <= torch.log(torch.tensor(100.0)).item() + 1e-6
 
@@ -146,7 +147,8 @@ def test_bf16_autocast_and_gradient_checkpointing_train(option, tiny_data, tmp_p
 def test_validation_runs_every_n_steps_and_a_callback_can_stop_the_run(tiny_data, tmp_path):
     config = run_config(tiny_data, **{"train.steps_per_epoch": 6, "train.validate_every": 2})
     seen = []
-    trainer = Trainer(config, tmp_path / "run", on_validation=lambda step, metrics: seen.append((step, metrics)))
+    trainer = Trainer(config, tmp_path / "run",
+                      on_validation=lambda step, metrics: seen.append((step, metrics)))
     trainer.fit()
     key = "retrieval/builtin_fine_grained/flair/t2i_r1"
     assert [step for step, _ in seen] == [2, 4, 6]
@@ -187,7 +189,8 @@ def test_a_method_trains_with_its_recipe_and_overrides_still_win(tmp_path):
                       "  clip: {train: {lr: 3.0e-4}, method: {settings: {text: long_caption}}}\n"
                       "  flair: {method: {settings: {tcs_weight: 1.0}}}\n")
     clip = load_run_config([params], ["method.name=clip"])
-    assert clip.train.lr == 3e-4 and clip.train.batch_size == 32 and clip.method_settings().text == "long_caption"
+    assert (clip.train.lr == 3e-4 and clip.train.batch_size == 32
+            and clip.method_settings().text == "long_caption")
     assert load_run_config([params], ["method.name=flair"]).method_settings().tcs_weight == 1.0
     assert load_run_config([params], ["method.name=filip"]).train.lr == 1e-3  # no recipe: the file's values
     assert load_run_config([params], ["method.name=clip", "train.lr=5e-4"]).train.lr == 5e-4
@@ -201,7 +204,8 @@ def test_a_section_is_merged_and_overridden_as_in_a_run_config():
     params = [REPO / "params" / f"{name}.yaml" for name in ("cpu", "pipeline")]
     section = load_section(BuiltinDataConfig, "data", params, ["image_size=48", "data.seed=3"])
     assert section == load_run_config(params, ["data.image_size=48", "data.seed=3"]).data
-    assert (section.image_size, section.train_images, section.level) == (48, 128, "easy")  # override, 2nd, 1st file
+    # override, 2nd, 1st file
+    assert (section.image_size, section.train_images, section.level) == (48, 128, "easy")
 
 
 def test_a_folder_without_a_run_config_is_named(tmp_path):

@@ -1,6 +1,6 @@
 """Training as real processes: SIGKILL + resume and SIGTERM + resume equal an uninterrupted run, torchrun
-restarts a killed worker, a launcher's end takes its torchrun workers with it (on a loaded machine too), and two
-torchrun nodes train together over a c10d rendezvous on loopback."""
+restarts a killed worker, a launcher's end takes its torchrun workers with it (on a loaded machine too), and
+two torchrun nodes train together over a c10d rendezvous on loopback."""
 
 import json
 import os
@@ -80,10 +80,12 @@ def test_sigterm_stops_between_steps_on_a_loaded_machine_and_resume_ends_with_th
     assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     line = stderr.strip().splitlines()[-1]
     step = int(line.split(" at step ")[1].split()[0])
-    assert line == f"flair train: stopped by SIGTERM at step {step} of {STEPS}; --resume auto continues from step {step}"
+    assert line == (f"flair train: stopped by SIGTERM at step {step} of {STEPS}; --resume auto continues "
+                    f"from step {step}")
     assert 10 <= step < STEPS and (stopped / "checkpoints" / f"step-{step:08d}.pt").is_file()
     assert left == [], f"still running {seconds:.1f} s after the SIGTERM: {left}"
-    print(f"SIGTERM to a training on a loaded machine: stopped at step {step}, every process gone {seconds:.1f} s later")
+    print(f"SIGTERM to a training on a loaded machine: stopped at step {step}, every process gone "
+          f"{seconds:.1f} s later")
     assert steps_logged(stopped) == list(range(1, step + 1))
 
     subprocess.run(cli(*args(tiny_data, stopped, "--resume", "auto")), check=True, capture_output=True)
@@ -98,14 +100,14 @@ from pathlib import Path
 from flair_cli.processes import run_tree
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # as a Prefect flow run turns SIGTERM into an exception
 run_tree(sys.argv[1:], cwd=Path.cwd(), env=None, grace=10)
-"""
+"""  # noqa: E501 - the launcher script verbatim
 
 
 @pytest.mark.parametrize("end", ["SIGTERM", "SIGKILL"])
 def test_a_launchers_end_takes_torchrun_and_its_workers_with_it_on_a_loaded_machine(tiny_data, tmp_path, end):
     """A flow task launches torchrun with run_tree. Stopped (SIGTERM), the task stops the whole tree; killed
-    outright (SIGKILL), the kernel's parent-death signals do: torchrun gets SIGTERM, its workers SIGKILL once it
-    is gone. Either way nothing naming the run folder survives, even with every core busy."""
+    outright (SIGKILL), the kernel's parent-death signals do: torchrun gets SIGTERM, its workers SIGKILL once
+    it is gone. Either way nothing naming the run folder survives, even with every core busy."""
     out = tmp_path / "run"
     long_run = ("--set", "train.epochs=50")
     with cpu_burners(2):
@@ -136,7 +138,8 @@ def test_torchrun_restarts_a_killed_worker_and_the_run_continues(tiny_data, tmp_
     worker = next(int(line.split()[0]) for line in subprocess.run(
         ["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout.splitlines()
         if "flair_cli train" in line and str(out) in line and "torch.distributed.run" not in line
-        and "unshare" not in line and "bash -c" not in line)  # this test's worker, not any training on the machine
+        # this test's worker, not any training on the machine
+        and "unshare" not in line and "bash -c" not in line)
     os.kill(worker, signal.SIGKILL)
     _, stderr = agent.communicate(timeout=600)
     assert agent.returncode == 0, stderr[-2000:]
@@ -156,7 +159,8 @@ def test_two_nodes_train_together_over_c10d_rendezvous(tiny_data, tmp_path):
               f"{quoted(node + ['--node_rank=1'] + train)}; second=$?; "
               "wait $first; exit $(( $? | second ))")
     wrapper = private_network()
-    command = [*wrapper[:-2], f"ip link set lo up 2>/dev/null; {script}"] if wrapper else ["bash", "-c", script]
+    command = ([*wrapper[:-2], f"ip link set lo up 2>/dev/null; {script}"] if wrapper
+               else ["bash", "-c", script])
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert steps_logged(out) == list(range(1, 7))

@@ -1,5 +1,5 @@
-"""Every method is tuned with the same budget: the four studies in params/tuning/ differ only in the method, its
-own settings and the mode its objective is scored in."""
+"""Every method is tuned with the same budget: the four studies in params/tuning/ differ only in the method,
+its own settings and the mode its objective is scored in."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ def tuning_configs():
 
 
 def budget(config) -> dict:
-    """What must be equal across methods: trials, steps and seeds, sampler, pruner, and the shared knobs' ranges."""
-    return {"n_trials": config.n_trials, "sampler": config.sampler, "seed": config.seed, "pruner": config.pruner,
-            "pruner_warmup_steps": config.pruner_warmup_steps, "storage": config.storage,
-            "base_params": config.base_params,
+    """What must be equal across methods: trials, steps and seeds, sampler, pruner, and the shared knobs'
+    ranges."""
+    return {"n_trials": config.n_trials, "sampler": config.sampler, "seed": config.seed,
+            "pruner": config.pruner, "pruner_warmup_steps": config.pruner_warmup_steps,
+            "storage": config.storage, "base_params": config.base_params,
             "trial_overrides": [o for o in config.trial_overrides if not o.startswith("method.name=")],
             "shared_space": {k: config.space[k] for k in SHARED_KNOBS}}
 

@@ -103,7 +103,8 @@ def test_unexpected_keys_are_named(source, tmp_path):
         load_weights(create_model("micro-32"), tmp_path / "extra.pt")
 
 
-@pytest.mark.parametrize("name,content", [("trunc.pt", b"PK\x03\x04garbage"), ("bad.safetensors", b"\x00" * 16)])
+@pytest.mark.parametrize("name,content",
+                         [("trunc.pt", b"PK\x03\x04garbage"), ("bad.safetensors", b"\x00" * 16)])
 def test_corrupt_files_give_one_line(tmp_path, name, content):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(CheckpointError) as err:

@@ -9,15 +9,16 @@ from flair_core.evaluation.headline import is_headline
 
 st.title("Compare runs")
 st.caption(f"Each method in its own scoring mode ({data.own_modes_text()}) on the built-in test split. R@1, "
-           "mIoU and top-1 in percent; beside each its 95 % bootstrap interval (twin-pair clusters of queries, or "
-           "images) and its reference levels (chance; majority class), so a gap inside the noise, or a score at "
-           "a trivial predictor's level, reads as one.")
+           "mIoU and top-1 in percent; beside each its 95 % bootstrap interval (twin-pair clusters of "
+           "queries, or images) and its reference levels (chance; majority class), so a gap inside the "
+           "noise, or a score at a trivial predictor's level, reads as one.")
 
 
 settings = data.settings()
 runs = data.or_stop(data.runs, settings.tracking_uri)
 if runs.empty:
-    st.info("No pretrain-eval runs logged yet: run the main job (`make demo`) or a `pretrain-eval` deployment.")
+    st.info("No pretrain-eval runs logged yet: run the main job (`make demo`) or a `pretrain-eval` "
+            "deployment.")
     st.stop()
 
 left, level_column, middle, right = st.columns(4)
@@ -30,7 +31,8 @@ first, last = runs["started"].min().date(), runs["started"].max().date()
 dates = right.date_input("Started between", (first, last), min_value=first, max_value=last)
 newest = st.toggle("Newest run per method only", value=True)
 
-shown = runs[runs["preset"].isin(presets) & runs["data_level"].isin(levels) & runs["data_hash"].isin(versions)]
+shown = runs[runs["preset"].isin(presets) & runs["data_level"].isin(levels)
+             & runs["data_hash"].isin(versions)]
 if isinstance(dates, tuple) and len(dates) == 2:
     shown = shown[(shown["started"].dt.date >= dates[0]) & (shown["started"].dt.date <= dates[1])]
 shown = shown.sort_values("started", ascending=False)
@@ -73,7 +75,8 @@ st.subheader(f"Key metrics, deltas against {baseline}")
 st.dataframe(table.style.format(precision=2, subset=metric_names + deltas).map(colour, subset=deltas),
              hide_index=True, width="stretch")
 
-chart = table.melt(id_vars=["method"], value_vars=metric_names, var_name="metric", value_name="value").dropna()
+chart = table.melt(id_vars=["method"], value_vars=metric_names, var_name="metric",
+                   value_name="value").dropna()
 st.subheader("Side by side")
 st.bar_chart(chart, x="metric", y="value", color="method", stack=False, horizontal=True, height=420)
 

@@ -1,4 +1,5 @@
-"""Inspect: a registered model's text-conditioned attention over an image and the caption's retrieval ranks."""
+"""Inspect: a registered model's text-conditioned attention over an image and the caption's retrieval
+ranks."""
 
 import streamlit as st
 
@@ -16,7 +17,8 @@ if versions.empty:
     st.stop()
 images = data.or_stop(data.test_images, settings.data_root, GALLERY)
 
-labels = {f"{r['model']} v{r['version']}" + (f" ({r['aliases']})" if r["aliases"] else ""): (r["model"], r["version"])
+labels = {f"{r['model']} v{r['version']}" + (f" ({r['aliases']})" if r["aliases"] else ""):
+          (r["model"], r["version"])
           for _, r in versions.sort_values(["model", "version"], ascending=[True, False]).iterrows()}
 left, right = st.columns(2)
 name, version = labels[left.selectbox("Model", list(labels))]
@@ -48,5 +50,6 @@ with rank_column:
                                image if target == "upload" else None)
     rank = int(ranks.loc[ranks["image"] == target, "rank"].iloc[0])
     st.metric(f"rank of {target} for the caption", f"{rank} / {len(ranks)}")
-    st.caption(f"{method.name}'s own scoring mode ({method.primary_mode}) over {len(ranks)} images (1 = best; ties count against the image)")
+    st.caption(f"{method.name}'s own scoring mode ({method.primary_mode}) over {len(ranks)} images (1 = "
+               "best; ties count against the image)")
     st.dataframe(ranks.head(10).style.format({"score": "{:.3f}"}), hide_index=True, width="stretch")

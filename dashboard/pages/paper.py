@@ -35,7 +35,8 @@ published = data.or_stop(data.paper, settings.paper_file)
 source = published.get("source", {})
 legend = {**LEGEND, **published.get("provenance", {})}
 st.markdown(f"**Source:** {source.get('paper', '?')} — [{source.get('url', '')}]({source.get('url', '')})  \n"
-            f"**Taken from:** {source.get('retrieved_from', '?')}  \n**Scale:** {published.get('scale', '?')}")
+            f"**Taken from:** {source.get('retrieved_from', '?')}  \n"
+            f"**Scale:** {published.get('scale', '?')}")
 st.caption(f"Every table is marked with its provenance: {legend['primary']}; {legend['secondary']}. "
            "Secondary values are shown only marked as such.")
 
@@ -46,15 +47,17 @@ for table_id in [*EXPECTED, *(t for t in tables if t not in EXPECTED)]:
     if table is None:
         st.subheader(title)
         st.info(f"Not in `{settings.paper_file.name}`: not recovered from any source, primary or secondary "
-                "(the file's header says where we looked). Nothing is shown rather than numbers we could not check.")
+                "(the file's header says where we looked). Nothing is shown rather than numbers we could not "
+                "check.")
         continue
     provenance = table["provenance"]
     st.subheader(f"{MARK[provenance]} {title}")
     color, icon = BADGE[provenance]
     st.badge(legend[provenance], color=color, icon=icon)
-    st.caption(" · ".join(part for part in (table.get("title"), table.get("source_table"), table.get("metric_unit"),
-                                            f"from {table['source_section']}" if table.get("source_section") else "")
-                          if part))
+    st.caption(" · ".join(
+        part for part in (table.get("title"), table.get("source_table"), table.get("metric_unit"),
+                          f"from {table['source_section']}" if table.get("source_section") else "")
+        if part))
     rows = [{**{k: v for k, v in r.items() if k != "values"}, **r["values"]} for r in table["rows"]]
     labels = list(dict.fromkeys(k for r in table["rows"] for k in r if k != "values"))
     columns = [c for c in table.get("columns", []) if any(c in r["values"] for r in table["rows"])]

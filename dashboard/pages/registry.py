@@ -23,8 +23,8 @@ for name, group in versions.groupby("model", sort=True):
             column.metric(alias, f"v{row['version']}")
             column.caption(row["decision"] or "no decision recorded")
     table = group.sort_values("version", ascending=False)[
-        ["version", "aliases", "decision", "git_commit", "data_hash", "data_level", "preset", "run_key", "created",
-         "link"]]
+        ["version", "aliases", "decision", "git_commit", "data_hash", "data_level", "preset", "run_key",
+         "created", "link"]]
     st.dataframe(table, hide_index=True, width="stretch",
                  column_config={"link": st.column_config.LinkColumn("MLflow run", display_text="open run")})
     with st.expander("Training params of each version"):

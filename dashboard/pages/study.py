@@ -1,4 +1,5 @@
-"""Study: the equal-budget study's report (main table, claims with verdicts, ablations, curves) and its runs."""
+"""Study: the equal-budget study's report (main table, claims with verdicts, ablations, curves) and its
+runs."""
 
 import re
 
@@ -11,10 +12,10 @@ HOW = ("`make study` (the default study, about 2 h) or `python -m flows.equal_bu
 IMAGE = re.compile(r"^!\[[^\]]*\]\(([^)\s]+)\)\s*$")  # how flair_lab/equal_budget_report.py links its PNGs
 
 st.title("Equal-budget study")
-st.caption("FLAIR against CLIP, FILIP and DreamLIP at one training budget, with the paper's ablations, as the "
-           "study flow (flows/equal_budget_study.py) wrote and logged it to MLflow. Verdicts are computed from "
-           "the intervals, never tuned; the paper's numbers beside ours are secondary [S] and not comparable in "
-           "value.")
+st.caption("FLAIR against CLIP, FILIP and DreamLIP at one training budget, with the paper's ablations, as "
+           "the study flow (flows/equal_budget_study.py) wrote and logged it to MLflow. Verdicts are "
+           "computed from the intervals, never tuned; the paper's numbers beside ours are secondary [S] and "
+           "not comparable in value.")
 
 settings = data.settings()
 studies = data.or_stop(data.paper_studies, settings.tracking_uri)
@@ -30,8 +31,8 @@ for _, row in studies.iterrows():
     label = row["study"] if row["study"] not in labels else f"{row['study']} ({row['run_id'][:8]})"
     labels[label] = row
 chosen = labels[st.selectbox("Study", list(labels))]  # newest first
-st.caption(f"Budget per run: `{chosen['budget'] or '?'}` · data seeds {chosen['seeds'] or '?'} · library code "
-           f"`{chosen['code_version'][:20] or '?'}` · [MLflow parent run]({chosen['link']})")
+st.caption(f"Budget per run: `{chosen['budget'] or '?'}` · data seeds {chosen['seeds'] or '?'} · library "
+           f"code `{chosen['code_version'][:20] or '?'}` · [MLflow parent run]({chosen['link']})")
 
 report = data.or_stop(data.paper_study_report, settings.tracking_uri, chosen["run_id"])
 if report["markdown"] is None:
@@ -59,8 +60,9 @@ if members.empty:
     st.info("No run of this study has finished yet.")
     st.stop()
 st.dataframe(members.style.format({"fine-grained t2i R@1": "{:.2f}"}, na_rep="—"), hide_index=True,
-             width="stretch", column_config={"link": st.column_config.LinkColumn("MLflow run", display_text="open run")})
-st.caption("One nested MLflow run per configuration and seed, in the order the flow ran them; fine-grained t2i "
-           "R@1 (%) on the built-in test split in the run's own scoring mode (— when the run did not log it). "
-           "Rows with the same run key are one training standing for several settings (FLAIR's recipe is also "
-           "\"TCS only\" and \"K 4\").")
+             width="stretch",
+             column_config={"link": st.column_config.LinkColumn("MLflow run", display_text="open run")})
+st.caption("One nested MLflow run per configuration and seed, in the order the flow ran them; fine-grained "
+           "t2i R@1 (%) on the built-in test split in the run's own scoring mode (— when the run did not log "
+           "it). Rows with the same run key are one training standing for several settings (FLAIR's recipe "
+           "is also \"TCS only\" and \"K 4\").")

@@ -27,7 +27,8 @@ if not result["best"]:
     st.info("No trial has completed yet.")
 else:
     st.subheader("Best trial" if len(objectives) == 1 else "Pareto front")
-    best = pd.DataFrame([{"trial": b["number"], **dict(zip(objectives, b["values"], strict=True)), **b["params"]}
+    best = pd.DataFrame([{"trial": b["number"], **dict(zip(objectives, b["values"], strict=True)),
+                          **b["params"]}
                          for b in result["best"]])
     st.dataframe(best.style.format("{:.4g}", subset=best.select_dtypes("float").columns), hide_index=True,
                  width="stretch")
@@ -44,7 +45,8 @@ if not any(result["importances"].values()):
 metric = st.selectbox("Objective", objectives) if len(objectives) > 1 else objectives[0]
 scored = trials.dropna(subset=[metric])
 st.subheader(f"{metric} against each setting")
-for left_right, setting in zip(st.columns(2) * ((len(result["space"]) + 1) // 2), result["space"], strict=False):
+for left_right, setting in zip(st.columns(2) * ((len(result["space"]) + 1) // 2), result["space"],
+                               strict=False):
     if setting in scored:
         left_right.caption(setting)
         frame = scored[[setting, metric, "state"]].copy()

@@ -8,11 +8,11 @@ Differences from the original, all deliberate (§8 items 4-7):
 * Missing images are an error before any compute (`check_images=True`), not a silent skip; so are empty,
   non-image and absurdly large files (header and size only, `flair_core/data/files.py`).
 * Every path an annotation names must stay inside the benchmark's root: an annotation file is untrusted input.
-* Records the original evaluates are evaluated the same way and counted in one warning: empty or whitespace-only
-  captions (tokenised as the empty string), captions with odd whitespace or a BOM (kept verbatim: the tokenizer
-  cleans them), a file that starts with a BOM, records repeating an earlier image id and caption, and image ids
-  reused for another file (the id's first file is used). Records it cannot evaluate (a caption that is not a
-  string, a missing field) are an error naming the record.
+* Records the original evaluates are evaluated the same way and counted in one warning: empty or
+  whitespace-only captions (tokenised as the empty string), captions with odd whitespace or a BOM (kept
+  verbatim: the tokenizer cleans them), a file that starts with a BOM, records repeating an earlier image id
+  and caption, and image ids reused for another file (the id's first file is used). Records it cannot evaluate
+  (a caption that is not a string, a missing field) are an error naming the record.
 * Flickr30k's 1k "test" split loads (the original crashes); its default stays the 1,014-image "val" split the
   original reports. The root's parent is taken from an absolute path, so a trailing slash does not matter.
 * IIW is always the fine-grained file (the original's long-caption mode is unreachable anyway).
@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RetrievalSet:
-    """Images and texts of one benchmark; `text_image[t]` is the index of text t's source image (ground truth).
+    """Images and texts of one benchmark; `text_image[t]` is the index of text t's source image (ground
+    truth).
 
     `text_positives` lists every image satisfying a text where more than the source does (synthetic sets);
     the real benchmarks leave it None: one positive image per text.
@@ -117,7 +118,8 @@ def _image_id(record: Any, key: str, where: str) -> int | str:
 
 
 def _text(value: Any, where: str, key: str = "caption") -> str:
-    """A caption used verbatim, empty or not (the original tokenises the empty string); it must be a string."""
+    """A caption used verbatim, empty or not (the original tokenises the empty string); it must be a
+    string."""
     if not isinstance(value, str):
         raise DataError(f"{where}: '{key}' is not a string")
     return value
@@ -127,7 +129,8 @@ INVISIBLE = dict.fromkeys(map(ord, "\ufeff\u200b\u200c\u200d\u2060"), None)
 
 
 def _oddities(source: Path, texts: list[str], reused: int, repeated: int) -> dict[str, int]:
-    """What in a file the original evaluates but a reader should know about, by count (zero counts left out)."""
+    """What in a file the original evaluates but a reader should know about, by count (zero counts left
+    out)."""
     empty = sum(not t.strip() for t in texts)
     odd = sum(bool(t.strip()) and t != " ".join(t.translate(INVISIBLE).split()) for t in texts)
     counts = {"empty captions (evaluated as the empty string)": empty,
@@ -164,8 +167,8 @@ def _assemble(name: str, source: Path, records: Iterable[Record]) -> RetrievalSe
         raise DataError(f"{source}: no records")
     oddities = _oddities(source, texts, reused, repeated)
     if oddities:
-        log.warning("%s: %d texts, %d images evaluated as the original does, with %s", name, len(texts), len(paths),
-                    "; ".join(f"{n} {what}" for what, n in oddities.items()))
+        log.warning("%s: %d texts, %d images evaluated as the original does, with %s", name, len(texts),
+                    len(paths), "; ".join(f"{n} {what}" for what, n in oddities.items()))
     return RetrievalSet(name, tuple(paths), tuple(ids), tuple(texts), tuple(text_image))
 
 
@@ -227,13 +230,15 @@ def flickr30k(root: Path, split: str) -> RetrievalSet:
             if not captions:
                 raise DataError(f"{where} has no captions")
             for j, caption in enumerate(captions):
-                yield where, Path(image).stem, inside(root.parent, image, where), _text(caption, f"{where} caption {j}")
+                yield (where, Path(image).stem, inside(root.parent, image, where),
+                       _text(caption, f"{where} caption {j}"))
 
     return _assemble("flickr30k", path, records())
 
 
 def annotation_list(name: str, annotation: str, image_dir: str) -> Callable[[Path, str], RetrievalSet]:
-    """DOCCI / IIW fine-grained and Urban-1K: {"annotations": [{image_id, image, caption}]}, captions verbatim."""
+    """DOCCI / IIW fine-grained and Urban-1K: {"annotations": [{image_id, image, caption}]}, captions
+    verbatim."""
 
     def load(root: Path, split: str) -> RetrievalSet:
         path = root / annotation

@@ -65,7 +65,8 @@ LEVELS = {
 
 
 class BuiltinDataConfig(Frozen):
-    level: Literal["easy", "hard"] = Field("hard", description="named difficulty: fills the layout settings below")
+    level: Literal["easy", "hard"] = Field("hard",
+                                           description="named difficulty: fills the layout settings below")
     image_size: int = Field(64, ge=16, description="pixels per side")
     grid: int = Field(4, ge=2, le=8, description="layout cells per side")
     min_objects: int = Field(5, ge=1)
@@ -92,7 +93,8 @@ class BuiltinDataConfig(Frozen):
         if self.min_objects > self.max_objects:
             raise ValueError(f"min_objects {self.min_objects} > max_objects {self.max_objects}")
         if self.image_size < 8 * self.grid:
-            raise ValueError(f"image_size {self.image_size} leaves cells under 8 px on a {self.grid}-cell grid")
+            raise ValueError(f"image_size {self.image_size} leaves cells under 8 px on a {self.grid}-cell "
+                             "grid")
         if self.max_objects > self.grid**2:
             raise ValueError(f"max_objects {self.max_objects} does not fit a {self.grid}×{self.grid} grid")
         return self
@@ -144,7 +146,8 @@ def short_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, list[Fac
     n = len(scene.objects)
     text = (f"{n} shapes on a {scene.background} background, among them {with_article(a.colour)} {a.shape} "
             f"and {with_article(b.colour)} {b.shape}")
-    facts = [CountFact(n), BackgroundFact(scene.background), ObjectFact(a.shape, a.colour), ObjectFact(b.shape, b.colour)]
+    facts = [CountFact(n), BackgroundFact(scene.background), ObjectFact(a.shape, a.colour),
+             ObjectFact(b.shape, b.colour)]
     return text, facts
 
 
@@ -155,7 +158,8 @@ def _png(array: np.ndarray) -> bytes:
 
 
 class FactShares:
-    """The share of a split's images where a fact holds; facts repeat across images, so each is counted once."""
+    """The share of a split's images where a fact holds; facts repeat across images, so each is counted
+    once."""
 
     def __init__(self, scenes: list[Scene]):
         self.index = FactIndex(scenes)
@@ -231,7 +235,8 @@ def generate(config: BuiltinDataConfig, out: Path, splits: tuple[str, ...] = SPL
             scenes = [scene for _, scene, _ in listed]
             shares = FactShares(scenes)
             extras = []
-            with wds.ShardWriter(str(tmp / split / "shard-%06d.tar"), maxcount=config.shard_size, verbose=0) as sink:
+            with wds.ShardWriter(str(tmp / split / "shard-%06d.tar"), maxcount=config.shard_size,
+                                 verbose=0) as sink:
                 for key, scene, origin in listed:
                     sample, extra = scene_sample(config, split, key, scene, origin, shares)
                     sink.write(sample)
@@ -243,9 +248,11 @@ def generate(config: BuiltinDataConfig, out: Path, splits: tuple[str, ...] = SPL
                 keys = [f"{split}-{i:07d}" for i in range(len(scenes))]
                 (tmp / f"{split}_queries.json").write_text(json.dumps({"images": keys, "sets": queries}))
         (tmp / "classification").mkdir()
-        with wds.ShardWriter(str(tmp / "classification" / "shard-%06d.tar"), maxcount=config.shard_size, verbose=0) as sink:
+        with wds.ShardWriter(str(tmp / "classification" / "shard-%06d.tar"), maxcount=config.shard_size,
+                             verbose=0) as sink:
             for index in range(config.classification_images):
-                image, label = render_single_object(scene_rng(config, "classification", index), config.image_size)
+                image, label = render_single_object(scene_rng(config, "classification", index),
+                                                    config.image_size)
                 sink.write({"__key__": f"classification-{index:07d}", "png": _png(image), "cls": label})
         counts["classification"] = config.classification_images
         meta = {

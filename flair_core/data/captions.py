@@ -80,7 +80,8 @@ class SamplingConfig(Frozen):
         "mixed", description="mixed: consecutive window or random merge with probability 1/2 each (original)"
     )
     max_sentence_share: float | None = Field(
-        None, gt=0, le=1, description="leave out sentences true of more than this share of images (built-in data)")
+        None, gt=0, le=1,
+        description="leave out sentences true of more than this share of images (built-in data)")
     # The original draws window starts from range(n - m), so the last sentence never appears in a window.
     # False reproduces it bit for bit (only for comparing with the original's outputs).
     include_last_window: bool = True

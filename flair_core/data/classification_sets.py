@@ -1,4 +1,5 @@
-"""Classification benchmark sources: each returns a `ClassificationSource` whose images stream in a fixed order.
+"""Classification benchmark sources: each returns a `ClassificationSource` whose images stream in a fixed
+order.
 
 * `builtin_classification(root)`: the built-in `classification/shard-*.tar` (`<key>.png`, `<key>.cls` = shape
   index); class names are `meta.json` `classes` minus "background".
@@ -52,7 +53,8 @@ def shard_samples(folder: Path, required: Sequence[str]) -> tuple[list[Path], in
     for shard in shards:
         with tarfile.open(shard) as tar:
             for name in tar.getnames():
-                key, _, ext = Path(name).name.partition(".")  # webdataset's convention: key up to the first dot
+                # webdataset's convention: key up to the first dot
+                key, _, ext = Path(name).name.partition(".")
                 parts.setdefault(f"{shard}:{key}", set()).add(ext)
     missing = [key for key, exts in parts.items() if not set(required) <= exts]
     if missing:

@@ -154,7 +154,8 @@ def flip(relation: RelationFact) -> RelationFact:
     """The same relation stated from the other object ("A left of B" -> "B right of A")."""
     opposite = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
     return RelationFact(
-        relation.other_colour, relation.other_shape, opposite[relation.relation], relation.colour, relation.shape
+        relation.other_colour, relation.other_shape, opposite[relation.relation], relation.colour,
+        relation.shape
     )
 
 
@@ -170,7 +171,8 @@ class FactIndex:
             for o in s.objects
         ]
         table = np.array(rows, dtype=np.int64).reshape(-1, 8)
-        self.image, self.shape, self.colour, self.size, self.pattern, self.region, self.row, self.col = table.T
+        (self.image, self.shape, self.colour, self.size, self.pattern, self.region, self.row,
+         self.col) = table.T
         self.background = np.array([list(BACKGROUNDS).index(s.background) for s in scenes])
         self.style = np.array([BACKGROUND_STYLES.index(s.background_style) for s in scenes])
         self.count = np.array([len(s.objects) for s in scenes])
@@ -192,12 +194,14 @@ class FactIndex:
         """bool (num_images,): where the fact holds."""
         out = np.zeros(self.num_images, dtype=bool)
         if isinstance(fact, ObjectFact):
-            out[self.image[self._objects(fact.shape, fact.colour, fact.size, fact.pattern, fact.region)]] = True
+            out[self.image[self._objects(fact.shape, fact.colour, fact.size, fact.pattern,
+                                         fact.region)]] = True
         elif isinstance(fact, RelationFact):
             a = np.flatnonzero(self._objects(fact.shape, fact.colour))
             b = np.flatnonzero(self._objects(fact.other_shape, fact.other_colour))
             same_image = self.image[a][:, None] == self.image[b][None, :]  # (|A|, |B|)
-            key = {"left of": (self.col, 1), "right of": (self.col, -1), "above": (self.row, 1), "below": (self.row, -1)}
+            key = {"left of": (self.col, 1), "right of": (self.col, -1), "above": (self.row, 1),
+                   "below": (self.row, -1)}
             coord, sign = key[fact.relation]
             holds = same_image & (sign * (coord[b][None, :] - coord[a][:, None]) > 0)
             out[self.image[a][holds.any(axis=1)]] = True

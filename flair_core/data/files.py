@@ -1,6 +1,6 @@
-"""Benchmark files as untrusted input: paths an annotation names must stay inside the benchmark's root, and image
-files (and untrusted image bytes such as an upload) are checked cheaply (present, not empty, a readable header of a
-sane size) before any pixel is decoded."""
+"""Benchmark files as untrusted input: paths an annotation names must stay inside the benchmark's root, and
+image files (and untrusted image bytes such as an upload) are checked cheaply (present, not empty, a readable
+header of a sane size) before any pixel is decoded."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def inside(root: Path, relative: str, where: str) -> Path:
     return path
 
 
-MAX_PIXELS = 40_000_000  # untrusted bytes (an upload): 40 megapixels is ~120 MB as RGB, far above any test image
+# untrusted bytes (an upload): 40 megapixels is ~120 MB as RGB, far above any test image
+MAX_PIXELS = 40_000_000
 
 
 def image_problem(path: Path) -> str | None:
@@ -43,7 +44,8 @@ def image_problem(path: Path) -> str | None:
 
 
 def _header_problem(source: Path | BinaryIO, max_pixels: int | None = None) -> str | None:
-    """Why `source` (a path or an open binary file) cannot be an image, from its header alone; None if it can."""
+    """Why `source` (a path or an open binary file) cannot be an image, from its header alone; None if it
+    can."""
     try:
         with warnings.catch_warnings():
             # PIL only warns between its two limits; `max_pixels` (or the decode) decides about those sizes
@@ -64,8 +66,9 @@ def _header_problem(source: Path | BinaryIO, max_pixels: int | None = None) -> s
 
 
 def image_from_bytes(raw: bytes, what: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Untrusted bytes (an upload) as an RGB image: not empty, a readable header and at most `max_pixels` by that
-    header before any pixel is decoded, then pixels that decode; otherwise a one-line DataError naming `what`."""
+    """Untrusted bytes (an upload) as an RGB image: not empty, a readable header and at most `max_pixels` by
+    that header before any pixel is decoded, then pixels that decode; otherwise a one-line DataError naming
+    `what`."""
     problem = "empty file" if not raw else _header_problem(io.BytesIO(raw), max_pixels)
     if problem is None:
         try:

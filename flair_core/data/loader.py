@@ -89,7 +89,8 @@ class BadSampleTracker:
         if self.seen < self.config.min_samples_for_bad_check:
             return
         if self.bad == self.seen:
-            raise DataError(f"no readable sample among the first {self.seen} read; see the warnings for shards")
+            raise DataError(f"no readable sample among the first {self.seen} read; see the warnings for "
+                            "shards")
         if self.bad > self.config.max_bad_fraction * self.seen:
             raise DataError(
                 f"{self.bad} of {self.seen} samples unreadable (more than max_bad_fraction "
@@ -129,7 +130,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             # Shards that hold no sample would be read round and round for ever, the worker spinning and
             # deaf to the DataLoader's shutdown.
             if self.tracker.read == read:
-                raise DataError(f"no sample in a pass over {len(mine)} shard(s) ({mine[0]}, ...): empty shards?")
+                raise DataError(f"no sample in a pass over {len(mine)} shard(s) ({mine[0]}, ...): empty "
+                                "shards?")
 
 
 def decode_image(sample: dict) -> Image.Image:
@@ -172,9 +174,10 @@ class SampleDecoder:
         pool = sentence_pool(record)
         sub_pool = sentence_pool(record, self.views.sampling.max_sentence_share)
         rng = sample_rng(self.seed, self.epoch, sample["__key__"])
-        # Augmentation randomness per sample too, so a resumed run crops exactly as the uninterrupted one. The
-        # transforms draw from the CPU generator only: seeding it alone gives torch.manual_seed's crops without
-        # the lazy seeding of every accelerator, which cost ~0.8 ms per sample (a third of decoding one).
+        # Augmentation randomness per sample too, so a resumed run crops exactly as the uninterrupted
+        # one. The transforms draw from the CPU generator only: seeding it alone gives
+        # torch.manual_seed's crops without the lazy seeding of every accelerator, which cost ~0.8 ms
+        # per sample (a third of decoding one).
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(rng.getrandbits(63))
             image = self.transform(decode_image(sample))
@@ -210,7 +213,8 @@ class EpochDataset(torch.utils.data.IterableDataset):
                  skip_batches):
         super().__init__()
         self.urls, self.views, self.tokenizer, self.transform = urls, views, tokenizer, transform
-        self.batch_size, self.steps, self.config, self.seed, self.epoch = batch_size, steps, config, seed, epoch
+        self.batch_size, self.steps, self.config, self.seed, self.epoch = (
+            batch_size, steps, config, seed, epoch)
         self.rank, self.world, self.skip_batches = rank, world, skip_batches
 
     def __iter__(self) -> Iterator[dict]:
@@ -259,8 +263,8 @@ def train_loader(
         raise DataError("no shard URLs given")
     if not 0 <= skip_batches <= steps_per_epoch:
         raise DataError(f"skip_batches {skip_batches} outside 0..{steps_per_epoch}")
-    dataset = EpochDataset(urls, views, tokenizer, transform, batch_size, steps_per_epoch, config, seed, epoch,
-                           rank, world, skip_batches)
+    dataset = EpochDataset(urls, views, tokenizer, transform, batch_size, steps_per_epoch, config, seed,
+                           epoch, rank, world, skip_batches)
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=config.workers,
                                        worker_init_fn=leave_stop_signals_to_the_trainer)
 

@@ -43,7 +43,8 @@ class RetrievalTask:
         return self.image_cluster[self.text_source]
 
 
-def relevance_matrix(num_images: int, text_positives: list[list[int]] | list[tuple[int, ...]]) -> torch.Tensor:
+def relevance_matrix(num_images: int,
+                     text_positives: list[list[int]] | list[tuple[int, ...]]) -> torch.Tensor:
     """bool (I, T): text t is relevant to every image in text_positives[t]."""
     relevant = torch.zeros(num_images, len(text_positives), dtype=torch.bool)
     for t, images in enumerate(text_positives):

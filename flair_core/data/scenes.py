@@ -100,7 +100,8 @@ def twin_scene(scene: Scene, rng: np.random.Generator) -> tuple[Scene, str]:
     kind = TWIN_KINDS[rng.integers(len(TWIN_KINDS))]
     i, j = (int(x) for x in rng.choice(len(objects), size=2, replace=False))
     if kind == "swap_colours" and objects[i].colour != objects[j].colour:
-        objects[i], objects[j] = replace(objects[i], colour=objects[j].colour), replace(objects[j], colour=objects[i].colour)
+        objects[i], objects[j] = (replace(objects[i], colour=objects[j].colour),
+                                  replace(objects[j], colour=objects[i].colour))
     elif kind == "swap_positions":
         a, b = objects[i], objects[j]
         objects[i] = replace(a, row=b.row, col=b.col, dx=b.dx, dy=b.dy)

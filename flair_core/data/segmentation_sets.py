@@ -29,9 +29,9 @@ IGNORE = 255
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa",
                "train", "tv monitor")
-CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-                      "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-                      "motorcycle", "bicycle")
+CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
+                      "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car", "truck",
+                      "bus", "train", "motorcycle", "bicycle")
 
 
 @dataclass(frozen=True)
@@ -46,15 +46,15 @@ def _mask(path_or_bytes: Path | bytes, remap: Callable[[np.ndarray], np.ndarray]
     raw = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
     labels = np.asarray(Image.open(raw), dtype=np.int64)  # palette PNGs read as their indices
     if labels.ndim != 2:
-        raise DataError(f"{path_or_bytes if isinstance(path_or_bytes, Path) else 'mask'} is not a class-index "
-                        f"PNG (shape {labels.shape})")
+        raise DataError(f"{path_or_bytes if isinstance(path_or_bytes, Path) else 'mask'} is not a "
+                        f"class-index PNG (shape {labels.shape})")
     return remap(labels) if remap else labels
 
 
 def folder_source(name: str, classes: Sequence[str], pairs: list[tuple[Path, Path]],
                   remap: Callable[[np.ndarray], np.ndarray] | None = None) -> SegmentationSource:
-    """(image, mask) file pairs; every file must be a usable image (one-line DataError naming the count and the
-    first, before any compute)."""
+    """(image, mask) file pairs; every file must be a usable image (one-line DataError naming the count and
+    the first, before any compute)."""
     if not pairs:
         raise DataError(f"{name}: no images found")
     check_images(name, [p for pair in pairs for p in pair], "image/mask files")

@@ -1,8 +1,8 @@
 """s3:// shards through boto3, for webdataset reading and for uploading generated shards.
 
 The endpoint and credentials come from the environment as boto3 reads them (`AWS_ENDPOINT_URL` for an
-S3-compatible store such as SeaweedFS, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`). Requests are retried with
-back-off, so a store that restarts while training reads shards costs a pause, not the run.
+S3-compatible store such as SeaweedFS, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`). Requests are retried
+with back-off, so a store that restarts while training reads shards costs a pause, not the run.
 """
 
 from __future__ import annotations

@@ -72,7 +72,8 @@ def attention_maps(model, tokenizer: Callable, image_tensor: torch.Tensor, capti
 
 
 def center_square(image: Image.Image) -> Image.Image:
-    """The centre square crop: what the eval transform (shortest-side resize + centre crop) shows the model."""
+    """The centre square crop: what the eval transform (shortest-side resize + centre crop) shows the
+    model."""
     w, h = image.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
@@ -80,7 +81,8 @@ def center_square(image: Image.Image) -> Image.Image:
 
 
 def overlay(image: Image.Image, attention: torch.Tensor) -> Image.Image:
-    """The attention map (g, g), scaled by its max and upsampled bilinearly, as a coloured alpha layer (RGBA)."""
+    """The attention map (g, g), scaled by its max and upsampled bilinearly, as a coloured alpha layer
+    (RGBA)."""
     base = center_square(image).convert("RGBA")
     size = base.size[::-1]  # (H, W)
     grid = attention.detach().float().cpu().clamp(min=0)

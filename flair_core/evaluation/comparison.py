@@ -34,9 +34,9 @@ if TYPE_CHECKING:  # the caller passes the registry's entries: importing it here
     from flair_core.methods import Method
 
 BENCHMARK_ORDER = ("builtin_fine_grained", "builtin_long", "builtin_standard")
-NOTE = ("Percent; best per column in **bold**; where recorded, [95 % bootstrap interval over clusters of queries "
-        "(a built-in twin pair) or images] and reference levels: (chance: a random ranking's or random class's "
-        "expected value; majority: always the most frequent class).")
+NOTE = ("Percent; best per column in **bold**; where recorded, [95 % bootstrap interval over clusters of "
+        "queries (a built-in twin pair) or images] and reference levels: (chance: a random ranking's or "
+        "random class's expected value; majority: always the most frequent class).")
 
 Noise = tuple[float | None, float | None, float | None, float | None]  # interval low, high, chance, majority
 
@@ -62,7 +62,8 @@ def format_noise(low: float | None = None, high: float | None = None, chance: fl
 
 def format_cell(value: float | None, low: float | None = None, high: float | None = None,
                 chance: float | None = None, majority: float | None = None, bold: bool = False) -> str:
-    """`6.70 [5.90, 7.50] (chance 0.40)`: a value with its 95 % interval and reference levels where recorded."""
+    """`6.70 [5.90, 7.50] (chance 0.40)`: a value with its 95 % interval and reference levels where
+    recorded."""
     if value is None:
         return "—"
     text = f"**{value:.2f}**" if bold else f"{value:.2f}"
@@ -187,7 +188,8 @@ def build_table(evals: Mapping[str, Mapping[str, float]], methods: Iterable[Meth
     columns = []
     for family, metrics in FAMILY_METRICS.items():
         for benchmark in _order([b for f, b in seen if f == family], BENCHMARK_ORDER):
-            columns += [Column(f"{benchmark}/{metric}", family, benchmark, metric, f"{_short(benchmark)} {label}")
+            columns += [Column(f"{benchmark}/{metric}", family, benchmark, metric,
+                               f"{_short(benchmark)} {label}")
                         for metric, label in metrics]
     if not columns:
         raise CompareError("the eval files hold no retrieval R@1, segmentation mIoU or classification top-1")
@@ -235,8 +237,8 @@ def to_markdown(table: Table) -> str:
 
 
 def to_rows(table: Table) -> list[dict[str, object]]:
-    """CSV rows: the run, every column's value (blank if missing) followed by its interval and reference levels
-    (blank where none), then the mode of every benchmark."""
+    """CSV rows: the run, every column's value (blank if missing) followed by its interval and reference
+    levels (blank where none), then the mode of every benchmark."""
     benchmarks = list(dict.fromkeys(c.benchmark for c in table.columns))
     rows = []
     for run in table.runs:
@@ -244,7 +246,8 @@ def to_rows(table: Table) -> list[dict[str, object]]:
         for c in table.columns:
             row[c.key] = _round(table.value(run, c.key))
             # always these columns, so that the CSV's header does not depend on the runs
-            row.update({c.key + s: _round(v) for s, v in zip(UNCERTAINTY, table.noise(run, c.key), strict=True)})
+            row.update({c.key + s: _round(v)
+                        for s, v in zip(UNCERTAINTY, table.noise(run, c.key), strict=True)})
         row.update({f"{b}/mode": table.modes.get((run, b), "") for b in benchmarks})
         rows.append(row)
     return rows
@@ -260,7 +263,8 @@ def _round(value: float | None):
     return "" if value is None else round(value, 4)
 
 
-def load_loss_curves(runs_dir: str | Path, runs: list[str], key: str = "loss/total") -> dict[str, dict[int, float]]:
+def load_loss_curves(runs_dir: str | Path, runs: list[str],
+                     key: str = "loss/total") -> dict[str, dict[int, float]]:
     """Run -> step -> `key` from `<runs_dir>/<run>/metrics.jsonl` (a resumed run's later line wins)."""
     curves: dict[str, dict[int, float]] = {}
     for run in runs:
@@ -281,7 +285,8 @@ def load_loss_curves(runs_dir: str | Path, runs: list[str], key: str = "loss/tot
     return curves
 
 
-def write_reports(table: Table, out: str | Path, curves: dict[str, dict[int, float]] | None = None) -> list[Path]:
+def write_reports(table: Table, out: str | Path,
+                  curves: dict[str, dict[int, float]] | None = None) -> list[Path]:
     """compare.md/.csv/.json and, with curves, train_loss.csv (step, one column per run): the files
     `dvc.yaml` declares and plots."""
     out = Path(out)

@@ -26,7 +26,8 @@ RECALL_AT = (1, 5, 10)
 
 def non_finite(scores: torch.Tensor) -> int:
     """How many entries are NaN or ±inf."""
-    if torch.isfinite(scores.sum()):  # exact fast path: any NaN/inf entry makes the sum non-finite; ~100x cheaper
+    # exact fast path: any NaN/inf entry makes the sum non-finite; ~100x cheaper
+    if torch.isfinite(scores.sum()):
         return 0
     return int((~torch.isfinite(scores)).sum())
 
@@ -56,7 +57,8 @@ def ranks(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     if bad:  # NaN compares false with everything: every query would rank 0, R@1 = 100
         raise ValueError(f"{bad} of {scores.numel()} scores are not finite")
     best = scores.masked_fill(~positives, float("-inf")).amax(dim=1, keepdim=True)  # (Q, 1)
-    # Ties with wrong items count against the query: a collapsed model scoring everything alike gets no credit.
+    # Ties with wrong items count against the query: a collapsed model scoring
+    # everything alike gets no credit.
     return (scores > best).sum(dim=1) + ((scores == best) & ~positives).sum(dim=1)
 
 
@@ -81,7 +83,8 @@ def chance_recall(num_positives: torch.Tensor, gallery: int, k: int) -> float:
 
 
 def chance_mean_rank(num_positives: torch.Tensor, gallery: int) -> float:
-    """1-based mean rank of the best positive under a random ranking: E[min of n of G positions] = (G+1)/(n+1)."""
+    """1-based mean rank of the best positive under a random ranking: E[min of n of G positions] =
+    (G+1)/(n+1)."""
     return ((gallery + 1) / (num_positives.double() + 1)).mean().item()
 
 
@@ -93,7 +96,8 @@ def recall_intervals(rank: torch.Tensor, clusters: torch.Tensor, ks: tuple[int, 
     not independent evidence. Seeded, so a re-evaluation of the same scores reports the same interval.
     """
     rank, clusters = rank.numpy(), clusters.numpy()
-    return {k: (e.low, e.high) for k in ks for e in [stats.estimate([stats.recall_outcomes(rank, clusters, k)])]}
+    return {k: (e.low, e.high) for k in ks
+            for e in [stats.estimate([stats.recall_outcomes(rank, clusters, k)])]}
 
 
 @dataclass(frozen=True)
@@ -108,8 +112,9 @@ class RankedQueries:
 
 def direction_metrics(scores: torch.Tensor, positives: torch.Tensor, prefix: str, clusters: torch.Tensor
                       ) -> tuple[dict[str, float], torch.Tensor]:
-    """One direction: scores (Q, G), positives bool (Q, G), clusters (Q,) -> recalls and ranks, each recall with
-    its interval (`_ci_low`, `_ci_high`) and chance level (`_chance`), and the chance mean rank; and the ranks."""
+    """One direction: scores (Q, G), positives bool (Q, G), clusters (Q,) -> recalls and ranks, each recall
+    with its interval (`_ci_low`, `_ci_high`) and chance level (`_chance`), and the chance mean rank; and the
+    ranks."""
     rank = ranks(scores, positives)
     n, gallery = positives.sum(dim=1), positives.shape[1]
     out = rank_metrics(rank, prefix)

@@ -69,4 +69,5 @@ def outcomes(records: dict[str, np.ndarray], metric: str, source: str = "records
                                    need("image"))
     if name == "top1":
         return stats.accuracy_outcomes(need(f"{mode}/correct"), need("cluster"), need("image"))
-    raise RecordsError(f"{source}: no per-query outcomes for metric {metric!r} (R@k, mIoU and top-1 have them)")
+    raise RecordsError(f"{source}: no per-query outcomes for metric {metric!r} (R@k, mIoU and top-1 have "
+                       "them)")

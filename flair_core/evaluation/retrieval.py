@@ -3,8 +3,9 @@ entry names them; its model scores them).
 
 Metric names are `retrieval/<benchmark>/<mode>/<metric>` (e.g. `retrieval/builtin_fine_grained/flair/t2i_r1`);
 where a benchmark's texts have several correct images (the built-in sets), the strict single-image variant is
-reported beside it as `strict_t2i_r1` etc. Every recall also has `_ci_low`, `_ci_high` and `_chance` (metrics.py).
-Each query's rank is kept too, with its cluster, so that two evaluations can be compared query by query.
+reported beside it as `strict_t2i_r1` etc. Every recall also has `_ci_low`, `_ci_high` and `_chance`
+(metrics.py). Each query's rank is kept too, with its cluster, so that two evaluations can be compared query
+by query.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from flair_core.methods import method_of
 
 def encode(model, tokenizer: Callable, transform: Callable, task: RetrievalTask, batch_size: int = 64
            ) -> dict[str, torch.Tensor]:
-    """Every image and text of the task embedded as the model's method scores them, on the CPU, + logit_scale."""
+    """Every image and text of the task embedded as the model's method scores them, on the CPU, +
+    logit_scale."""
     features = {**inference.embed_images(model, task.images(), batch_size, transform),
                 **inference.embed_texts(model, task.texts, batch_size, tokenizer)}
     features["logit_scale"] = model.logit_scale.exp().detach().float().cpu()
@@ -31,8 +33,8 @@ def encode(model, tokenizer: Callable, transform: Callable, task: RetrievalTask,
 
 
 def evaluate_retrieval(model, tokenizer: Callable, transform: Callable, task: RetrievalTask,
-                       modes: tuple[str, ...] | None = None, topk: int = 128, dtype: torch.dtype | None = None,
-                       budget_mb: float = 512, batch_size: int = 64
+                       modes: tuple[str, ...] | None = None, topk: int = 128,
+                       dtype: torch.dtype | None = None, budget_mb: float = 512, batch_size: int = 64
                        ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Every requested mode (default: all the model's method offers) on one task -> metrics and per-query
     records (`records.py`). The model must be on its device already (images and texts are embedded there,
@@ -44,7 +46,8 @@ def evaluate_retrieval(model, tokenizer: Callable, transform: Callable, task: Re
         raise ValueError(f"mode {unknown[0]!r} is not available for {method.name} "
                          f"(available: {', '.join(method.retrieval_modes)})")
     if "topk" in modes and topk > min(task.num_images, len(task.texts)):
-        raise ValueError(f"top-k {topk} is larger than the gallery ({task.num_images} images, {len(task.texts)} texts)")
+        raise ValueError(f"top-k {topk} is larger than the gallery ({task.num_images} images, "
+                         f"{len(task.texts)} texts)")
     features = encode(model, tokenizer, transform, task, batch_size)
     metrics, records = {}, {}
     variants = {"": task.relevant} | ({"strict_": task.strict} if task.strict is not None else {})
@@ -53,7 +56,8 @@ def evaluate_retrieval(model, tokenizer: Callable, transform: Callable, task: Re
         check_finite(task.name, mode, *([i2t] if i2t is t2i else [i2t, t2i]))  # one matrix: both directions
         for variant, relevant in variants.items():
             found, ranked = retrieval_metrics(i2t, t2i, relevant, task.image_cluster, task.text_cluster)
-            metrics.update({metric_key("retrieval", task.name, mode, f"{variant}{k}"): v for k, v in found.items()})
+            metrics.update({metric_key("retrieval", task.name, mode, f"{variant}{k}"): v
+                            for k, v in found.items()})
             for direction, queries in ranked.items():
                 records |= {f"{variant}{direction}/query": queries.query, f"{variant}{direction}/cluster":
                             queries.cluster, f"{mode}/{variant}{direction}/rank": queries.rank}

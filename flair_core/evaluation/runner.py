@@ -51,8 +51,8 @@ class Evaluation:
 
 
 def _retrieval(model, name, source, tokenizer, transform, options: EvalOptions) -> Evaluation:
-    return Evaluation(*evaluate_retrieval(model, tokenizer, transform, source, options.modes or None, options.topk,
-                                          options.dtype, options.budget_mb))
+    return Evaluation(*evaluate_retrieval(model, tokenizer, transform, source, options.modes or None,
+                                          options.topk, options.dtype, options.budget_mb))
 
 
 def _image_units(count: int) -> Records:
@@ -69,13 +69,15 @@ def _segmentation(model, name, source, tokenizer, transform, options: EvalOption
     metrics, records = {}, {}
     for mode in options.modes or method_of(model).segmentation_modes:
         result = evaluate_segmentation(model, tokenizer, transform, source, mode=mode,
-                                       background_threshold=options.background_threshold, device=options.device)
+                                       background_threshold=options.background_threshold,
+                                       device=options.device)
         records |= _image_units(result["num_images"]) | {f"{mode}/intersection": result["intersection"],
                                                          f"{mode}/union": result["union"]}
         miou = metric_key("segmentation", name, mode, "miou")
         metrics.update({metric_key("segmentation", name, mode, m): 100 * result[m]
                         for m in ("miou", "pixel_accuracy")})
-        metrics |= {miou + CHANCE: 100 * result["miou_chance"], miou + MAJORITY: 100 * result["miou_majority"]}
+        metrics |= {miou + CHANCE: 100 * result["miou_chance"],
+                    miou + MAJORITY: 100 * result["miou_majority"]}
         _with_interval(metrics, miou, outcomes(records, f"{mode}/miou"))
         metrics.update({metric_key("segmentation", name, mode, f"iou/{cls}"): 100 * value
                         for cls, value in result["iou"].items()})
@@ -85,10 +87,12 @@ def _segmentation(model, name, source, tokenizer, transform, options: EvalOption
 
 def _classification(model, name, source, tokenizer, transform, options: EvalOptions) -> Evaluation:
     result = evaluate_classification(model, tokenizer, transform, source, device=options.device)
-    records = {**_image_units(result["num_images"]), "label": result["labels"], "zeroshot/correct": result["correct"]}
+    records = {**_image_units(result["num_images"]), "label": result["labels"],
+               "zeroshot/correct": result["correct"]}
     metrics = {metric_key("classification", name, "zeroshot", m): 100 * result[m]
                for m in ("top1", "top5", "top1_chance", "top5_chance", "top1_majority")}
-    _with_interval(metrics, metric_key("classification", name, "zeroshot", "top1"), outcomes(records, "zeroshot/top1"))
+    _with_interval(metrics, metric_key("classification", name, "zeroshot", "top1"),
+                   outcomes(records, "zeroshot/top1"))
     metrics[metric_key("classification", name, None, "num_images")] = result["num_images"]
     return Evaluation(metrics, records)
 

@@ -58,8 +58,8 @@ def mean_iou(iou: torch.Tensor) -> float:
 
 def trivial_miou(true_pixels: torch.Tensor) -> dict[str, float]:
     """Reference levels from the labels alone, true_pixels (C,) per class: `majority`, every pixel the most
-    frequent class (all background on the built-in set); `chance`, each pixel a class drawn uniformly (expected
-    intersection t/C and prediction N/C per class, ratio of expectations)."""
+    frequent class (all background on the built-in set); `chance`, each pixel a class drawn uniformly
+    (expected intersection t/C and prediction N/C per class, ratio of expectations)."""
     t = true_pixels.double()
     total, classes = t.sum(), len(t)
     majority = torch.zeros_like(t)
@@ -141,8 +141,10 @@ def normalisation(transform: Callable) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
 
 
-def to_input(image: Image.Image, mean: torch.Tensor, std: torch.Tensor, short_side: int | None) -> torch.Tensor:
-    """PIL image -> normalised (3, H, W), optionally resized (bicubic) to a given shorter side; never cropped."""
+def to_input(image: Image.Image, mean: torch.Tensor, std: torch.Tensor,
+             short_side: int | None) -> torch.Tensor:
+    """PIL image -> normalised (3, H, W), optionally resized (bicubic) to a given shorter side; never
+    cropped."""
     if short_side is not None:
         scale = short_side / min(image.size)
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
@@ -168,7 +170,8 @@ def evaluate_segmentation(model, tokenizer: Callable, transform: Callable, sourc
         raise ValueError(f"background_threshold needs 'background' as class 0 of {source.name}")
     model.eval()
     prompted = names[1:] if background_threshold is not None else names
-    scorer = class_scorer(model, class_text_embeddings(model, tokenizer, prompted, templates, device=device), mode)
+    scorer = class_scorer(model, class_text_embeddings(model, tokenizer, prompted, templates, device=device),
+                          mode)
     window = model.config.vision_cfg.image_size
     stride = stride or max(1, window // 2)
     mean, std = normalisation(transform)
@@ -176,13 +179,15 @@ def evaluate_segmentation(model, tokenizer: Callable, transform: Callable, sourc
     per_image = []  # (C, C) confusion of each image: image-level resampling needs its counts
     for chunk in batched(source.samples(), batch_size):
         inputs = [to_input(image, mean, std, short_side) for image, _ in chunk]
-        for scores, (_, label) in zip(sliding_window_scores(scorer, inputs, window, stride, batch_size, device),
-                                      chunk):
+        for scores, (_, label) in zip(
+                sliding_window_scores(scorer, inputs, window, stride, batch_size, device), chunk):
             check_finite(source.name, mode, scores)  # NaN wins every arg-max: it would score, not fail
             target = torch.from_numpy(label)
             if scores.shape[1:] != target.shape:
-                scores = F.interpolate(scores[None], size=target.shape, mode="bilinear", align_corners=False)[0]
-            per_image.append(confusion_matrix(predict_labels(scores, background_threshold), target, len(names)))
+                scores = F.interpolate(scores[None], size=target.shape, mode="bilinear",
+                                       align_corners=False)[0]
+            per_image.append(confusion_matrix(predict_labels(scores, background_threshold), target,
+                                              len(names)))
             confusion += per_image[-1]
     if not per_image:
         raise DataError(f"{source.name}: no images")
@@ -194,4 +199,5 @@ def evaluate_segmentation(model, tokenizer: Callable, transform: Callable, sourc
             "pixel_accuracy": pixel_accuracy(confusion), "num_images": len(per_image),
             "miou_chance": references["chance"], "miou_majority": references["majority"],
             # per image and class, for intervals and paired comparisons (both sum over images to the totals)
-            "intersection": intersection.numpy(), "union": (stacked.sum(1) + stacked.sum(2) - intersection).numpy()}
+            "intersection": intersection.numpy(),
+            "union": (stacked.sum(1) + stacked.sum(2) - intersection).numpy()}

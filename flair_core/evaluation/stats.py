@@ -1,17 +1,18 @@
 """Intervals and comparisons from per-unit outcomes: cluster bootstrap, seeds as the unit, paired differences,
 Holm's correction.
 
-Every headline metric is a function of sums over its units: R@k = 100 · Σ hit / Σ 1 over queries, top-1 the same
-over images, mIoU = 100 · mean over classes of Σ intersection / Σ union over images. Units are not independent: a
-built-in image has 5–7 queries and comes with its one-attribute-changed twin, so a resample draws whole
-clusters (every query of a twin pair; for the real benchmarks every query of an image). Across seeds the seed is
-the unit of a claim: a two-level bootstrap draws seeds, then clusters within each drawn seed's evaluation.
+Every headline metric is a function of sums over its units: R@k = 100 · Σ hit / Σ 1 over queries, top-1 the
+same over images, mIoU = 100 · mean over classes of Σ intersection / Σ union over images. Units are not
+independent: a built-in image has 5–7 queries and comes with its one-attribute-changed twin, so a resample
+draws whole clusters (every query of a twin pair; for the real benchmarks every query of an image). Across
+seeds the seed is the unit of a claim: a two-level bootstrap draws seeds, then clusters within each drawn
+seed's evaluation.
 
 Two methods scored on the same queries and seeds are compared by their paired difference: both get the same
 draws, so what they share (an easy query, a lucky test set) cancels. The p-value is the bootstrap's (twice the
 smaller share of resampled differences on either side of 0; 0 means below 1 / resamples), so a difference's
-1 − α interval excludes 0 when p < α (both are read off the same resamples); `holm` adjusts a report's p-values
-for its number of claims.
+1 − α interval excludes 0 when p < α (both are read off the same resamples); `holm` adjusts a report's
+p-values for its number of claims.
 
 With few seeds the seed level is coarse: S seeds give the bootstrap S^S draws at most and a seed variance
 (S − 1)/S of the true one, so with 2–3 seeds the interval is too narrow (tests/test_stats.py measures it).
@@ -36,9 +37,9 @@ def _recall(sums: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Outcomes:
-    """One metric's outcomes on one evaluation: per unit (query or image) a row of `values` (U, d) whose column
-    sums give the metric through `statistic`; `clusters` (U,) says which units are drawn together, `ids` (U,)
-    which query or image each is (two evaluations are paired only on the same ids)."""
+    """One metric's outcomes on one evaluation: per unit (query or image) a row of `values` (U, d) whose
+    column sums give the metric through `statistic`; `clusters` (U,) says which units are drawn together,
+    `ids` (U,) which query or image each is (two evaluations are paired only on the same ids)."""
 
     values: np.ndarray
     clusters: np.ndarray
@@ -70,7 +71,8 @@ class Outcomes:
         return self.statistic(weights @ self._sums)
 
 
-def recall_outcomes(rank: np.ndarray, clusters: np.ndarray, k: int, ids: np.ndarray | None = None) -> Outcomes:
+def recall_outcomes(rank: np.ndarray, clusters: np.ndarray, k: int,
+                    ids: np.ndarray | None = None) -> Outcomes:
     """R@k in percent from 0-based ranks of the best positive."""
     rank = np.asarray(rank)
     return Outcomes(np.stack([rank < k, np.ones(len(rank))], axis=1), clusters, _recall, ids)
@@ -90,7 +92,8 @@ def miou_outcomes(intersection: np.ndarray, union: np.ndarray, clusters: np.ndar
     def miou(sums: np.ndarray) -> np.ndarray:
         inter, union_ = sums[..., :classes], sums[..., classes:]
         iou = np.divide(inter, union_, out=np.full(inter.shape, np.nan), where=union_ > 0)
-        with np.errstate(invalid="ignore"):  # a resample with no defined class: NaN, dropped by the percentile
+        # a resample with no defined class: NaN, dropped by the percentile
+        with np.errstate(invalid="ignore"):
             return 100.0 * np.nanmean(iou, axis=-1) if iou.shape[-1] else np.full(iou.shape[:-1], np.nan)
 
     return Outcomes(np.concatenate([intersection, union], axis=1), clusters, miou, ids)
@@ -136,20 +139,22 @@ class Difference:
 
 
 def _draws(rng: np.random.Generator, clusters: int, shape: tuple[int, ...]) -> np.ndarray:
-    """Draw counts per cluster (*shape, clusters): each resample draws `clusters` clusters with replacement."""
+    """Draw counts per cluster (*shape, clusters): each resample draws `clusters` clusters with
+    replacement."""
     return rng.multinomial(clusters, np.full(clusters, 1.0 / clusters), size=shape).astype(np.float64)
 
 
 def _seed_resamples(per_seed: Sequence[Sequence[Outcomes]], resamples: int, seed: int) -> list[np.ndarray]:
-    """For each of the paired evaluations (per_seed[s] holds one Outcomes per method), the two-level bootstrap's
-    seed means: an array (resamples,) per method. One seed: the cluster bootstrap alone."""
+    """For each of the paired evaluations (per_seed[s] holds one Outcomes per method), the two-level
+    bootstrap's seed means: an array (resamples,) per method. One seed: the cluster bootstrap alone."""
     rng = np.random.default_rng(seed)
     seeds = len(per_seed)
     methods = len(per_seed[0])
     # stats[m][s, j, r]: method m's metric on seed s, as drawn into slot j of resample r
     stats = [np.empty((seeds, seeds, resamples)) for _ in range(methods)]
     for s, evaluations in enumerate(per_seed):
-        weights = _draws(rng, evaluations[0].num_clusters, (seeds, resamples))  # the same draws for every method
+        # the same draws for every method
+        weights = _draws(rng, evaluations[0].num_clusters, (seeds, resamples))
         for m, outcomes in enumerate(evaluations):
             stats[m][s] = outcomes.resampled(weights)
     if seeds == 1:
@@ -234,9 +239,9 @@ HOLDS, FAILS, NOISE = "holds", "does not hold", "within noise"
 
 @dataclass(frozen=True)
 class Claim:
-    """"A − B > threshold" (a negative threshold: A is at most that far behind), judged on a paired difference;
-    a target may also ask the estimate to reach `min_value` (e.g. +10 mIoU) or the ratio A / B to reach
-    `min_ratio` with its interval above `ratio_floor`."""
+    """"A − B > threshold" (a negative threshold: A is at most that far behind), judged on a paired
+    difference; a target may also ask the estimate to reach `min_value` (e.g. +10 mIoU) or the ratio A / B to
+    reach `min_ratio` with its interval above `ratio_floor`."""
 
     name: str
     difference: Difference

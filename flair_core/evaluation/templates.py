@@ -24,7 +24,8 @@ CLIP_BEST = (
     "a photo of a {}.",
 )
 
-# A broader subset of CLIP's 80 ImageNet templates (photo-like ones), used by training-free segmentation works.
+# A broader subset of CLIP's 80 ImageNet templates (photo-like ones), used by training-free
+# segmentation works.
 CLIP_IMAGENET = (
     "a bad photo of a {}.",
     "a photo of many {}.",

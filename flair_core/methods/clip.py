@@ -72,7 +72,8 @@ class ClipLoss(MethodLoss):
         b = images.shape[0]
         all_images, all_texts = distributed.gather_with_grad(images), distributed.gather_with_grad(texts)
         scale = out["logit_scale"]
-        positive = positive_mask(b, b * world, 1, images.device, step=1, first_row=rank * b)  # (B, W·B) diagonal
+        # (B, W·B) diagonal
+        positive = positive_mask(b, b * world, 1, images.device, step=1, first_row=rank * b)
         if self.settings.loss == "sigmoid":
             logits = scale * images @ all_texts.T + out["logit_bias"]
             return {"sigmoid": world * sigmoid_loss_sum(logits, positive) / (b * world)}

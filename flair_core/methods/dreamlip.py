@@ -38,8 +38,10 @@ class DreamlipModel(DualTowers):
         self.text_post = Projection(config.text_cfg.width, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(config.init_logit_scale))
 
-    def forward(self, images: torch.Tensor, long_texts: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images (B,3,H,W), long_texts (B, C), texts (B, K, C) -> features; sub-captions row-major (B·K, D)."""
+    def forward(self, images: torch.Tensor, long_texts: torch.Tensor,
+                texts: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images (B,3,H,W), long_texts (B, C), texts (B, K, C) -> features; sub-captions row-major (B·K,
+        D)."""
         image_global, image_local = self.encode_image(images)
         b = images.shape[0]
         # One text-tower pass for both views; trimming adapts to the longer (long caption) rows.
@@ -54,8 +56,10 @@ class DreamlipModel(DualTowers):
         }
 
 
-def grouped_embeddings(image_tokens: torch.Tensor, texts: torch.Tensor, k: int, threshold: float) -> torch.Tensor:
-    """image_tokens (B, L, D) normalised, texts (B·K, D) normalised -> one grouped embedding per text (B·K, D)."""
+def grouped_embeddings(image_tokens: torch.Tensor, texts: torch.Tensor, k: int,
+                       threshold: float) -> torch.Tensor:
+    """image_tokens (B, L, D) normalised, texts (B·K, D) normalised -> one grouped embedding per text (B·K,
+    D)."""
     b, _, d = image_tokens.shape
     # Each image's K texts against its own tokens as one batched product: no (B·K, L, D) copy of the tokens
     # (and none in the backward), 5-6x faster than repeating them per text at B 32, K 4.
@@ -92,8 +96,9 @@ class DreamlipLoss(MethodLoss):
         if s.long_weight:
             all_longs = distributed.gather_with_grad(longs)
             diagonal = positive_mask(b, b * world, 1, device, step=1, first_row=rank * b)
-            terms["long"] = s.long_weight * (softmax_contrastive(scale * images @ all_longs.T, diagonal)
-                                             + softmax_contrastive(scale * longs @ all_images.T, diagonal)) / 2
+            terms["long"] = s.long_weight * (
+                softmax_contrastive(scale * images @ all_longs.T, diagonal)
+                + softmax_contrastive(scale * longs @ all_images.T, diagonal)) / 2
         if s.sub_caption_weight:
             own_texts = positive_mask(b, b * k * world, k, device, step=k, first_row=rank * b)  # (B, W·B·K)
             own_image = (torch.arange(b * world, device=device)[None, :]
@@ -111,4 +116,5 @@ class DreamlipLoss(MethodLoss):
 
 
 METHOD = Method("dreamlip", DreamlipSettings, DreamlipModel, DreamlipLoss,
-                summary="long caption + sub-captions + sub-caption grouping (settings: *_weight, grouping_threshold)")
+                summary="long caption + sub-captions + sub-caption grouping (settings: *_weight, "
+                        "grouping_threshold)")

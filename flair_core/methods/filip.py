@@ -75,8 +75,8 @@ class FilipModel(DualTowers):
                          ) -> tuple[torch.Tensor, torch.Tensor]:
         """`filip`: token-wise late interaction over all pairs."""
         if mode == "filip":
-            return scores.filip_scores(features["image_tokens"], features["text_tokens"], features["text_mask"],
-                                       features["logit_scale"], dtype, budget_mb)
+            return scores.filip_scores(features["image_tokens"], features["text_tokens"],
+                                       features["text_mask"], features["logit_scale"], dtype, budget_mb)
         return super().retrieval_scores(features, mode, topk, dtype, budget_mb)
 
 
@@ -104,7 +104,8 @@ class FilipLoss(MethodLoss):
     settings: FilipSettings
 
     def views(self, sampling: SamplingConfig) -> TextViews:
-        return TextViews(sampling.model_copy(update={"k": 1}), long_caption=self.settings.text == "long_caption")
+        return TextViews(sampling.model_copy(update={"k": 1}),
+                         long_caption=self.settings.text == "long_caption")
 
     def inputs(self, batch: dict) -> tuple[torch.Tensor, ...]:
         texts = batch["long_texts"] if self.settings.text == "long_caption" else batch["texts"][:, 0]
@@ -118,10 +119,12 @@ class FilipLoss(MethodLoss):
         all_images = distributed.gather_with_grad(images.to(dtype))
         all_texts = distributed.gather_with_grad(texts.to(dtype))
         all_mask = distributed.gather_with_grad(mask.float()).bool() if world > 1 else mask
-        # Text tokens come first and padding after: columns past the batch's longest text are masked out of both
-        # directions, so the similarities skip them (sub-captions fill a quarter of the 77-token context).
+        # Text tokens come first and padding after: columns past the batch's longest text
+        # are masked out of both directions, so the similarities skip them (sub-captions
+        # fill a quarter of the 77-token context).
         used = int(all_mask.any(dim=0).nonzero().max()) + 1 if all_mask.any() else 1
-        all_texts, all_mask, texts, mask = all_texts[:, :used], all_mask[:, :used], texts[:, :used], mask[:, :used]
+        all_texts, all_mask, texts, mask = (all_texts[:, :used], all_mask[:, :used], texts[:, :used],
+                                            mask[:, :used])
         b = images.shape[0]
         if world == 1:  # both directions read the same (B, B, L, C) similarities: compute them once
             i2t, t2i = token_similarities(images.to(dtype), texts.to(dtype), mask)
@@ -135,4 +138,5 @@ class FilipLoss(MethodLoss):
 
 
 METHOD = Method("filip", FilipSettings, FilipModel, FilipLoss, retrieval_modes=("filip", "global"),
-                summary="token-wise late interaction (settings: embed_dim, token_fraction, similarity_dtype, text)")
+                summary="token-wise late interaction (settings: embed_dim, token_fraction, similarity_dtype, "
+                        "text)")

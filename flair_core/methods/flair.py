@@ -53,7 +53,8 @@ class FlairModel(DualTowers):
         }
 
     def embed_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """-> global features (B, D) and projected patch tokens (B, L, D), which texts pool at scoring time."""
+        """-> global features (B, D) and projected patch tokens (B, L, D), which texts pool at scoring
+        time."""
         image_global, image_local = self.encode_image(images)
         return {"image_features": self.image_post(image_global), "image_tokens": self.image_post(image_local)}
 
@@ -84,7 +85,8 @@ class FlairModel(DualTowers):
         per_image = out["logit_scale"] * cos + out["logit_bias"]
         return per_image, per_image.T
 
-    def get_logits_as_clip(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_logits_as_clip(self, images: torch.Tensor,
+                           texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global matching s·cos(g_i, t_n), without bias as in the original: (B, N) and its transpose."""
         out = self(images, texts)
         per_image = out["logit_scale"] * F.normalize(out["image_features"], dim=-1) @ F.normalize(
@@ -173,7 +175,8 @@ class FlairLoss(MethodLoss):
             terms["tcs"] = w * world * tcs / m
         if w < 1:
             positive = positive_mask(b_all, b_all * k, k, texts.device, step=k)[mine]
-            logits = scale * F.normalize(image_features, dim=-1) @ F.normalize(texts, dim=-1).T + bias  # (B, W·N)
+            # (B, W·N)
+            logits = scale * F.normalize(image_features, dim=-1) @ F.normalize(texts, dim=-1).T + bias
             terms["mps"] = (1 - w) * world * sigmoid_loss_sum(logits, positive) / (b_all * k)
         return terms
 

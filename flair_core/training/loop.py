@@ -107,8 +107,8 @@ def merge_outputs(fresh: dict, cached: list[dict], index: int) -> dict:
 
 
 class Trainer:
-    """`on_validation(step, metrics)` runs on every rank after each validation (metrics broadcast from rank 0),
-    so a caller can stop a run early by raising; e.g. a hyper-parameter search pruning a bad trial."""
+    """`on_validation(step, metrics)` runs on every rank after each validation (metrics broadcast from rank
+    0), so a caller can stop a run early by raising; e.g. a hyper-parameter search pruning a bad trial."""
 
     def __init__(self, config: RunConfig, out: Path, resume: str | None = None,
                  on_validation: Callable[[int, dict[str, float]], None] | None = None):
@@ -193,7 +193,8 @@ class Trainer:
                 return "error", f"--resume {resume}: no complete checkpoint found"
             return "resume", str(path)
         if (self.out / RUN_CONFIG_FILE).exists():
-            return "error", f"{self.out} already holds a run: pass --resume auto to continue it, or another --out"
+            return "error", (f"{self.out} already holds a run: pass --resume auto to continue it, or another "
+                             "--out")
         return "fresh", None
 
     def _restore(self, state: dict, path: Path) -> None:
@@ -204,7 +205,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.loss_fn.load_state_dict(state.get("loss", {}), strict=False)
         self.step = state["step"]
-        checkpoints.restore_rng(state["rng"][self.world.rank] if isinstance(state["rng"], list) else state["rng"])
+        checkpoints.restore_rng(state["rng"][self.world.rank] if isinstance(state["rng"], list)
+                                else state["rng"])
         log.info("resumed from %s at step %d", path, self.step)
 
     def _truncate_metrics(self) -> None:
@@ -286,13 +288,15 @@ class Trainer:
         return None
 
     def _log(self, terms: dict, seconds: float, progress) -> None:
-        values = {f"loss/{k}": distributed.all_reduce_mean(v.detach().float()).item() for k, v in terms.items()}
+        values = {f"loss/{k}": distributed.all_reduce_mean(v.detach().float()).item()
+                  for k, v in terms.items()}
         values["loss/total"] = sum(values.values())
         if not self.world.is_main:
             return
         t = self.config.train
         record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **values,
-                  "lr": self.optimizer.param_groups[0]["lr"], "logit_scale": self.head.logit_scale.exp().item(),
+                  "lr": self.optimizer.param_groups[0]["lr"],
+                  "logit_scale": self.head.logit_scale.exp().item(),
                   "samples_per_s": t.batch_size * self.world.size / seconds, "seconds": seconds}
         if not all(math.isfinite(v) for v in values.values()):
             raise FloatingPointError(f"step {self.step}: loss is not finite ({values})")
@@ -310,8 +314,10 @@ class Trainer:
         metrics = [None]
         if self.world.is_main:
             root = t.validate_root or str(Path(t.shards).parent)
-            # retrieval in the method's own mode only (the fast one that matters); other families: their defaults
-            own = EvalOptions(modes=(get_method(self.config.method.name).primary_mode,), device=str(self.world.device))
+            # retrieval in the method's own mode only (the fast one that matters);
+            # other families: their defaults
+            own = EvalOptions(modes=(get_method(self.config.method.name).primary_mode,),
+                              device=str(self.world.device))
             default = EvalOptions(device=str(self.world.device))
             self.head.eval()
             with torch.no_grad():
@@ -358,8 +364,8 @@ class Trainer:
         if self.world.size == 1 and (last is None or checkpoints.step_of(last) != self.step):
             last = self._checkpoint()
         resume = f"step {checkpoints.step_of(last)}" if last else "the start"
-        raise Stopped(f"stopped by {signal.Signals(signal_number).name} at step {self.step} of {self.total_steps}; "
-                      f"--resume auto continues from {resume}", signal_number)
+        raise Stopped(f"stopped by {signal.Signals(signal_number).name} at step {self.step} of "
+                      f"{self.total_steps}; --resume auto continues from {resume}", signal_number)
 
     def _epoch(self, tokenizer, transform, progress, received: list[int]) -> Path | None:
         """The rest of the current epoch; the newest checkpoint written meanwhile."""

@@ -39,8 +39,9 @@ def render_k8s(nodes: int, procs: int, params: str, global_batch: int, out: str)
     worker = spec["pytorchReplicaSpecs"]["Worker"]
     container = worker["template"]["spec"]["containers"][0]
     argv = [str(a) for a in container["command"] + container["args"]]
-    replace = {f"--nproc_per_node={container['resources']['limits']['nvidia.com/gpu']}": f"--nproc_per_node={procs}",
-               RECIPE: params, "runs/flair-cc3m": out}
+    replace = {
+        f"--nproc_per_node={container['resources']['limits']['nvidia.com/gpu']}": f"--nproc_per_node={procs}",
+        RECIPE: params, "runs/flair-cc3m": out}
     batch = next(a for a in argv if a.startswith("train.batch_size="))
     replace[batch] = f"train.batch_size={global_batch // (nodes * procs)}"
     for old in replace:
@@ -64,7 +65,7 @@ srun() {
   while [[ $1 == --* ]]; do shift; done
   "$RENDER_PYTHON" -c 'import json, os, sys; json.dump({"argv": sys.argv[1:], "env": dict(os.environ)}, sys.stdout)' "$@"
 }
-"""
+"""  # noqa: E501 - a shell script run as is; its one long line is a `python -c` program
 
 
 def render_slurm(nodes: int, procs: int, params: str, global_batch: int, out: str) -> list[dict]:
@@ -94,7 +95,8 @@ def render_slurm(nodes: int, procs: int, params: str, global_batch: int, out: st
 
 def run_in_podman(nodes: list[dict], image: str, checkout: Path, timeout: float) -> None:
     """Each node as a container on one podman network, named and reachable by its host name, the checkout
-    mounted at /app (as the manifests' shared filesystem or volumes); fails with the first failing node's log."""
+    mounted at /app (as the manifests' shared filesystem or volumes); fails with the first failing node's
+    log."""
     network = f"flair-multinode-{os.getpid()}"
     subprocess.run(["podman", "network", "create", network], check=True, capture_output=True)
     names = []
@@ -111,7 +113,8 @@ def run_in_podman(nodes: list[dict], image: str, checkout: Path, timeout: float)
                                       timeout=timeout).stdout.strip() for name in names}
         failed = [name for name, code in codes.items() if code != "0"]
         if failed:
-            log = subprocess.run(["podman", "logs", "--tail", "15", failed[0]], capture_output=True, text=True, check=False)
+            log = subprocess.run(["podman", "logs", "--tail", "15", failed[0]], capture_output=True,
+                                 text=True, check=False)
             raise SystemExit(f"node {failed[0]} exited with {codes[failed[0]]}:\n{log.stdout}{log.stderr}")
     finally:
         subprocess.run(["podman", "rm", "--force", *names], capture_output=True, check=False)
@@ -119,15 +122,16 @@ def run_in_podman(nodes: list[dict], image: str, checkout: Path, timeout: float)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("manifest", choices=["k8s", "slurm"])
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--procs-per-node", type=int, default=1, help="GPUs per node in the manifests")
     parser.add_argument("--params", required=True, help="params file replacing " + RECIPE)
     parser.add_argument("--global-batch", type=int, required=True)
     parser.add_argument("--out", required=True, help="run folder replacing the manifests' runs/flair-cc3m")
-    parser.add_argument("--podman", metavar="IMAGE", help="run the nodes as containers of IMAGE (the checkout, "
-                                                          "the current folder, mounted at /app)")
+    parser.add_argument("--podman", metavar="IMAGE", help="run the nodes as containers of IMAGE (the "
+                                                          "checkout, the current folder, mounted at /app)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds a --podman run may take")
     args = parser.parse_args()
     render = render_k8s if args.manifest == "k8s" else render_slurm

@@ -98,9 +98,10 @@ class Browser:
                 await asyncio.sleep(0.5)
             html = await js("document.documentElement.outerHTML")
             counts = {sel: await js(f"document.querySelectorAll({json.dumps(sel)}).length") for sel in count}
-            # The viewport only: Streamlit scrolls inside its own container, so there is nothing beyond it, and
-            # captureBeyondViewport=True resizes the page for the capture, which starts the sidebar's
-            # collapse/expand transition; the shot then shows the navigation half slid out, its labels clipped.
+            # The viewport only: Streamlit scrolls inside its own container, so there is nothing
+            # beyond it, and captureBeyondViewport=True resizes the page for the capture, which
+            # starts the sidebar's collapse/expand transition; the shot then shows the
+            # navigation half slid out, its labels clipped.
             shot = await call("Page.captureScreenshot", format="png", captureBeyondViewport=False)
             return Page(text=text, html=html, screenshot=base64.b64decode(shot["data"]), counts=counts)
 
@@ -140,7 +141,8 @@ def _run(binary, profile, log, startup_timeout):
 
 def main() -> None:
     """Screenshots of a running dashboard for the docs:
-    python -m tests.helpers.browser http://127.0.0.1:8501 docs/screenshots compare= paper sweeps registry inspect"""
+    python -m tests.helpers.browser http://127.0.0.1:8501 docs/screenshots \\
+        compare= paper sweeps registry inspect"""
     import sys
     import tempfile
 
@@ -149,8 +151,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, headless_chromium(tmp) as browser:
         for page in pages:
             name, _, path = page.partition("=")
-            shot = browser.render(f"{base}/{path if _ else name}", absent_selector='[data-testid="stStatusWidget"]',
-                                  timeout=180).screenshot
+            shot = browser.render(f"{base}/{path if _ else name}",
+                                  absent_selector='[data-testid="stStatusWidget"]', timeout=180).screenshot
             (Path(out) / f"{name}.png").write_bytes(shot)
             print(f"{name}: {len(shot)} bytes")
 

@@ -24,15 +24,16 @@ def seed_platform(root: Path, tiny_data: Path) -> dict:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.create_experiment("flair-lab", artifact_location=(root / "artifacts").as_uri())
-    config = load_run_config([], ["train.model=micro-32", f"train.shards={tiny_data / 'train'}", "train.batch_size=8",
-                                  "train.steps_per_epoch=2", "loader.workers=0", "train.warmup_steps=1"])
+    config = load_run_config([], ["train.model=micro-32", f"train.shards={tiny_data / 'train'}",
+                                  "train.batch_size=8", "train.steps_per_epoch=2", "loader.workers=0",
+                                  "train.warmup_steps=1"])
     Trainer(config, root / "run").fit()
     checkpoint = next((root / "run" / "checkpoints").glob("*.pt"))
     run_ids = {}
     for method, (fine, long) in SEEDED.items():
         run = client.create_run(experiment, run_name=f"{method}-seeded", tags={
-            "method": method, "preset": "micro-32", "data_hash": "d0d0d0d0d0d0beef", "data_level": LEVEL[method],
-            "git_commit": "c0ffee"})
+            "method": method, "preset": "micro-32", "data_hash": "d0d0d0d0d0d0beef",
+            "data_level": LEVEL[method], "git_commit": "c0ffee"})
         mode = MODE[method]
         for key, value in {FINE.format(mode=mode): fine, f"retrieval/builtin_long/{mode}/t2i_r1": long,
                            f"retrieval/builtin_standard/{mode}/t2i_r1": fine + 1,
@@ -67,10 +68,11 @@ def seed_platform(root: Path, tiny_data: Path) -> dict:
     distributions = {"sampling.k": optuna.distributions.IntDistribution(1, 10),
                      "method.settings.tcs_weight": optuna.distributions.FloatDistribution(0, 1)}
     for k in range(1, 8):  # the objective follows K
-        study.add_trial(optuna.trial.create_trial(value=k * 1.5, params={"sampling.k": k,
-                                                                         "method.settings.tcs_weight": k / 10},
-                                                  distributions=distributions, intermediate_values={16: k * 1.0}))
+        study.add_trial(optuna.trial.create_trial(
+            value=k * 1.5, params={"sampling.k": k, "method.settings.tcs_weight": k / 10},
+            distributions=distributions, intermediate_values={16: k * 1.0}))
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={
-        "sampling.k": 9, "method.settings.tcs_weight": 0.9}, distributions=distributions, intermediate_values={16: 0.1}))
+        "sampling.k": 9, "method.settings.tcs_weight": 0.9}, distributions=distributions,
+        intermediate_values={16: 0.1}))
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
     return {"uri": uri, "storage": storage, "data": tiny_data, "run_ids": run_ids}

@@ -15,7 +15,8 @@ def png(size: tuple[int, int] = (64, 64)) -> bytes:
 
 
 def declaring(raw: bytes, width: int, height: int) -> bytes:
-    """`raw` (a PNG) with its IHDR claiming width x height, CRC recomputed: no such image is ever allocated."""
+    """`raw` (a PNG) with its IHDR claiming width x height, CRC recomputed: no such image is ever
+    allocated."""
     ihdr = b"IHDR" + struct.pack(">II", width, height) + raw[24:29]  # length(4) IHDR(4) w h depth colour …(5)
     return raw[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + raw[33:]
 

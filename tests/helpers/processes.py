@@ -37,7 +37,8 @@ def listeners() -> dict[int, set[str]]:
             local, state = row.split()[1], row.split()[3]
             if state == "0A":  # LISTEN
                 address, port = local.split(":")
-                raw = bytes.fromhex(address)  # the kernel prints each 32-bit word in host (little-endian) order
+                # the kernel prints each 32-bit word in host (little-endian) order
+                raw = bytes.fromhex(address)
                 words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
                 found.setdefault(int(port, 16), set()).add(str(ipaddress.ip_address(words)))
     return found

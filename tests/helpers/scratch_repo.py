@@ -18,10 +18,10 @@ PY = sys.executable
 
 
 def tiny_preset(repo: Path) -> None:
-    """Make the copy's params/cpu.yaml the tiny preset: params/pipeline.yaml merged over it, section by section,
-    as `flair train --params params/cpu.yaml --params params/pipeline.yaml` reads them. The flows take one
-    params file (pretrain-eval's `params_file`, default params/cpu.yaml; its `dvc repro prepare`), so the
-    merge is written in place here; the DVC pipeline test passes the override file instead."""
+    """Make the copy's params/cpu.yaml the tiny preset: params/pipeline.yaml merged over it, section by
+    section, as `flair train --params params/cpu.yaml --params params/pipeline.yaml` reads them. The flows
+    take one params file (pretrain-eval's `params_file`, default params/cpu.yaml; its `dvc repro prepare`), so
+    the merge is written in place here; the DVC pipeline test passes the override file instead."""
     import yaml
 
     from flair_core.run_config import merge_sections, read_yaml
@@ -33,11 +33,14 @@ def tiny_preset(repo: Path) -> None:
 
 
 def scratch_copy(folder: Path) -> Path:
-    """The repo's sources (no outputs, no venv) in `folder/repo`, on the tiny preset, committed to a fresh git."""
+    """The repo's sources (no outputs, no venv) in `folder/repo`, on the tiny preset, committed to a fresh
+    git."""
     repo = folder / "repo"
-    top_level = {".venv", ".git", "runs", "data", "eval", "reports", ".services", "sweeps"}  # outputs, not sources
+    # outputs, not sources
+    top_level = {".venv", ".git", "runs", "data", "eval", "reports", ".services", "sweeps"}
     shutil.copytree(REPO, repo, ignore=lambda parent, names: [
-        n for n in names if (Path(parent) == REPO and n in top_level) or n == "__pycache__" or n.endswith(".egg-info")])
+        n for n in names if (Path(parent) == REPO and n in top_level) or n == "__pycache__"
+        or n.endswith(".egg-info")])
     tiny_preset(repo)
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
                     ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "scratch"]):
@@ -49,8 +52,8 @@ def scratch_copy(folder: Path) -> Path:
 def scratch_platform(folder: Path, deployments: dict[str, str], db: str = "sqlite", **settings):
     """`deployments`: flow module -> deployment name (e.g. {"flows.pretrain_eval": "pretrain-eval/test"}).
     With db="postgres", MLflow's store and the sweeps' Optuna storage are a real PostgreSQL server; `settings`
-    go to LocalServices (auth="on": team mode; bind=ADDRESS). Yields (repo, env); the MLflow/S3 client settings
-    are also in os.environ meanwhile."""
+    go to LocalServices (auth="on": team mode; bind=ADDRESS). Yields (repo, env); the MLflow/S3 client
+    settings are also in os.environ meanwhile."""
     from services.stack import LocalServices
     from tests.helpers.processes import free_port
 
@@ -69,8 +72,8 @@ def scratch_platform(folder: Path, deployments: dict[str, str], db: str = "sqlit
     try:
         deadline = time.time() + 120
         for name in deployments.values():
-            while subprocess.run([BIN / "prefect", "deployment", "inspect", name], env=env, capture_output=True,
-                                 check=False).returncode != 0:
+            while subprocess.run([BIN / "prefect", "deployment", "inspect", name], env=env,
+                                 capture_output=True, check=False).returncode != 0:
                 assert all(p.poll() is None for p in served) and time.time() < deadline, \
                     (repo / ".services" / "serve.log").read_text()
                 time.sleep(1)

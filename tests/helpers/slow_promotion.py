@@ -1,5 +1,5 @@
-"""One `pretrain-eval` promotion in its own process, as a flow run would do it, with the decision slowed down so
-that two of them started together both read the registry before either writes:
+"""One `pretrain-eval` promotion in its own process, as a flow run would do it, with the decision slowed down
+so that two of them started together both read the registry before either writes:
 
     python -m tests.helpers.slow_promotion METHOD VERSION RUN_ID METRIC   # prints the decision as JSON
 """
