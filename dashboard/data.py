@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = os.environ.get("FLAIR_EXPERIMENT", "flair-lab")
-SWEEP_EXPERIMENT = "flair-lab-sweeps"
 TTL = 30  # seconds: new runs show up without a restart
 
 
@@ -330,10 +329,9 @@ def is_baseline(method: str) -> bool:
 
 
 def own_modes_text() -> str:
-    """`flair flair, clip global, …`: each registered method and its own retrieval mode, in registry order."""
-    from flair_core import METHODS
+    from flair_core.methods import own_modes_text  # lazily: the registry imports torch
 
-    return ", ".join(f"{m.name} {m.primary_mode}" for m in METHODS.values())
+    return own_modes_text()
 
 
 def own_mode(method: str) -> str:

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from flair_core.evaluation.comparison import main_table
 from flair_core.evaluation.headline import MAIN_TABLE
-from flair_core.methods import METHODS, get_method
+from flair_core.methods import METHODS, get_method, own_modes_text
 from flair_lab.tracking import registered_name
 
 
@@ -63,7 +63,7 @@ def main() -> None:
     widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
     for row in [header, ["-" * w for w in widths], *table]:
         print("  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)))
-    own = ", ".join(f"{m.name} {m.primary_mode}" for m in METHODS.values())
+    own = own_modes_text()
     print(f"(percent, each method in its own scoring mode: {own}; [95 % bootstrap interval over twin-pair "
           "clusters of queries, or images], (reference levels: chance, majority class); one seed)")
     for name, url in urls().items():

@@ -41,7 +41,7 @@ from flair_lab import tracking
 REPO = Path(__file__).resolve().parents[1]
 FLAIR = [sys.executable, "-m", "flair_cli"]
 # every family, built-in data
-BENCHMARKS = [name for name in benchmark_names() if name.startswith("builtin_")]
+BENCHMARKS = benchmark_names(builtin=True)
 
 
 def run_command(command: list[str], what: str, threads: int | None = None) -> str:

@@ -28,6 +28,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flair_core.model_config import ConfigError
 from flair_lab import tracking
+from flair_lab.experiments import SWEEP_EXPERIMENT
 from flair_lab.sweep_report import write_report
 from flair_lab.sweeps import (
     SweepConfig,
@@ -40,7 +41,7 @@ from flair_lab.sweeps import (
 )
 from flows.pretrain_eval import REPO, check_services, data_version, git_commit
 
-EXPERIMENT = "flair-lab-sweeps"
+EXPERIMENT = SWEEP_EXPERIMENT
 
 
 def worker_command(index: int, config_file: str, overrides: list[str], data_root: str,

@@ -540,3 +540,13 @@ def test_untrusted_image_bytes_that_are_an_image_come_back_as_rgb():
     Image.new("P", (5, 3)).save(palette, format="PNG")
     image = image_from_bytes(palette.getvalue(), "x")
     assert (image.mode, image.size) == ("RGB", (5, 3))
+
+
+def test_the_built_in_benchmarks_are_flagged_as_such_and_the_flow_evaluates_exactly_them():
+    from flows.pretrain_eval import BENCHMARKS as FLOW_BENCHMARKS
+
+    assert benchmark_names(builtin=True) == FLOW_BENCHMARKS == [
+        "builtin_fine_grained", "builtin_long", "builtin_standard", "builtin_segmentation",
+        "builtin_classification"]
+    assert "coco" in benchmark_names(builtin=False) and "builtin_long" not in benchmark_names(builtin=False)
+    assert benchmark_names("segmentation", builtin=True) == ["builtin_segmentation"]

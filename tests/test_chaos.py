@@ -186,7 +186,7 @@ def test_prefect_restarted_in_training_and_mlflow_down_before_logging_the_flow_c
     from flair_core.data.registry import benchmark_names
     from tests.helpers.scratch_repo import scratch_copy
 
-    evaluations = len([name for name in benchmark_names() if name.startswith("builtin_")])  # as the flow's
+    evaluations = len(benchmark_names(builtin=True))  # as the flow's
 
     repo = scratch_copy(tmp_path)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}

@@ -39,3 +39,8 @@ def method_of(model: nn.Module) -> Method:
 
 
 __all__ = ["METHODS", "Method", "get_method", "method_of", "register"]
+
+
+def own_modes_text() -> str:
+    """`flair flair, clip global, …`: each registered method and its own retrieval mode, in registry order."""
+    return ", ".join(f"{m.name} {m.primary_mode}" for m in METHODS.values())
