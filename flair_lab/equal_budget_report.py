@@ -22,9 +22,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from flair_core.evaluation import CHANCE, MAJORITY, stats
-from flair_core.evaluation.comparison import format_cell
-from flair_core.evaluation.headline import MAIN_TABLE, is_headline, metric_key, own_mode_key
+from flair_core.evaluation import CHANCE, CI_HIGH, CI_LOW, MAJORITY, stats
+from flair_core.evaluation.comparison import format_cell, main_table
+from flair_core.evaluation.headline import MAIN_TABLE, Column, is_headline, metric_key, own_mode_key
 from flair_core.evaluation.records import SUFFIX, load_records, outcomes, records_path
 from flair_core.methods import METHODS
 from flair_core.run_config import read_run_config
@@ -137,6 +137,20 @@ def cell(seeds: dict[int, dict], key: str, mode: str | None = None) -> Cell | No
     level = {name: mean(v) if None not in v else None
              for name, v in (("chance", chance), ("majority", majority))}
     return Cell(stats.estimate(list(units.values())), level["chance"], level["majority"], units)
+
+
+def seed_means(seeds: dict[int, dict], specs, mode: str) -> dict[str, float]:
+    """A configuration's cells as flat metrics — seed mean, interval, reference levels — named as a run's
+    (`{mode}` filled with `mode`), for the library's table builder."""
+    out = {}
+    for spec in specs:
+        if (c := cell(seeds, spec.key)) is None:
+            continue
+        key = spec.for_mode(mode)
+        out |= {key: c.value, key + CI_LOW: c.low, key + CI_HIGH: c.high}
+        out |= {key + suffix: level for suffix, level in ((CHANCE, c.chance), (MAJORITY, c.majority))
+                if level is not None}
+    return out
 
 
 def best_mode_cell(seeds: dict[int, dict], key: str) -> tuple[str, Cell] | None:
@@ -288,14 +302,19 @@ def write_report(config, out: Path) -> list[Path]:
               "method's own scoring mode; segmentation in every mode a method offers. Runs finished so far: "
               f"{sum(len(s) for s in runs.values())} of {planned}."),
              "", "## Main table", ""]
-    columns = [(c.label, c.key, None) for c in MAIN_TABLE if "segmentation" not in c.key] + [
-        ("seg mIoU (patch)", SEG, "patch"), ("seg mIoU (attention)", SEG, "attention")]
-    lines += ["| method | " + " | ".join(label for label, _, _ in columns) + " |",
-              "|---|" + "---:|" * len(columns)]
-    for m in config.methods:
-        if seeds := runs.get(("methods", m)):
-            cells = [cell(seeds, key, mode) for _, key, mode in columns]
-            lines.append(f"| {m} | " + " | ".join(text(c) for c in cells) + " |")
+    specs = (*(c for c in MAIN_TABLE if "segmentation" not in c.key),
+             *(Column(f"seg mIoU ({mode})", SEG.format(mode=mode)) for mode in ("patch", "attention")))
+    methods = [m for m in config.methods if runs.get(("methods", m))]
+    # the library's table builder, fed each method's seed means (and their two-level intervals) as its metrics
+    table = main_table({m: seed_means(runs[("methods", m)], specs, METHODS[m].primary_mode) for m in methods},
+                       {m: METHODS[m].primary_mode for m in methods}, specs)
+    lines += ["| method | " + " | ".join(c.label for c in table.columns) + " |",
+              "|---|" + "---:|" * len(table.columns)]
+    for m in table.runs:
+        seeds = len(runs[("methods", m)])
+        cells = [f"{table.cell(m, c.key)} n={seeds}" if table.value(m, c.key) is not None else "—"
+                 for c in table.columns]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "## Claims", "",
               ("Each claim is a paired difference A − B: the same test queries and the same seeds, resampled "
                "together (seeds, then clusters), with its 95 % interval, the ratio A / B and a p-value. A "
