@@ -19,7 +19,8 @@ def test_every_planned_run_of_the_shipped_study_is_a_valid_run_at_one_budget(qui
     # FLAIR's recipe is TCS only
     assert by_label[("loss", "TCS only", 0)] == by_label[("methods", "flair", 0)]
     if not quick:
-        assert len(runs) == 23 and len(set(keys.values())) == 21
+        # 3 seeds × 4 methods and 15 ablations × 2 seeds; "TCS only" and "K 4" are FLAIR's recipe
+        assert len(runs) == 42 and len(set(keys.values())) == 38
         assert by_label[("k", "K 4", 0)] == by_label[("methods", "flair", 0)]
         assert by_label[("methods", "flair", 0)] != by_label[("methods", "flair", 1)]  # seeds differ
         assert params[0]["data"]["seed"] == 0 and "seed1-" in str(data_dir(config, 1, "code"))
