@@ -226,8 +226,9 @@ def claims(runs: dict) -> list[Row]:
         rows.append(claim_row("target: FLAIR fine-grained ≥ 2× the best baseline, the ratio's interval above "
                               "1.5×", flair_fine, rivals[best], numbers, min_ratio=2.0, ratio_floor=1.5))
     tcs, glob = runs.get(("loss", "TCS only")), runs.get(("loss", "global sigmoid only"))
-    if tcs and glob:
-        (tcs_mode, a), (glob_mode, b) = best_mode_cell(tcs, SEG), best_mode_cell(glob, SEG)
+    found = (best_mode_cell(tcs, SEG), best_mode_cell(glob, SEG)) if tcs and glob else (None, None)
+    if all(found):  # both ran, and the study evaluated segmentation
+        (tcs_mode, a), (glob_mode, b) = found
         voc20 = [paper_loss(label, "voc20_miou") for label in ("TCS only", "global sigmoid only")]
         rows.append(claim_row("TCS creates spatial grounding: TCS-only segmentation ≫ global-only (≥ "
                               f"{SEG_MARGIN:.0f} mIoU; paper [S] {voc20[0]} vs {voc20[1]})", a, b,
@@ -235,8 +236,9 @@ def claims(runs: dict) -> list[Row]:
                               min_value=SEG_MARGIN))
     seg_rivals = {m: found for m in METHODS if METHODS[m].baseline and method.get(m)
                   and (found := best_mode_cell(method[m], SEG))}
-    if method["flair"] and seg_rivals:
-        flair_mode, a = best_mode_cell(method["flair"], SEG)
+    flair_seg = best_mode_cell(method["flair"], SEG) if method["flair"] else None
+    if flair_seg and seg_rivals:
+        flair_mode, a = flair_seg
         best = max(seg_rivals, key=lambda m: seg_rivals[m][1].value)
         rival_mode, b = seg_rivals[best]
         rows.append(claim_row(f"target: FLAIR segmentation (best mode) ≥ the best baseline's best mode + "

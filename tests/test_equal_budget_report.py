@@ -98,15 +98,18 @@ def test_report_puts_optunas_pareto_front_over_flairs_configurations(tmp_path):
     runs = tmp_path / "runs" / "s"
     sampling = {"k": 4, "max_sentences": 2, "length_mode": "random"}
     recipe = {"method": {"tcs_weight": 1.0}, "sampling": sampling}
-    fake_run(runs, "recipe", "flair", [("methods", "flair", 0), ("k", "K 4", 0)], 6.0, 6.0, recipe)
+    recipe_rows = [("methods", "flair", 0), ("k", "K 4", 0), ("loss", "TCS only", 0)]
+    fake_run(runs, "recipe", "flair", recipe_rows, 6.0, 6.0, recipe)
     fake_run(runs, "k8", "flair", [("k", "K 8", 0)], 4.0, 12.0, {**recipe, "sampling": {**sampling, "k": 8}})
     # dominated
     fake_run(runs, "k2", "flair", [("k", "K 2", 0)], 3.0, 5.0, {**recipe, "sampling": {**sampling, "k": 2}})
     fake_run(runs, "swept", "flair", [("sweep", "sweep best", 0)], 5.0, 10.0,
              {"method": {"tcs_weight": 0.75}, "sampling": {**sampling, "k": 7}})
-    fake_run(runs, "clip0", "clip", [("methods", "clip", 0)], 2.0, 14.0, {"sampling": sampling})
+    fake_run(runs, "clip0", "clip", [("methods", "clip", 0), ("loss", "global sigmoid only", 0)], 2.0, 14.0,
+             {"sampling": sampling})
     config = study(tmp_path, seeds=(0,), methods=("flair", "clip"),
-                   ablations={"k": {"K 2": (), "K 4": (), "K 8": ()}, "sweep": {"sweep best": ()}})
+                   ablations={"k": {"K 2": (), "K 4": (), "K 8": ()}, "sweep": {"sweep best": ()},
+                              "loss": {"global sigmoid only": (), "TCS only": ()}})
 
     files = write_report(config, tmp_path / "report")
 
@@ -116,6 +119,7 @@ def test_report_puts_optunas_pareto_front_over_flairs_configurations(tmp_path):
     rows = {row[1]: row[0] == "| ★" for row in cells if row[1] in ("K 2", "K 4", "K 8", "sweep best")}
     assert rows == {"K 4": True, "K 8": True, "sweep best": True, "K 2": False}  # K 2 is dominated by K 4
     assert (tmp_path / "report" / "pareto_front.png") in files
+    assert "TCS creates spatial grounding" not in report  # no segmentation evaluated: that claim is not made
 
 
 def test_the_published_numbers_come_from_paper_numbers_yaml_for_every_paired_setting_of_the_shipped_study():
