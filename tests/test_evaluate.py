@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -210,3 +211,24 @@ def test_a_metric_that_is_not_a_number_is_never_reported(tiny_data, monkeypatch)
     with pytest.raises(EvaluationError, match=r"^builtin_long: 1 metrics are not finite, first: "
                                               r"retrieval/builtin_long/global/t2i_r5 = inf$"):
         run_benchmark(create_model("micro-32", "clip"), "builtin_long", tiny_data, "test")
+
+
+def test_segmentation_and_classification_records_reproduce_their_metrics(tiny_data):
+    """Per-image pixel counts and hits sum back to the reported mIoU and top-1; each has its interval and
+    reference levels."""
+    from flair_core.evaluation.records import outcomes
+    from flair_core.evaluation.runner import evaluate_benchmark
+
+    model = create_model("micro-32", "flair").eval()
+    segmentation = evaluate_benchmark(model, "builtin_segmentation", tiny_data, "test")
+    for mode in ("patch", "attention"):
+        key = f"segmentation/builtin_segmentation/{mode}/miou"
+        metrics = segmentation.metrics
+        assert outcomes(segmentation.records, f"{mode}/miou").value() == pytest.approx(metrics[key])
+        assert metrics[key + "_ci_low"] <= metrics[key] <= metrics[key + "_ci_high"]
+        assert 0 < metrics[key + "_chance"] < metrics[key + "_majority"]
+    classification = evaluate_benchmark(model, "builtin_classification", tiny_data)
+    key = "classification/builtin_classification/zeroshot/top1"
+    metrics, labels = classification.metrics, classification.records["label"]
+    assert outcomes(classification.records, "zeroshot/top1").value() == pytest.approx(metrics[key])
+    assert metrics[key + "_majority"] == pytest.approx(100 * np.bincount(labels).max() / len(labels))

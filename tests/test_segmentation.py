@@ -26,6 +26,7 @@ from flair_core.evaluation.segmentation import (
     pixel_accuracy,
     predict_labels,
     sliding_window_scores,
+    trivial_miou,
     window_starts,
 )
 from tests.helpers.models import micro_model
@@ -275,3 +276,12 @@ def test_cityscapes_layout(tmp_path):
     assert np.array_equal(labels, train_ids)
     with pytest.raises(ValueError, match="needs 'background'"):
         evaluate_segmentation(*micro_model("clip"), source, background_threshold=0.1)
+
+
+def test_trivial_predictors_miou_from_the_labels_alone():
+    """90 background pixels, 10 of class 1, none of class 2. All background: IoU 0.9 and 0 (class 2 neither
+    present nor predicted: no IoU). Uniformly random: each class's expected intersection t/3 over its expected
+    union 100/3 + t·2/3."""
+    levels = trivial_miou(torch.tensor([90, 10, 0]))
+    assert levels["majority"] == pytest.approx((0.9 + 0.0) / 2)
+    assert levels["chance"] == pytest.approx((30 / (100 / 3 + 60) + (10 / 3) / (100 / 3 + 20 / 3) + 0) / 3)

@@ -176,7 +176,7 @@ def evaluate_segmentation(model, tokenizer: Callable, transform: Callable, sourc
     stride = stride or max(1, window // 2)
     mean, std = normalisation(transform)
     confusion = torch.zeros(len(names), len(names), dtype=torch.long)
-    per_image = []  # (C, C) confusion of each image: image-level resampling needs its counts
+    intersections, unions = [], []  # (C,) per image: image-level resampling needs its counts
     for chunk in batched(source.samples(), batch_size):
         inputs = [to_input(image, mean, std, short_side) for image, _ in chunk]
         for scores, (_, label) in zip(
@@ -186,18 +186,16 @@ def evaluate_segmentation(model, tokenizer: Callable, transform: Callable, sourc
             if scores.shape[1:] != target.shape:
                 scores = F.interpolate(scores[None], size=target.shape, mode="bilinear",
                                        align_corners=False)[0]
-            per_image.append(confusion_matrix(predict_labels(scores, background_threshold), target,
-                                              len(names)))
-            confusion += per_image[-1]
-    if not per_image:
+            image = confusion_matrix(predict_labels(scores, background_threshold), target, len(names))
+            confusion += image
+            intersections.append(image.diagonal())
+            unions.append(image.sum(0) + image.sum(1) - image.diagonal())
+    if not intersections:
         raise DataError(f"{source.name}: no images")
     iou = iou_per_class(confusion)
-    stacked = torch.stack(per_image)  # (I, C, C)
-    intersection = stacked.diagonal(dim1=1, dim2=2)
     references = trivial_miou(confusion.sum(1))
     return {"miou": mean_iou(iou), "iou": {n: v.item() for n, v in zip(names, iou) if not math.isnan(v)},
-            "pixel_accuracy": pixel_accuracy(confusion), "num_images": len(per_image),
+            "pixel_accuracy": pixel_accuracy(confusion), "num_images": len(intersections),
             "miou_chance": references["chance"], "miou_majority": references["majority"],
             # per image and class, for intervals and paired comparisons (both sum over images to the totals)
-            "intersection": intersection.numpy(),
-            "union": (stacked.sum(1) + stacked.sum(2) - intersection).numpy()}
+            "intersection": torch.stack(intersections).numpy(), "union": torch.stack(unions).numpy()}
