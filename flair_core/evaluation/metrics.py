@@ -96,8 +96,8 @@ def recall_intervals(rank: torch.Tensor, clusters: torch.Tensor, ks: tuple[int, 
     not independent evidence. Seeded, so a re-evaluation of the same scores reports the same interval.
     """
     rank, clusters = rank.numpy(), clusters.numpy()
-    return {k: (e.low, e.high) for k in ks
-            for e in [stats.estimate([stats.recall_outcomes(rank, clusters, k)])]}
+    found = stats.estimate_together([stats.recall_outcomes(rank, clusters, k) for k in ks])
+    return {k: (e.low, e.high) for k, e in zip(ks, found, strict=True)}
 
 
 @dataclass(frozen=True)
