@@ -91,8 +91,13 @@ def own(key: str, method: str) -> str:
 
 
 @cache
-def _records(path: Path) -> dict:
+def _records_as_of(path: Path, modified_ns: int) -> dict:
     return load_records(path)
+
+
+def _records(path: Path) -> dict:
+    """A run's records, read once per version of the file (a re-evaluated run is read afresh)."""
+    return _records_as_of(path, path.stat().st_mtime_ns if path.is_file() else 0)
 
 
 @dataclass(frozen=True)
