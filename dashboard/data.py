@@ -105,6 +105,32 @@ def runs(tracking_uri: str, experiment: str = EXPERIMENT) -> pd.DataFrame:
     return _reachable(read, "runs", tracking_uri)
 
 
+@st.cache_data(show_spinner="Pairing runs on their per-query records…", max_entries=256)
+def paired_delta(tracking_uri: str, a: tuple[str, str], b: tuple[str, str]) -> dict | None:
+    """Run A's metric − run B's on the same queries (each as (run id, full metric key)), from the per-query
+    records both logged: the difference in points, its 95 % interval and p-value; None where either run kept
+    no records or they were scored on other queries. A finished run's records never change: no TTL."""
+    from flair_lab.tracking import paired_between
+
+    difference = _reachable(lambda: paired_between(_client(tracking_uri), a, b), "per-query records",
+                            tracking_uri)
+    if difference is None:
+        return None
+    return {"value": difference.value, "low": difference.low, "high": difference.high, "p": difference.p}
+
+
+def paired_deltas(tracking_uri: str, pairs: dict) -> dict:
+    """`paired_delta` of every pair ({name: (a, b)}), with `p` Holm-corrected over all of them that could be
+    paired (a page's family of comparisons) and `holds` where that p < 0.05; None where not paired."""
+    from flair_core.evaluation.stats import LEVEL, holm
+
+    found = {name: paired_delta(tracking_uri, a, b) for name, (a, b) in pairs.items()}
+    paired = [name for name, delta in found.items() if delta is not None]
+    for name, p in zip(paired, holm([found[name]["p"] for name in paired]), strict=True):
+        found[name] = {**found[name], "p": p, "holds": p < 1 - LEVEL}
+    return found
+
+
 @st.cache_data(ttl=TTL, show_spinner="Reading the model registry…")
 def registry(tracking_uri: str) -> pd.DataFrame:
     """One row per registered model version with its aliases, promotion decision and lineage."""

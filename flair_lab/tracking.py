@@ -234,19 +234,29 @@ def run_records(client: MlflowClient, run_id: str, benchmark: str) -> dict | Non
         return load_records(path)
 
 
-def paired_difference(client: MlflowClient, candidate_run: str, champion_run: str, primary: str
-                      ) -> stats.Difference | None:
-    """Candidate − champion on the primary metric, paired over the same queries; None where either run kept no
-    records or they were not scored on the same queries (another data set or split)."""
-    _family, benchmark, mode, metric = primary.split("/")
-    found = [run_records(client, run, benchmark) for run in (candidate_run, champion_run)]
+def paired_between(client: MlflowClient, a: tuple[str, str], b: tuple[str, str]) -> stats.Difference | None:
+    """Run A's metric − run B's metric, each given as (run id, `<family>/<benchmark>/<mode>/<metric>`), paired
+    over the same queries: the modes may differ (each method scored in its own), the benchmark may not. None
+    where either run kept no records or they were not scored on the same queries (another data set or
+    split)."""
+    (run_a, key_a), (run_b, key_b) = a, b
+    benchmark = key_a.split("/")[1]
+    if key_b.split("/")[1] != benchmark:
+        raise ValueError(f"cannot pair {key_a} with {key_b}: different benchmarks")
+    found = [run_records(client, run, benchmark) for run in (run_a, run_b)]
     if any(r is None for r in found):
         return None
     try:
-        return stats.paired([outcomes(found[0], f"{mode}/{metric}")],
-                            [outcomes(found[1], f"{mode}/{metric}")])
+        return stats.paired([outcomes(found[0], key_a.split("/", 2)[2])],
+                            [outcomes(found[1], key_b.split("/", 2)[2])])
     except (RecordsError, ValueError):
         return None
+
+
+def paired_difference(client: MlflowClient, candidate_run: str, champion_run: str, primary: str
+                      ) -> stats.Difference | None:
+    """Candidate − champion on the primary metric, paired over the same queries (`paired_between`)."""
+    return paired_between(client, (candidate_run, primary), (champion_run, primary))
 
 
 def promote(method: str, version: str, run_id: str, primary: str, tolerance: float) -> dict:

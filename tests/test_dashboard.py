@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.helpers.dashboard_seed import FINE, LEVEL, SEEDED, seed_platform
+from tests.helpers.dashboard_seed import FINE, LEVEL, MODE, SEEDED, seed_platform
 from tests.helpers.hostile_images import hostile, png
 from tests.helpers.paths import REPO
 
@@ -45,23 +45,52 @@ def frame(element) -> pd.DataFrame:
     return element.value if isinstance(element.value, pd.DataFrame) else element.value.data
 
 
-def test_compare_shows_every_method_and_the_deltas_against_the_chosen_baseline(env):
+def test_compare_shows_every_method_and_paired_deltas_against_the_chosen_baseline(env):
     app = run("compare")
     key = frame(app.dataframe[0]).set_index("method")
     assert set(key.index) == set(SEEDED)
     assert key.loc["flair", "fine-grained t2i R@1"] == 12.5 and key.loc["clip", "long t2i R@1"] == 35.0
-    assert key.loc["flair", "Δ fine-grained t2i R@1"] == pytest.approx(2.5)  # against CLIP, the default
+    # Paired on the same 200 queries (the seeded records): FLAIR finds 5 more than CLIP, in 5 of 50 clusters.
+    flair_delta = key.loc["flair", "Δ fine-grained t2i R@1"]
+    assert flair_delta.startswith("+2.50 [+") and " p 0.0" in flair_delta, flair_delta  # against CLIP
+    assert key.loc["clip", "Δ fine-grained t2i R@1"] == "reference"
+    assert key.loc["filip", "Δ fine-grained t2i R@1"] == "not paired (no per-query records)"
+    assert key.loc["flair", "Δ long t2i R@1"] == "not paired (no per-query records)"  # none kept for it
     noise = "fine-grained t2i R@1 95 % CI · chance"
     assert key.loc["flair", noise] == "[10.94, 14.06] (chance 1.56)"  # as in every table (format_noise)
     assert key.loc["clip", noise] == ""  # logged before intervals existed
     app.selectbox[0].select("dreamlip").run()  # the baseline selector is the only selectbox
     key = frame(app.dataframe[0]).set_index("method")
-    assert key.loc["flair", "Δ fine-grained t2i R@1"] == pytest.approx(3.5)
-    assert key.loc["flair", "Δ long t2i R@1"] == pytest.approx(-10.0)
+    assert key.loc["flair", "Δ fine-grained t2i R@1"].startswith("+3.50 [")
+    assert key.loc["clip", "Δ fine-grained t2i R@1"].startswith("+1.00 [")
     assert "deltas against dreamlip" in texts(app)
     full = frame(app.dataframe[1])
     assert full.loc[FINE.format(mode="filip")].dropna().tolist() == [11.0]
     assert len(app.get("vega_lite_chart")) == 1
+
+
+def test_paired_deltas_hold_only_after_holm_over_the_pages_comparisons(env):
+    from dashboard import data
+
+    run_ids, fine = env["run_ids"], FINE.format(mode="flair")
+    pairs = {method: ((run_ids[method], FINE.format(mode=MODE[method])), (run_ids["clip"], FINE.format(
+        mode="global"))) for method in ("flair", "dreamlip", "filip")}
+    deltas = data.paired_deltas(env["uri"], pairs)
+    raw = {m: data.paired_delta(env["uri"], *pairs[m])["p"] for m in ("flair", "dreamlip")}
+    assert deltas["filip"] is None  # its run kept no records
+    assert deltas["flair"]["value"] == pytest.approx(2.5)
+    assert deltas["dreamlip"]["value"] == pytest.approx(-1.0)
+    low, high = sorted(raw.values())
+    assert sorted(d["p"] for d in (deltas["flair"], deltas["dreamlip"])) == pytest.approx([2 * low, high])
+    assert deltas["flair"]["holds"] and not deltas["dreamlip"]["holds"]
+    assert deltas["flair"]["low"] > 0 > deltas["dreamlip"]["low"]
+    from mlflow import MlflowClient
+
+    from flair_lab.tracking import paired_between
+
+    with pytest.raises(ValueError, match="different benchmarks"):  # a caller's mistake, not "no records"
+        paired_between(MlflowClient(env["uri"]), (run_ids["flair"], fine),
+                       (run_ids["clip"], fine.replace("fine_grained", "long")))
 
 
 def test_compare_filters_by_preset(env):

@@ -59,20 +59,45 @@ table = pd.DataFrame(rows).astype(dict.fromkeys(metric_names, float))  # a metri
 
 baselines = sorted(set(table["method"]), key=lambda m: (not data.is_baseline(m), m))  # a baseline first
 baseline = st.selectbox("Deltas against", baselines, help="the newest shown run of this method")
-reference = table[table["method"] == baseline].iloc[0]
-for name in metric_names:
-    table[f"Δ {name}"] = table[name] - reference[name]
+reference = shown[shown["method"] == baseline].iloc[0]["run_id"]
+
+# Each delta is paired: both runs' per-query records on the same queries, resampled by twin-pair cluster
+# (the promotion gate's function); its p-values are Holm-corrected over every delta on the page.
+pairs = {}
+for run_id in shown["run_id"]:
+    for column in main.columns:
+        keys = main.source(run_id, column), main.source(reference, column)
+        if run_id != reference and all(keys):
+            pairs[(run_id, column.label)] = (run_id, keys[0]), (reference, keys[1])
+paired = data.or_stop(data.paired_deltas, settings.tracking_uri, pairs)
 
 
-def colour(value):
-    if pd.isna(value) or abs(value) < 1e-9:
+def delta_cell(run_id: str, name: str) -> str:
+    if run_id == reference:
+        return "reference"
+    if (run_id, name) not in paired:
         return ""
-    return "color: #0a7d32; font-weight: 600" if value > 0 else "color: #b3261e; font-weight: 600"
+    if (d := paired[(run_id, name)]) is None:
+        return "not paired (no per-query records)"
+    return f"{d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] p {d['p']:.3f}"
+
+
+def delta_colour(run_id: str, name: str) -> str:
+    if not (d := paired.get((run_id, name))) or not d["holds"]:
+        return ""
+    return "color: #0a7d32; font-weight: 600" if d["value"] > 0 else "color: #b3261e; font-weight: 600"
 
 
 deltas = [f"Δ {name}" for name in metric_names]
+for name, delta in zip(metric_names, deltas, strict=True):
+    table[delta] = [delta_cell(run_id, name) for run_id in shown["run_id"]]
+colours = pd.DataFrame({delta: [delta_colour(run_id, name) for run_id in shown["run_id"]]
+                        for name, delta in zip(metric_names, deltas, strict=True)}, index=table.index)
 st.subheader(f"Key metrics, deltas against {baseline}")
-st.dataframe(table.style.format(precision=2, subset=metric_names + deltas).map(colour, subset=deltas),
+st.caption("Δ: paired difference in points [95 % interval] and its Holm-corrected p-value; coloured only "
+           "where p < 0.05. Runs without per-query records (logged before they were kept) show no Δ.")
+st.dataframe(table.style.format(precision=2, subset=metric_names).apply(lambda _: colours, axis=None,
+                                                                         subset=deltas),
              hide_index=True, width="stretch")
 
 chart = table.melt(id_vars=["method"], value_vars=metric_names, var_name="metric",

@@ -94,6 +94,11 @@ class Table:
         """(interval low, interval high, chance level, majority level) of a cell, None where not recorded."""
         return tuple(self.values.get((run, key + suffix)) for suffix in UNCERTAINTY)
 
+    def source(self, run: str, column: Column) -> str | None:
+        """The full metric key behind a cell (`<family>/<benchmark>/<mode>/<metric>`), None if it is empty."""
+        mode = self.modes.get((run, column.benchmark))
+        return None if mode is None else f"{column.family}/{column.benchmark}/{mode}/{column.metric}"
+
     def cell(self, run: str, key: str, bold: bool = False) -> str:
         return format_cell(self.value(run, key), *self.noise(run, key), bold=bold)
 
