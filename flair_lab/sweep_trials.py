@@ -47,7 +47,8 @@ def run_trial(trial: optuna.trial.BaseTrial, config: SweepConfig, data_root: str
     params = suggest(trial, config.space)
     rank, world = distributed.current()
     log.info("rank %d of %d: trial %d with %s", rank, world, trial.number, json.dumps(params, sort_keys=True))
-    overrides = [f"train.shards={data_root}/train", *config.trial_overrides, *as_overrides(params)]
+    overrides = [f"train.shards={data_root}/train", *config.base_overrides, *config.trial_overrides,
+                 *as_overrides(params)]
     run_config = load_run_config(list(config.base_params), overrides)
     if run_config.train.validate_every is None:  # validate once, at the end
         run_config = load_run_config(list(config.base_params),

@@ -81,6 +81,8 @@ class SweepConfig(Frozen):
     storage: str = Field("sqlite:///sweeps/optuna.db",
                          description="SQLAlchemy URL: sqlite:///… or postgresql://…")
     base_params: tuple[str, ...] = ("params/cpu.yaml",)
+    base_overrides: tuple[str, ...] = Field((), description="settings of every trial that the exported best "
+                                                             "params keep too (e.g. method.name)")
     trial_overrides: tuple[str, ...] = Field((), description="what makes a trial a shortened run")
     space: dict[str, ParamSpace]
     objectives: tuple[Objective, ...] = Field(min_length=1)
@@ -135,8 +137,8 @@ def load_sweep_config(path: str | Path, overrides: list[str] = ()) -> SweepConfi
     for key, space in config.space.items():
         for value in space.extremes():
             try:
-                load_run_config(list(config.base_params),
-                                [*config.trial_overrides, f"{key}={json.dumps(value)}"])
+                load_run_config(list(config.base_params), [*config.base_overrides, *config.trial_overrides,
+                                                           f"{key}={json.dumps(value)}"])
             except ConfigError as err:
                 raise ConfigError(
                     f"{path}: sweep.space.{key} = {value!r} is not a valid setting ({err})") from None
@@ -253,13 +255,14 @@ def write_best_params(study: optuna.Study, config: SweepConfig, out: str | Path)
     trial = pick_trial(study, config)
     # the run config's own merge; the swept method's recipe is resolved into the file, so the trial's values
     # stay the last word
-    merged = merged_params(list(config.base_params), as_overrides(trial.params))
-    validate(RunConfig, merged, str(out))
+    overrides = [*config.base_overrides, *as_overrides(trial.params)]
+    merged = merged_params(list(config.base_params), overrides)
+    validate(RunConfig, merged, str(out)).method_settings()  # the method's own settings checked too
     values = ", ".join(f"{o.metric} = {v:.2f}" for o, v in zip(config.objectives, trial.values, strict=True))
     header = (f"# Best trial {trial.number} of study {config.study!r} ({safe_url(config.storage)}): "
               f"{values}.\n"
               f"# Written by the sweep from {', '.join(config.base_params)} with: "
-              f"{' '.join(as_overrides(trial.params))}\n")
+              f"{' '.join(overrides)}\n")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

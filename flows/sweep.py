@@ -131,6 +131,7 @@ def sweep(config_file: str = "params/sweep.yaml", overrides: list[str] | None = 
                                                                        "sweep_role": "study"}, {
         "space": json.dumps(signature["space"]), "objectives": json.dumps(signature["objectives"]),
         "storage": safe_url(config.storage), "n_trials": str(config.n_trials),
+        "base_overrides": json.dumps(list(config.base_overrides)),
         "trial_overrides": json.dumps(list(config.trial_overrides)),
         "base_params": ",".join(config.base_params)},
         {"git_commit": git_commit(), "data_hash": data_hash})

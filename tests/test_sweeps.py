@@ -108,6 +108,27 @@ def test_best_params_file_is_a_complete_params_file_pretrain_eval_accepts(tmp_pa
     assert "Best trial 1 of study 's'" in path.read_text().splitlines()[0]
 
 
+def test_best_params_of_a_baselines_study_train_that_baseline_with_its_own_recipe(tmp_path):
+    """The method a study tunes (base_overrides) is in the exported file; the shortened budget is not."""
+    config = load_sweep_config(sweep_file(
+        tmp_path, base_overrides=["method.name=clip"], trial_overrides=["train.epochs=1"],
+        space={"train.lr": {"type": "float", "low": 1e-4, "high": 1e-3},
+               "method.settings.text": {"type": "categorical", "choices": ["long_caption", "sub_caption"]}}))
+    study = open_study(config)
+    study.add_trial(optuna.trial.create_trial(values=[3.0], params={
+        "train.lr": 2e-4, "method.settings.text": "sub_caption"}, distributions={
+        "train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-3),
+        "method.settings.text": optuna.distributions.CategoricalDistribution(["long_caption",
+                                                                              "sub_caption"])}))
+    path, _ = write_best_params(study, config, config.best_params_out)
+    run = load_run_config([path])
+    base = load_run_config([REPO / "params/cpu.yaml"])
+    assert run.method.name == "clip" and run.train.lr == 2e-4
+    assert run.method_settings().text == "sub_caption" and run.method_settings().loss == "softmax"  # recipe
+    assert run.train.epochs == base.train.epochs  # a full-length run, not the trial's
+    assert "method.name=clip" in path.read_text().splitlines()[1]
+
+
 def test_multi_objective_export_takes_the_chosen_trade_off_from_the_pareto_front(tmp_path):
     objectives = [{"metric": T2I}, {"metric": LONG}]
     config = load_sweep_config(sweep_file(tmp_path, objectives=objectives, pruner="none",

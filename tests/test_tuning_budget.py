@@ -23,7 +23,7 @@ def budget(config) -> dict:
     return {"n_trials": config.n_trials, "sampler": config.sampler, "seed": config.seed,
             "pruner": config.pruner, "pruner_warmup_steps": config.pruner_warmup_steps,
             "storage": config.storage, "base_params": config.base_params,
-            "trial_overrides": [o for o in config.trial_overrides if not o.startswith("method.name=")],
+            "trial_overrides": config.trial_overrides,
             "shared_space": {k: config.space[k] for k in SHARED_KNOBS}}
 
 
@@ -39,7 +39,7 @@ def test_every_registered_method_has_a_tuning_study_with_the_same_budget():
 @pytest.mark.parametrize("name", list(METHODS))
 def test_each_study_trains_its_method_and_scores_it_in_its_own_mode(name):
     config = tuning_configs()[name]
-    assert f"method.name={name}" in config.trial_overrides
+    assert config.base_overrides == (f"method.name={name}",)  # its trials and its exported recipe
     assert [o.metric for o in config.objectives] == [promotion_metric(METHODS[name].primary_mode)]
     own = [k for k in config.space if k not in SHARED_KNOBS]
     assert own, f"{name} searches none of its own settings"
