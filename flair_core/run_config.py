@@ -153,12 +153,17 @@ def merge_sections(data: dict, update: dict) -> dict:
     return data
 
 
+def read_merged(sections: Sequence[dict]) -> dict:
+    """Params files' contents merged left to right (`merge_sections`)."""
+    data: dict = {}
+    for update in sections:
+        data = merge_sections(data, update)
+    return data
+
+
 def read_params(paths: Sequence[str | Path]) -> dict:
     """Params files merged left to right (`merge_sections`)."""
-    data: dict = {}
-    for path in paths:
-        data = merge_sections(data, read_yaml(path))
-    return data
+    return read_merged([read_yaml(path) for path in paths])
 
 
 def source_of(paths: Sequence[str | Path]) -> str:
@@ -166,27 +171,37 @@ def source_of(paths: Sequence[str | Path]) -> str:
     return ", ".join(str(p) for p in paths) or "params"
 
 
+def _recipes(data: dict, source: str) -> dict:
+    """A params file's `recipes:` section, checked."""
+    recipes = data.get("recipes") or {}
+    if not isinstance(recipes, dict) or not all(isinstance(r, dict) for r in recipes.values()):
+        raise ConfigError(f"{source}: recipes: expected a mapping of method name to sections")
+    unknown = sorted(set(recipes) - set(METHODS))
+    if unknown:
+        raise ConfigError(f"{source}: recipes: unknown method {unknown[0]!r} "
+                          f"(known: {', '.join(sorted(METHODS))})")
+    return recipes
+
+
 def merged_params(paths: list[str | Path] = (), overrides: list[str] = ()) -> dict:
-    """Params files merged left to right (later wins, section by section), then the chosen method's recipe,
-    then `section.key=value` overrides: the plain sections a run is validated from.
+    """Params files merged left to right (later wins, section by section), each followed by its recipe for
+    the chosen method, then `section.key=value` overrides: the plain sections a run is validated from.
 
     A params file may hold `recipes: {<method>: {<section>: {...}}}`: settings that apply only when that
     method trains (e.g. its learning rate or caption variant), so one file trains every method its own way.
+    A recipe beats its own file and the files before it, not the files after it: a smaller preset read after
+    the CPU recipe (params/pipeline.yaml) keeps its own step counts and learning rate for every method.
     """
-    data = read_params(paths)
-    recipes = data.pop("recipes", None) or {}
-    if not isinstance(recipes, dict) or not all(isinstance(r, dict) for r in recipes.values()):
-        raise ConfigError(f"{source_of(paths)}: recipes: expected a mapping of method name to sections")
-    unknown = sorted(set(recipes) - set(METHODS))
-    if unknown:
-        raise ConfigError(f"{source_of(paths)}: recipes: unknown method {unknown[0]!r} "
-                          f"(known: {', '.join(sorted(METHODS))})")
-    overridden = apply_overrides(data, list(overrides))
-    recipe = recipes.get((overridden.get("method") or {}).get("name", MethodConfig().name))
-    if not recipe:
-        return overridden
-    # The overrides chose the recipe (`--set method.name=clip`) and must still beat it: they go on top again.
-    return apply_overrides(merge_sections(data, recipe), list(overrides))
+    files = [read_yaml(path) for path in paths]
+    recipes = [_recipes(data, str(path)) for data, path in zip(files, paths, strict=True)]
+    plain = [{k: v for k, v in data.items() if k != "recipes"} for data in files]
+    # The method is chosen by the files and the overrides together (`--set method.name=clip`).
+    chosen = apply_overrides(read_merged(plain), list(overrides))
+    method = (chosen.get("method") or {}).get("name", MethodConfig().name)
+    data: dict = {}
+    for sections, recipe in zip(plain, recipes, strict=True):
+        data = merge_sections(merge_sections(data, sections), recipe.get(method) or {})
+    return apply_overrides(data, list(overrides))
 
 
 def load_run_config(paths: list[str | Path] = (), overrides: list[str] = ()) -> RunConfig:

@@ -256,14 +256,17 @@ def test_experiment_with_a_changed_param(repo, tmp_path):
     repo = shutil.copytree(repo, tmp_path / "repo", symlinks=True,
                            ignore=lambda folder, names: ["tmp"] if folder.endswith("/.dvc") else [])
     before = json.loads((repo / "reports" / "compare.json").read_text())
-    result = timed("exp_run_seconds", dvc, repo, "exp", "run", "-S", "params/cpu.yaml:sampling.k=2")
+    # FLAIR's K lives in its recipe (a recipe beats the top-level `sampling` of its own file)
+    result = timed("exp_run_seconds", dvc, repo, "exp", "run", "-S",
+                   "params/cpu.yaml:recipes.flair.sampling.k=2")
     assert "Running stage 'train@flair'" in result.stdout
     assert "Running stage 'prepare'" not in result.stdout  # data does not read sampling.k
-    assert "sampling:\n  k: 2" in (repo / "params" / "cpu.yaml").read_text()
-    assert "k: 2" in (repo / "runs" / "flair" / "config.yaml").read_text()
+    recipes = yaml.safe_load((repo / "params" / "cpu.yaml").read_text())["recipes"]
+    assert recipes["flair"]["sampling"]["k"] == 2
+    assert yaml.safe_load((repo / "runs" / "flair" / "config.yaml").read_text())["sampling"]["k"] == 2
     exps = json.loads(dvc(repo, "exp", "show", "--json").stdout)
     workspace = next(e for e in exps if e["rev"] == "workspace")
-    assert workspace["data"]["params"]["params/cpu.yaml"]["data"]["sampling"]["k"] == 2
+    assert workspace["data"]["params"]["params/cpu.yaml"]["data"]["recipes"]["flair"]["sampling"]["k"] == 2
     baseline = next(e for e in exps if e["rev"] != "workspace")
     assert baseline["experiments"], "the experiment is listed under its baseline commit"
     diff = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)  # workspace (experiment) vs HEAD

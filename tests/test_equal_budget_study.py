@@ -24,13 +24,13 @@ def test_quick_study_runs_caches_logs_and_reports(tmp_path_factory):
         first_seconds = time.time() - start
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
         result = json.loads(first.stdout[first.stdout.index("{"):])
-        # "TCS only" is FLAIR's recipe: one training
+        # "K 5" is FLAIR's recipe: one training
         assert result["runs"] == 4 and result["unique_runs"] == 3
 
         client = MlflowClient()
         experiment = client.get_experiment_by_name("flair-lab-studies")
         runs = client.search_runs([experiment.experiment_id], "tags.study_role = 'run'")
-        assert sorted(r.data.tags["study_label"] for r in runs) == ["MPS only", "TCS only", "clip", "flair"]
+        assert sorted(r.data.tags["study_label"] for r in runs) == ["K 5", "MPS only", "clip", "flair"]
         parent = client.search_runs([experiment.experiment_id], "tags.study_role = 'study'")[0]
         assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in runs)
         assert all("retrieval/builtin_fine_grained/global/t2i_r1" in r.data.metrics for r in runs)
