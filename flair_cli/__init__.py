@@ -63,11 +63,15 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     import time
 
     from flair_core.data.builtin import BuiltinDataConfig, generate
+    from flair_core.fileio import lock_folder
     from flair_core.run_config import load_section
 
     config = load_section(BuiltinDataConfig, "data", args.params, args.set)
+    out = Path(args.out)
     start = time.perf_counter()
-    meta = generate(config, args.out)
+    # The folder itself is swapped in whole at the end, so its lock lives beside it.
+    with lock_folder(out, "flair prepare", lock_file=out.parent / f".{out.name}.lock"):
+        meta = generate(config, out)
     seconds = time.perf_counter() - start
     total = sum(meta["counts"].values())
     counts = ", ".join(f"{k} {v}" for k, v in meta["counts"].items())
@@ -104,6 +108,30 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    if not Path(args.root).is_dir():  # before loading anything
+        raise ValueError(f"benchmark root {args.root} does not exist")
+    if args.out and len(args.benchmark) > 1:
+        raise ValueError(f"--out names one file but {len(args.benchmark)} benchmarks were given: use "
+                         "--out-dir")
+    with output_lock(args):
+        evaluate_all(args)
+
+
+def output_lock(args: argparse.Namespace):
+    """One writer per evaluation output: the folder of --out-dir, or the file --out names (none without)."""
+    import contextlib
+
+    from flair_core.fileio import lock_folder
+
+    if args.out_dir:
+        return lock_folder(args.out_dir, "flair evaluate")
+    if args.out:
+        out = Path(args.out)
+        return lock_folder(out.parent, "flair evaluate", lock_file=out.parent / f".{out.name}.lock")
+    return contextlib.nullcontext()
+
+
+def evaluate_all(args: argparse.Namespace) -> None:
     import json
     import time
 
@@ -116,11 +144,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from flair_core.fileio import write_atomic
     from flair_core.models import load_trained
 
-    if not Path(args.root).is_dir():  # before loading anything
-        raise ValueError(f"benchmark root {args.root} does not exist")
-    if args.out and len(args.benchmark) > 1:
-        raise ValueError(f"--out names one file but {len(args.benchmark)} benchmarks were given: use "
-                         "--out-dir")
     model = load_trained(args.checkpoint, args.model, args.method)
     options = EvalOptions(modes=tuple(args.mode), topk=args.topk, budget_mb=args.budget_mb,
                           dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Self
 
 
 class WriteError(OSError):
@@ -66,3 +66,58 @@ def append_line(path: str | Path, text: str) -> None:
             raise WriteError(err.errno, err.strerror, str(path)) from None
     finally:
         os.close(fd)
+
+
+class FolderBusy(OSError):
+    """Another live process writes the folder; str() is one line naming it (an OSError: the CLI reports it
+    as one line with exit 2, as it does a full disk)."""
+
+
+class FolderLock:
+    """An exclusive lock on a folder, taken by `lock_folder`: an `flock` on `<folder>/.lock` (or the given
+    lock file), held until `release()` or the process's death, when the OS drops it; a crash never leaves a
+    stale lock. The file keeps the holder's pid and host so a refused writer can name it."""
+
+    LOCK_FILE = ".lock"
+
+    def __init__(self, fd: int, path: Path):
+        self.fd, self.path = fd, path
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # drops the flock; the file stays (unlinking it would race a new holder)
+            self.fd = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def lock_folder(folder: str | Path, what: str, lock_file: str | Path | None = None) -> FolderLock:
+    """Take the one-writer lock of `folder` (created if missing) for `what` (e.g. "flair train"), or raise
+    FolderBusy naming the holder's pid and host."""
+    import fcntl
+    import socket
+
+    folder = Path(folder)
+    path = Path(lock_file) if lock_file else folder / FolderLock.LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise FolderBusy(f"{folder} is being written by {holder}: one writer per folder; wait for it to end "
+                         "or stop it") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{what} (pid {os.getpid()} on {socket.gethostname()})".encode(), 0)
+    return FolderLock(fd, path)

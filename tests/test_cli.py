@@ -77,3 +77,33 @@ def test_benchmarks_lists_every_registered_benchmark():
     assert result.returncode == 0 and result.stdout.split() == list(BENCHMARKS)
     table = run("benchmarks").stdout
     assert "voc" in table and "segmentation" in table and "default split: val" in table
+
+
+def test_evaluate_and_prepare_refuse_an_output_another_process_writes(tmp_path, tiny_data):
+    """One writer per output: while a live process holds it, a second evaluate (its --out-dir or --out file)
+    or prepare (its --out) stops with one line naming the holder and writes nothing."""
+    import os
+
+    from flair_core.fileio import lock_folder
+
+    eval_dir, data = tmp_path / "eval", tmp_path / "data"
+    holders = [lock_folder(eval_dir, "the test"),
+               lock_folder(tmp_path, "the test", lock_file=tmp_path / ".one.json.lock"),
+               lock_folder(data, "the test", lock_file=tmp_path / ".data.lock")]
+    try:
+        busy = [run("evaluate", str(tmp_path / "no-checkpoint"), "--root", str(tiny_data), "--benchmark",
+                    "builtin_fine_grained", *out) for out in (["--out-dir", str(eval_dir)],
+                                                              ["--out", str(tmp_path / "one.json")])]
+        busy.append(run("prepare", "--set", "train_images=64", "--out", str(data)))
+        for result in busy:
+            assert result.returncode == 2, result.stderr
+            assert result.stderr.count("\n") == 1
+            assert f"is being written by the test (pid {os.getpid()} on " in result.stderr
+        assert sorted(p.name for p in eval_dir.iterdir()) == [".lock"]
+        assert not (tmp_path / "one.json").exists() and not data.exists()  # nothing written
+    finally:
+        for holder in holders:
+            holder.release()
+    freed = run("prepare", "--set", "train_images=64", "--set", "val_images=16", "--set", "test_images=16",
+                "--set", "classification_images=12", "--set", "image_size=32", "--out", str(data))
+    assert freed.returncode == 0, freed.stderr

@@ -86,6 +86,65 @@ def common(data):
             "train.batch_size=8", "--set", "train.steps_per_epoch=2", "--set", "loader.workers=0"]
 
 
+def start_holding(command: list[str], run) -> subprocess.Popen:
+    """`flair train` started and waited for until it holds the run folder's lock."""
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "flair_cli", *command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while f"pid {proc.pid} " not in ((run / ".lock").read_text() if (run / ".lock").is_file() else ""):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.02)
+    return proc
+
+
+@pytest.mark.parametrize("load", ["idle", "loaded"])
+def test_two_writers_racing_for_one_run_folder_one_trains_and_the_other_is_refused(tiny_data, tmp_path, load):
+    """Two `--resume auto` on one --out (a flow's retry while a stale worker still runs): the second is
+    refused at once with one line naming the first, whose run ends whole; idle and beside two CPU burners."""
+    import signal
+
+    from tests.helpers.processes import cpu_burners
+
+    run, steps = tmp_path / "run", 12
+    command = ["train", "--out", str(run), *common(tiny_data), "--set", f"train.steps_per_epoch={steps}",
+               "--set", "train.checkpoint_every=4", "--resume", "auto"]
+    with cpu_burners(2 if load == "loaded" else 0):
+        first = start_holding(command, run)
+        first.send_signal(signal.SIGSTOP)  # however fast the machine, the first still holds the folder
+        try:
+            second = flair(*command)
+        finally:
+            first.send_signal(signal.SIGCONT)
+        assert first.wait(timeout=600) == 0, first.stderr.read()
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.count("\n") == 1, second.stderr
+    assert f"is being written by flair train (pid {first.pid} on " in second.stderr
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, steps + 1))  # one writer: no interleaved or repeated steps
+    assert read_run_config(run).train.steps_per_epoch == steps
+    again = flair(*command)  # the holder is gone: the folder is free again (nothing left to train)
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_lock_left_by_a_killed_trainer_does_not_block_the_next(tiny_data, tmp_path):
+    """The OS drops the lock with its holder: the run of a SIGKILLed trainer resumes at once, with no stale
+    lock to clear by hand."""
+    import signal
+
+    run, steps = tmp_path / "run", 6
+    command = ["train", "--out", str(run), *common(tiny_data), "--set", f"train.steps_per_epoch={steps}",
+               "--resume", "auto"]
+    first = start_holding(command, run)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    resumed = flair(*command)
+    assert resumed.returncode == 0, resumed.stderr
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, steps + 1))
+
+
 @pytest.mark.parametrize("override,message", [
     ("method.name=siglip", "unknown method 'siglip'"),
     ("sampling.k=0", "sampling.k"),
@@ -103,7 +162,8 @@ def test_bad_parameters_give_one_line_and_write_nothing(override, message, tiny_
 def test_existing_run_is_not_overwritten_and_bad_resumes_are_refused(tiny_data, tmp_path):
     run = tmp_path / "run"
     assert flair("train", "--out", str(run), *common(tiny_data)).returncode == 0
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    # The one-writer lock file names its latest holder: bookkeeping, not run content.
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
 
     again = flair("train", "--out", str(run), *common(tiny_data))
     assert again.returncode == 2 and "already holds a run" in again.stderr
@@ -119,19 +179,23 @@ def test_existing_run_is_not_overwritten_and_bad_resumes_are_refused(tiny_data, 
     (run / "checkpoints" / ".step-00000009.pt.tmp-1").write_bytes(b"half written")
     resumed = flair("train", "--out", str(run), *common(tiny_data), "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr  # the stray temp file is never taken for a checkpoint
-    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and ".tmp-" not in p.name}
+    after = {p: p.read_bytes() for p in run.rglob("*")
+             if p.is_file() and ".tmp-" not in p.name and p.name != ".lock"}
     assert after == before  # already complete: nothing retrained, nothing rewritten but config.yaml
 
 
 @pytest.mark.parametrize("name", ["cpu", "vit-b16-cc3m"])
-def test_shipped_params_files_validate_and_build(name):
+@pytest.mark.parametrize("method", METHODS)
+def test_shipped_params_files_validate_and_build_every_method_with_its_recipe(name, method):
     from flair_core import create_model
 
-    config = load_run_config([REPO / "params" / f"{name}.yaml"])
+    config = load_run_config([REPO / "params" / f"{name}.yaml"], [f"method.name={method}"])
     with torch.device("meta"):
         model = create_model(config.train.model, config.method.name, settings=config.method_settings())
     assert model.config.vision_cfg.image_size in (64, 224)
-    assert config.sampling.k in (4, 8)
+    assert config.method.name == method
+    if method == "flair":  # the paper's loss: both terms train
+        assert 0 < config.method_settings().tcs_weight < 1
 
 
 @pytest.mark.parametrize("option", ["train.precision=bf16", "train.grad_checkpointing=true"])
@@ -195,6 +259,24 @@ def test_a_method_trains_with_its_recipe_and_overrides_still_win(tmp_path):
     assert load_run_config([params], ["method.name=filip"]).train.lr == 1e-3  # no recipe: the file's values
     assert load_run_config([params], ["method.name=clip", "train.lr=5e-4"]).train.lr == 5e-4
     assert "recipes" not in load_run_config([params]).model_dump()
+
+
+def test_a_recipe_beats_its_own_file_and_the_files_before_it_but_not_the_files_after_it(tmp_path):
+    base, small, later_recipe = tmp_path / "base.yaml", tmp_path / "small.yaml", tmp_path / "later.yaml"
+    base.write_text("train: {lr: 1.0e-3, warmup_steps: 5}\n"
+                    "recipes: {flair: {train: {lr: 9.0e-4, warmup_steps: 70}, sampling: {k: 5}}}\n")
+    small.write_text("train: {warmup_steps: 2}\n")  # a smaller preset read after the recipe's file
+    later_recipe.write_text("recipes: {flair: {sampling: {k: 3}}}\n")
+    config = load_run_config([base, small])
+    assert (config.train.lr, config.train.warmup_steps, config.sampling.k) == (9e-4, 2, 5)
+    assert load_run_config([base, small, later_recipe]).sampling.k == 3
+    assert load_run_config([small, base]).train.warmup_steps == 70
+    assert load_run_config([base, small], ["method.name=clip"]).train.lr == 1e-3  # another method's recipe
+    # The shipped tiny preset keeps its own schedule for every method, whatever the CPU recipes tuned.
+    tiny = [REPO / "params" / f"{name}.yaml" for name in ("cpu", "pipeline")]
+    for method in ("flair", "clip", "filip", "dreamlip"):
+        train = load_run_config(tiny, [f"method.name={method}"]).train
+        assert (train.lr, train.warmup_steps) == (1e-3, 2), method
 
 
 def test_a_section_is_merged_and_overridden_as_in_a_run_config():

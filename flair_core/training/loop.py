@@ -30,7 +30,7 @@ from flair_core.data.loader import train_loader
 from flair_core.data.registry import get_benchmark
 from flair_core.evaluation.records import records_path, save_records
 from flair_core.evaluation.runner import EvalOptions, evaluate_benchmark
-from flair_core.fileio import append_line, write_atomic
+from flair_core.fileio import FolderBusy, FolderLock, append_line, lock_folder, write_atomic
 from flair_core.methods import get_method
 from flair_core.model_config import ConfigError, ModelConfig, load_model_config
 from flair_core.models import create_model
@@ -149,6 +149,7 @@ class Trainer:
                                            enabled=t.precision == "fp16" and self.world.device.type == "cuda")
         self.step = 0
         self.ckpt_dir = self.out / "checkpoints"
+        self._lock: FolderLock | None = None  # rank 0's, taken by _start
         self._start(resume)
 
     # ------------------------------------------------------------------------------------------ set-up
@@ -167,19 +168,45 @@ class Trainer:
         return load_model_config(t.model).model_copy(update=update)
 
     def _start(self, resume: str | None) -> None:
-        # Rank 0 decides which checkpoint (or error) applies and tells the others, so all act alike.
-        decision = [self._decide(resume) if self.world.is_main else None]
+        # Rank 0 takes the run folder's one-writer lock, decides which checkpoint (or error) applies and tells
+        # the others, so all act alike.
+        decision = [self._lock_and_decide(resume) if self.world.is_main else None]
         if self.world.size > 1:
             torch.distributed.broadcast_object_list(decision, src=0)
         kind, value = decision[0]
-        if kind == "error":
-            raise (CheckpointError if "checkpoint" in value else ConfigError)(value)
-        if kind == "resume":
-            self._restore(checkpoints.load(Path(value)), Path(value))
-        if self.world.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            dump_run_config(self.config, self.out / RUN_CONFIG_FILE)
-            self._truncate_metrics()
+        if kind == "busy":
+            raise FolderBusy(value)
+        try:
+            if kind == "error":
+                raise (CheckpointError if "checkpoint" in value else ConfigError)(value)
+            if kind == "resume":
+                self._restore(checkpoints.load(Path(value)), Path(value))
+            if self.world.is_main:
+                self.out.mkdir(parents=True, exist_ok=True)
+                dump_run_config(self.config, self.out / RUN_CONFIG_FILE)
+                self._truncate_metrics()
+        except BaseException:
+            self.release()  # now, not when the traceback that holds this half-built trainer is dropped
+            if self.world.is_main and self._created and not (self.out / RUN_CONFIG_FILE).exists():
+                # a run that never started leaves no folder behind (it would only hold the lock file)
+                (self.out / FolderLock.LOCK_FILE).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.out.rmdir()
+            raise
+
+    def release(self) -> None:
+        """Let another writer have the run folder (`fit` does this when it returns or fails)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _lock_and_decide(self, resume: str | None) -> tuple[str, str | None]:
+        self._created = not self.out.exists()
+        try:
+            self._lock = lock_folder(self.out, "flair train")
+        except FolderBusy as busy:
+            return "busy", str(busy)
+        return self._decide(resume)
 
     def _decide(self, resume: str | None) -> tuple[str, str | None]:
         if resume == "auto":
@@ -341,6 +368,12 @@ class Trainer:
     def fit(self) -> Path | None:
         """Train to the end; returns the newest checkpoint (rank 0). A SIGTERM stops it between two steps with
         `Stopped`, after a checkpoint (one process) or at the last periodic one (several)."""
+        try:
+            return self._fit()
+        finally:
+            self.release()
+
+    def _fit(self) -> Path | None:
         progress = None
         if self.world.is_main and sys.stderr.isatty():
             from tqdm import tqdm
