@@ -49,29 +49,64 @@ def cmd_benchmarks(args: argparse.Namespace) -> None:
 
 
 def cmd_check_weights(args: argparse.Namespace) -> None:
-    from flair_core import create_model
+    import torch
 
-    model = create_model(args.model, method=args.method, pretrained=args.checkpoint)
-    tensors = len(model.state_dict())
-    print(
-        f"{args.checkpoint}: loaded {tensors} tensors into {args.model} ({args.method}); "
-        f"logit_scale exp={model.logit_scale.exp().item():.4f}, logit_bias={model.logit_bias.item():.4f}"
-    )
+    from flair_core import create_model
+    from flair_core.models import load_trained
+
+    if args.model is None and is_training_checkpoint(args.checkpoint):
+        model = load_trained(args.checkpoint)  # ours: it records its architecture and method
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        described = f"the architecture it records ({model.method_name}, {params:.2f} M params)"
+    else:
+        name = args.model or DEFAULT_WEIGHTS_MODEL
+        model = create_model(name, method=args.method, pretrained=args.checkpoint)
+        described = f"{name} ({args.method})"
+    state = model.state_dict()
+    broken = [key for key, tensor in state.items()
+              if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    bias = getattr(model, "logit_bias", None)  # softmax losses have none
+    print(f"{args.checkpoint}: loaded {len(state)} tensors into {described}; "
+          f"logit_scale exp={model.logit_scale.exp().item():.4f}"
+          + (f", logit_bias={bias.item():.4f}" if bias is not None else ""))
+    if broken and not args.allow_nonfinite:
+        raise ValueError(f"{args.checkpoint}: {len(broken)} of {len(state)} tensors hold NaN or inf values, "
+                         f"first: {broken[0]} (--allow-nonfinite to accept)")
+
+
+DEFAULT_WEIGHTS_MODEL = "ViT-B-16-FLAIR"
+
+
+def is_training_checkpoint(path: str) -> bool:
+    """Whether `path` is one of this project's training checkpoints (a torch file recording its
+    architecture); anything unreadable is left to the weights loader's own message."""
+    from flair_core.weights import CheckpointError, torch_load
+
+    try:
+        state = torch_load(Path(path))
+    except (CheckpointError, OSError):
+        return False
+    return isinstance(state, dict) and "model_config" in state and "method" in state
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
+    import signal
     import time
 
     from flair_core.data.builtin import BuiltinDataConfig, generate
-    from flair_core.fileio import lock_folder
     from flair_core.run_config import load_section
 
     config = load_section(BuiltinDataConfig, "data", args.params, args.set)
-    out = Path(args.out)
     start = time.perf_counter()
-    # The folder itself is swapped in whole at the end, so its lock lives beside it.
-    with lock_folder(out, "flair prepare", lock_file=out.parent / f".{out.name}.lock"):
-        meta = generate(config, out)
+    # SIGTERM as an exception, so the partial folder is removed on the way out (a SIGKILL's is removed by the
+    # next prepare).
+    def stop(number, _frame):
+        print(f"flair prepare: stopped by {signal.Signals(number).name}; {args.out} is as it was",
+              file=sys.stderr)
+        sys.exit(128 + number)
+
+    signal.signal(signal.SIGTERM, stop)
+    meta = generate(config, args.out)
     seconds = time.perf_counter() - start
     total = sum(meta["counts"].values())
     counts = ", ".join(f"{k} {v}" for k, v in meta["counts"].items())
@@ -298,8 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-weights", help="load a checkpoint (e.g. flair-cc3m-recap.pt) and report")
     p.add_argument("checkpoint", help="a .pt/.pth/.bin or .safetensors file")
-    p.add_argument("--model", default="ViT-B-16-FLAIR", help="built-in config name or JSON path")
-    p.add_argument("--method", default="flair")
+    p.add_argument("--model", help="built-in config name or JSON path (default: what a checkpoint of ours "
+                                   "records, else ViT-B-16-FLAIR)")
+    p.add_argument("--method", default="flair", help="the method of a plain weights file (default: flair)")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="report tensors holding NaN/inf but exit 0 (default: exit 2)")
     p.set_defaults(func=cmd_check_weights)
     return parser
 

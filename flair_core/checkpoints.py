@@ -3,21 +3,24 @@
 A checkpoint holds the model, optimizer, scheduler, scaler and loss state, the step counters and every RNG
 state, and loads with `weights_only=True`. Only complete files ever carry the `step-*.pt` name, so a run
 killed while writing leaves at most a stray temp file, never a checkpoint that resume would pick; a full disk
-leaves not even that.
+leaves not even that. Each carries its SHA-256 beside it (`step-*.pt.sha256`), checked on load, so a file
+changed after it was written (a bad disk, a partial copy) is refused rather than trained on; `newest_readable`
+then falls back to the previous one and says why.
 """
 
 from __future__ import annotations
 
-import pickle
+import hashlib
 import random
 from pathlib import Path
 
 import torch
 
 from flair_core.fileio import write_atomic
-from flair_core.weights import CheckpointError
+from flair_core.weights import CheckpointError, torch_load
 
 PATTERN = "step-*.pt"
+CHECKSUM = ".sha256"  # the suffix of a checkpoint's checksum file
 
 
 def checkpoint_path(folder: Path, step: int) -> Path:
@@ -28,9 +31,25 @@ def save(folder: Path, step: int, state: dict, keep: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(folder, step)
     write_atomic(final, lambda f: torch.save(state, f))
+    # After the checkpoint: a crash in between leaves a complete checkpoint without its checksum, which loads
+    # as one written before checksums were kept (never a checksum naming a file that does not exist).
+    write_atomic(checksum_path(final), f"{sha256(final)}  {final.name}\n")
     for old in sorted(folder.glob(PATTERN))[:-keep]:
         old.unlink()
+        checksum_path(old).unlink(missing_ok=True)
     return final
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def step_of(path: Path) -> int:
@@ -43,12 +62,34 @@ def newest(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def verify(path: Path) -> None:
+    """Raise CheckpointError if the checkpoint's recorded SHA-256 does not match its bytes (no record: the
+    checkpoint predates checksums, or its writer died before recording one; torch's own checks then apply)."""
+    recorded = checksum_path(path)
+    if not recorded.is_file():
+        return
+    expected = recorded.read_text().split()[0] if recorded.read_text().split() else ""
+    if sha256(path) != expected:
+        raise CheckpointError(f"{path}: checksum mismatch: the file changed after it was written (expected "
+                              f"sha256 {expected[:12]}…, as recorded in {recorded.name})")
+
+
+def newest_readable(folder: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that verifies and loads, and one line per newer one skipped (file and why)."""
+    skipped = []
+    for path in sorted(folder.glob(PATTERN), reverse=True) if folder.is_dir() else []:
+        try:
+            load(path)
+        except CheckpointError as err:
+            skipped.append(str(err))
+            continue
+        return path, skipped
+    return None, skipped
+
+
 def load(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(
-            f"{path}: not a readable training checkpoint ({str(err).splitlines()[0]})") from None
+    verify(path)
+    state = torch_load(path)
     required = {"model", "optimizer", "scheduler", "step", "epoch", "step_in_epoch", "rng"}
     if not isinstance(state, dict) or not required <= set(state):
         raise CheckpointError(f"{path}: not a training checkpoint (needs {', '.join(sorted(required))})")

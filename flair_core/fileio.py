@@ -76,7 +76,8 @@ class FolderBusy(OSError):
 class FolderLock:
     """An exclusive lock on a folder, taken by `lock_folder`: an `flock` on `<folder>/.lock` (or the given
     lock file), held until `release()` or the process's death, when the OS drops it; a crash never leaves a
-    stale lock. The file keeps the holder's pid and host so a refused writer can name it."""
+    stale lock, only a file the next holder takes over. The file names the holder's pid and host so a refused
+    writer can say who it is, and is removed on release."""
 
     LOCK_FILE = ".lock"
 
@@ -85,7 +86,9 @@ class FolderLock:
 
     def release(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)  # drops the flock; the file stays (unlinking it would race a new holder)
+            # Removed while still held: a process that opened it meanwhile finds it gone and retries (below).
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
             self.fd = None
 
     def __enter__(self) -> Self:
@@ -107,17 +110,25 @@ def lock_folder(folder: str | Path, what: str, lock_file: str | Path | None = No
     folder = Path(folder)
     path = Path(lock_file) if lock_file else folder / FolderLock.LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise FolderBusy(f"{folder} is being written by {holder}: one writer per folder; wait for it to "
+                             "end or stop it") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:  # not a file its last holder removed after we opened it
+            break
         os.close(fd)
-        raise FolderBusy(f"{folder} is being written by {holder}: one writer per folder; wait for it to end "
-                         "or stop it") from None
-    except BaseException:
-        os.close(fd)
-        raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{what} (pid {os.getpid()} on {socket.gethostname()})".encode(), 0)
     return FolderLock(fd, path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -15,9 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 
 class Frozen(BaseModel):
-    """The base of every configuration and settings model: immutable once validated, unknown keys refused."""
+    """The base of every configuration and settings model: immutable once validated, unknown keys refused, no
+    number that is not finite (an `lr: inf` would train on and write Infinity into the run's metrics)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class VisionConfig(Frozen):
@@ -72,14 +74,20 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message is one line naming the key."""
 
 
-def one_line_validation_error(err: ValidationError, source: str, prefix: str = "") -> str:
-    """Render pydantic's errors as `source: key.path: message; ...` on one line."""
-    parts = []
+def one_line_validation_error(err: ValidationError, source: str, prefix: str = "",
+                              overrides: Sequence[str] = ()) -> str:
+    """Render pydantic's errors as `source: key.path: message; ...` on one line; an error in a key that an
+    override (`section.key=value`) set names that override as its source instead of the file."""
+    parts, from_file = [], False
     for e in err.errors():
         path = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
         message = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{path}: {message}" if path else message)
-    return f"{source}: " + "; ".join(parts)
+        keys = [(o, o.partition("=")[0]) for o in reversed(overrides)]
+        given = next((o for o, key in keys if path and (path == key or path.startswith(key + "."))), None)
+        from_file = from_file or given is None
+        text = f"{path}: {message}" if path else message
+        parts.append(f"--set {given}: {text}" if given else text)
+    return (f"{source}: " if from_file else "") + "; ".join(parts)
 
 
 def builtin_model_names() -> list[str]:

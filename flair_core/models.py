@@ -3,6 +3,7 @@ a run folder, a training checkpoint or a weights file (`load_trained`)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -12,6 +13,8 @@ from flair_core import checkpoints
 from flair_core.methods import get_method
 from flair_core.model_config import ModelConfig, load_model_config
 from flair_core.weights import CheckpointError, load_checked, load_weights
+
+log = logging.getLogger(__name__)
 
 
 def create_model(
@@ -39,7 +42,13 @@ def load_trained(path: str | Path, model: str | None = None, method: str = "flai
     method. Returns the model in eval mode; `model.method_name` names its method."""
     path = Path(path)
     if path.is_dir():
-        found = checkpoints.newest(path / "checkpoints") or checkpoints.newest(path)
+        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        found, skipped = checkpoints.newest_readable(folder)
+        for reason in skipped:
+            log.warning("skipped a checkpoint: %s", reason)
+        if found is None and skipped:
+            raise CheckpointError(f"{path}: no readable checkpoint ({len(skipped)} skipped, newest: "
+                                  f"{skipped[0]})")
         if found is None:
             raise CheckpointError(f"{path}: no complete checkpoint found")
         path = found

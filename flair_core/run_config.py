@@ -27,10 +27,15 @@ M = TypeVar("M", bound=BaseModel)
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"params file {path} is a folder, not a file")
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})"
+                          ) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -55,11 +60,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def validate(model: type[M], data: dict, source: str, prefix: str = "") -> M:
+def validate(model: type[M], data: dict, source: str, prefix: str = "", overrides: Sequence[str] = ()) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(one_line_validation_error(err, source, prefix)) from None
+        raise ConfigError(one_line_validation_error(err, source, prefix, overrides)) from None
 
 
 def load_section(model: type[M], section: str, paths: str | Path | Sequence[str | Path] | None,
@@ -206,8 +211,10 @@ def merged_params(paths: list[str | Path] = (), overrides: list[str] = ()) -> di
 
 def load_run_config(paths: list[str | Path] = (), overrides: list[str] = ()) -> RunConfig:
     """The validated run configuration of params files and overrides (`merged_params`)."""
-    config = validate(RunConfig, merged_params(paths, overrides), source_of(paths))
-    config.method_settings()  # method settings are checked now, not at the first step
+    config = validate(RunConfig, merged_params(paths, overrides), source_of(paths), overrides=overrides)
+    # method settings are checked now, not at the first step
+    validate(METHODS[config.method.name].settings, config.method.settings, source_of(paths),
+             "method.settings", overrides)
     return config
 
 

@@ -24,6 +24,24 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message is one line naming the file and what is wrong."""
 
 
+def torch_load(path: Path):
+    """`torch.load` with `weights_only=True`, its failures as one line of our own: a file that is no torch
+    checkpoint at all, a pickle that would build other objects (refused), or a damaged one."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":  # torch's zip format, or a legacy pickle
+        raise CheckpointError(f"{path}: not a checkpoint (neither a torch zip file nor a pickle)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" not in str(err).lower():
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(err)})") from None
+        raise CheckpointError(f"{path}: refused: loading it would build objects other than tensors and plain "
+                              "containers, which can run code; only weights are read") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(err)})") from None
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The model tensors in `path`, unwrapped and with wrapper prefixes stripped."""
     path = Path(path)
@@ -35,15 +53,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise CheckpointError(
-                f"{path}: refused to load: the pickle holds objects other than tensors and plain containers "
-                f"(loaded with weights_only=True; {_first_line(err)})"
-            ) from None
-        except (RuntimeError, EOFError, OSError) as err:
-            raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(err)})") from None
+        obj = torch_load(path)
     for key in WRAPPER_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -206,3 +206,43 @@ def test_difficulty_levels_fill_the_layout_and_explicit_settings_win():
     assert BuiltinDataConfig(level="easy", max_objects=3).max_objects == 3
     with pytest.raises(ConfigError, match="data.level"):
         load_section(BuiltinDataConfig, "data", None, ["level=medium"])
+
+
+def test_prepare_recovers_what_a_killed_writer_left_beside_its_output(tmp_path):
+    out = tmp_path / "builtin"
+    generate(SMALL, out)
+    (tmp_path / ".builtin.partial-dead").mkdir()  # a writer SIGKILLed mid-write
+    (tmp_path / ".builtin.partial-dead" / "shard-000000.tar").write_bytes(b"half")
+    stale = tmp_path / ".builtin.previous"  # killed after the swap, before removing the old copy
+    stale.mkdir()
+    generate(SMALL.model_copy(update={"seed": 1}), out)  # before: "Directory not empty"
+    assert json.loads((out / "meta.json").read_text())["config"]["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["builtin"]
+
+    out.rename(stale)  # killed between the swap's two renames: the complete copy is the `.previous` one
+    generate(SMALL, out)
+    assert json.loads((out / "meta.json").read_text())["config"]["seed"] == SMALL.seed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["builtin"]
+
+
+def test_a_sigterm_during_prepare_removes_its_partial_folder_and_keeps_the_old_data(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "builtin"
+    generate(SMALL, out)
+    before = (out / "meta.json").read_bytes()
+    proc = subprocess.Popen([sys.executable, "-m", "flair_cli", "prepare", "--set", "train_images=20000",
+                             "--set", "image_size=32", "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not any(tmp_path.glob(".builtin.partial-*/train/*.tar")):  # writing shards
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == f"flair prepare: stopped by SIGTERM; {out} is as it was"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["builtin"]
+    assert (out / "meta.json").read_bytes() == before

@@ -37,6 +37,31 @@ def test_check_weights_errors_are_one_line(tmp_path):
     assert result.stderr.count("\n") == 1 and "does not match the model" in result.stderr
 
 
+def test_check_weights_refuses_nonfinite_tensors_names_noise_and_reads_our_checkpoints(tmp_path, tiny_data):
+    model = create_model("micro-32")
+    with torch.no_grad():
+        model.logit_bias.fill_(float("nan"))
+    torch.save(model.state_dict(), tmp_path / "nan.pt")
+    nan = run("check-weights", str(tmp_path / "nan.pt"), "--model", "micro-32")
+    assert nan.returncode == 2 and nan.stderr.count("\n") == 1, nan.stderr
+    assert "1 of 73 tensors hold NaN or inf values, first: logit_bias" in nan.stderr
+    allowed = run("check-weights", str(tmp_path / "nan.pt"), "--model", "micro-32", "--allow-nonfinite")
+    assert allowed.returncode == 0 and "logit_bias=nan" in allowed.stdout
+
+    (tmp_path / "noise.pt").write_bytes(bytes(range(7, 256)) * 40)
+    noise = run("check-weights", str(tmp_path / "noise.pt"))
+    assert noise.returncode == 2
+    assert "not a checkpoint (neither a torch zip file nor a pickle)" in noise.stderr
+
+    trained = run("train", "--out", str(tmp_path / "run"), "--set", "train.model=micro-32", "--set",
+                  f"train.shards={tiny_data / 'train'}", "--set", "train.batch_size=8", "--set",
+                  "train.steps_per_epoch=1", "--set", "loader.workers=0", "--set", "method.name=clip")
+    assert trained.returncode == 0, trained.stderr
+    ours = run("check-weights", str(next((tmp_path / "run" / "checkpoints").glob("*.pt"))))  # no --model
+    assert ours.returncode == 0, ours.stderr
+    assert "into the architecture it records (clip, " in ours.stdout
+
+
 def test_attention_draws_flair_maps_and_says_why_other_methods_have_none(tmp_path, tiny_data):
     from flair_cli import main
 

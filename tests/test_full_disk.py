@@ -81,6 +81,7 @@ def test_a_full_disk_stops_the_run_cleanly_and_resume_finishes_it(tiny_data, sma
     filler.unlink()
     resumed = train(tiny_data, run, "--resume", "auto", "--set", "train.epochs=2")
     assert resumed.returncode == 0, resumed.stderr
-    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000008.pt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000008.pt",
+                                                                      "step-00000008.pt.sha256"]
     assert checkpoints.load(run / "checkpoints" / "step-00000008.pt")["step"] == 8
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, 9))

@@ -86,6 +86,27 @@ def common(data):
             "train.batch_size=8", "--set", "train.steps_per_epoch=2", "--set", "loader.workers=0"]
 
 
+def test_resume_refuses_changed_settings_and_records_the_safe_ones_as_a_revision(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    assert flair("train", "--out", str(run), *common(tiny_data)).returncode == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    changed = flair("train", "--out", str(run), *common(tiny_data), "--set", "train.lr=0.25", "--set",
+                    "sampling.k=2", "--resume", "auto")
+    assert changed.returncode == 2 and changed.stderr.count("\n") == 1, changed.stderr
+    assert "would change settings the run trained with (sampling.k 8 -> 2, train.lr" in changed.stderr
+    assert "-> 0.25)" in changed.stderr and "train.epochs" in changed.stderr  # what may change, named
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before  # config.yaml still says what the run trained with
+
+    longer = flair("train", "--out", str(run), *common(tiny_data), "--set", "train.epochs=2", "--set",
+                   "train.log_every=2", "--resume", "auto")
+    assert longer.returncode == 0, longer.stderr
+    assert read_run_config(run).train.epochs == 2
+    revision = json.loads((run / "config_history.jsonl").read_text())
+    assert revision["step"] == 2
+    assert revision["changed"] == {"train.epochs": [1, 2], "train.log_every": [10, 2]}
+
+
 def start_holding(command: list[str], run) -> subprocess.Popen:
     """`flair train` started and waited for until it holds the run folder's lock."""
     import time
@@ -93,10 +114,17 @@ def start_holding(command: list[str], run) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "flair_cli", *command], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while f"pid {proc.pid} " not in ((run / ".lock").read_text() if (run / ".lock").is_file() else ""):
+    while f"pid {proc.pid} " not in holder(run):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.02)
     return proc
+
+
+def holder(run) -> str:
+    try:
+        return (run / ".lock").read_text()
+    except FileNotFoundError:  # not taken yet, or released
+        return ""
 
 
 @pytest.mark.parametrize("load", ["idle", "loaded"])
@@ -151,6 +179,9 @@ def test_a_lock_left_by_a_killed_trainer_does_not_block_the_next(tiny_data, tmp_
     ("train.accum_freq=3", "batch_size 8 is not divisible by accum_freq 3"),
     ("method.settings.tcs_weight=2", "method.settings.tcs_weight"),
     ("train.lr=-1", "train.lr"),
+    ("train.lr=inf", "train.lr: Input should be a finite number"),
+    ("train.weight_decay=nan", "train.weight_decay: Input should be a finite number"),
+    ("method.settings.tcs_weight=-inf", "method.settings.tcs_weight"),
 ])
 def test_bad_parameters_give_one_line_and_write_nothing(override, message, tiny_data, tmp_path):
     result = flair("train", "--out", str(tmp_path / "run"), *common(tiny_data), "--set", override)
@@ -159,11 +190,83 @@ def test_bad_parameters_give_one_line_and_write_nothing(override, message, tiny_
     assert not (tmp_path / "run").exists()
 
 
+def test_params_errors_name_their_real_source(tmp_path):
+    from flair_core.model_config import ConfigError
+
+    cpu = REPO / "params" / "cpu.yaml"
+    with pytest.raises(ConfigError) as err:  # the file is fine: the override is to blame
+        load_run_config([cpu], ["train.lr=inf"])
+    assert str(err.value) == "--set train.lr=inf: train.lr: Input should be a finite number"
+    with pytest.raises(ConfigError, match=r"^--set method.settings.tcs_weight=3: method.settings.tcs_weight"):
+        load_run_config([cpu], ["method.settings.tcs_weight=3"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {lr: -1}\n")
+    with pytest.raises(ConfigError, match=f"^{bad}: train.lr: Input should be greater than 0"):
+        load_run_config([bad])
+    bad.write_bytes(b"train:\n  lr: \xff\n")
+    with pytest.raises(ConfigError, match=f"^{bad}: not UTF-8 text \\(byte 0xff at offset 13\\)$"):
+        load_run_config([bad])
+    with pytest.raises(ConfigError, match=f"^params file {tmp_path} is a folder, not a file$"):
+        load_run_config([tmp_path])
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder_and_can_simply_be_rerun(
+        tiny_data, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "bad-000000.tar").write_bytes(bytes(range(256)) * 20)  # not a tar: no sample in a pass
+    run = tmp_path / "run"
+    failed = flair("train", "--out", str(run), *common(tiny_data), "--set", f"train.shards={bad}")
+    assert failed.returncode == 2 and "no sample in a pass" in failed.stderr, failed.stderr
+    assert not run.exists()  # nothing to resume, nothing left to block a plain re-run
+    again = flair("train", "--out", str(run), *common(tiny_data))
+    assert again.returncode == 0, again.stderr
+    # In a folder that held files of its own, only what the run wrote goes.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    failed = flair("train", "--out", str(mine), *common(tiny_data), "--set", f"train.shards={bad}")
+    assert failed.returncode == 2
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_with_its_reason_by_resume_and_evaluate(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    steps = ["--set", "train.checkpoint_every=4", "--set", "train.keep_checkpoints=2", "--set",
+             "train.steps_per_epoch=4"]
+    first = flair("train", "--out", str(run), *common(tiny_data), *steps, "--set", "train.epochs=2")
+    assert first.returncode == 0, first.stderr
+    newest = run / "checkpoints" / "step-00000008.pt"
+    assert (run / "checkpoints" / "step-00000008.pt.sha256").read_text().split()[1] == newest.name
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside a tensor: torch alone would load it
+    newest.write_bytes(bytes(data))
+
+    evaluated = flair("evaluate", str(run), "--root", str(tiny_data), "--benchmark", "builtin_fine_grained",
+                      "--topk", "10")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"skipped a checkpoint: {newest}: checksum mismatch" in evaluated.stderr
+
+    resumed = flair("train", "--out", str(run), *common(tiny_data), *steps, "--set", "train.epochs=3",
+                    "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"skipped a checkpoint --resume auto cannot use: {newest}: checksum mismatch" in resumed.stderr
+    assert "resumed from" in resumed.stderr and "step-00000004.pt at step 4" in resumed.stderr
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, 13))  # steps 5-8 again, once each
+
+    for path in (run / "checkpoints").glob("step-*.pt"):
+        path.write_bytes(b"garbage")
+    refused = flair("train", "--out", str(run), *common(tiny_data), *steps, "--set", "train.epochs=4",
+                    "--resume", "auto")
+    assert refused.returncode == 2 and "no readable checkpoint (2 skipped" in refused.stderr, refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("flair train: error:")
+
+
 def test_existing_run_is_not_overwritten_and_bad_resumes_are_refused(tiny_data, tmp_path):
     run = tmp_path / "run"
     assert flair("train", "--out", str(run), *common(tiny_data)).returncode == 0
-    # The one-writer lock file names its latest holder: bookkeeping, not run content.
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
 
     again = flair("train", "--out", str(run), *common(tiny_data))
     assert again.returncode == 2 and "already holds a run" in again.stderr
@@ -173,14 +276,13 @@ def test_existing_run_is_not_overwritten_and_bad_resumes_are_refused(tiny_data, 
 
     other = flair("train", "--out", str(run), *common(tiny_data), "--set", "train.model=tiny-64",
                   "--resume", "auto")
-    assert other.returncode == 2 and "does not match the model" in other.stderr
+    assert other.returncode == 2 and "train.model 'micro-32' -> 'tiny-64'" in other.stderr
     assert other.stderr.count("\n") == 1
 
     (run / "checkpoints" / ".step-00000009.pt.tmp-1").write_bytes(b"half written")
     resumed = flair("train", "--out", str(run), *common(tiny_data), "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr  # the stray temp file is never taken for a checkpoint
-    after = {p: p.read_bytes() for p in run.rglob("*")
-             if p.is_file() and ".tmp-" not in p.name and p.name != ".lock"}
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and ".tmp-" not in p.name}
     assert after == before  # already complete: nothing retrained, nothing rewritten but config.yaml
 
 

@@ -81,10 +81,18 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
         pickle.dump({"state_dict": _RunsCode(marker)}, f)
-    with pytest.raises(CheckpointError, match="refused to load") as err:
+    with pytest.raises(CheckpointError, match="refused: loading it would build objects") as err:
         read_state_dict(path)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 200 + len(str(path))
+    assert "weights_only=False" not in str(err.value)  # no advice to turn the protection off
     assert not marker.exists()
+
+
+def test_random_bytes_are_not_a_checkpoint_rather_than_a_hostile_pickle(tmp_path):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(bytes(range(7, 256)) * 40)
+    with pytest.raises(CheckpointError, match="not a checkpoint \\(neither a torch zip file nor a pickle\\)"):
+        read_state_dict(path)
 
 
 def test_other_architecture_names_the_mismatched_keys(source, tmp_path):

@@ -50,6 +50,7 @@ from flair_core.data.scenes import (
     render_single_object,
     twin_scene,
 )
+from flair_core.fileio import lock_folder
 from flair_core.model_config import Frozen
 
 SPLITS = ("train", "val", "test")
@@ -222,10 +223,28 @@ def build_queries(scenes: list[Scene], extras: list[dict], merged_per_image: int
 
 
 def generate(config: BuiltinDataConfig, out: Path, splits: tuple[str, ...] = SPLITS) -> dict:
-    """Write the data set to `out` atomically (a temporary sibling folder renamed at the end)."""
+    """Write the data set to `out` atomically (a temporary sibling folder renamed at the end), as the one
+    writer of `out` (a second raises FolderBusy naming the first)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    with lock_folder(out, "flair prepare", lock_file=out.parent / f".{out.name}.lock"):
+        _recover(out)
+        return _generate(config, out, splits)
+
+
+def _recover(out: Path) -> None:
+    """What a writer killed before its clean-up left beside `out` (only called under `out`'s lock, so no live
+    writer owns them): partial folders are removed; a `.previous` folder is the last complete data set when
+    `out` itself is missing (killed between the two renames of the swap), and stale otherwise."""
+    for partial in out.parent.glob(f".{out.name}.partial-*"):
+        shutil.rmtree(partial, ignore_errors=True)
+    previous = out.with_name(f".{out.name}.previous")
+    if previous.exists() and not out.exists():
+        previous.rename(out)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _generate(config: BuiltinDataConfig, out: Path, splits: tuple[str, ...]) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     tmp.chmod(0o755)
     try:
         counts = {}

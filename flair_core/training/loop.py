@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -35,11 +36,30 @@ from flair_core.methods import get_method
 from flair_core.model_config import ConfigError, ModelConfig, load_model_config
 from flair_core.models import create_model
 from flair_core.preprocess import get_tokenizer, get_transform
-from flair_core.run_config import RUN_CONFIG_FILE, RunConfig, dump_run_config
+from flair_core.run_config import RUN_CONFIG_FILE, RunConfig, dump_run_config, read_run_config
 from flair_core.training.optim import clamp_logit_scale, param_groups, warmup_cosine
 from flair_core.weights import CheckpointError, load_checked, load_weights
 
 log = logging.getLogger(__name__)
+
+
+# What may change when a run resumes: how long it goes on, how often it logs, validates and checkpoints, and
+# how many loader processes feed it. Anything else (lr, model, data, K...) would make the run a mixture that
+# its config.yaml does not describe; each change is kept in config_history.jsonl.
+SAFE_ON_RESUME = frozenset({"train.epochs", "train.log_every", "train.checkpoint_every",
+                            "train.keep_checkpoints", "train.validate_every", "loader.workers"})
+CONFIG_HISTORY = "config_history.jsonl"
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1}} -> {"train.lr": 1} (lists and values are leaves)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 class Stopped(Exception):
@@ -150,6 +170,7 @@ class Trainer:
         self.step = 0
         self.ckpt_dir = self.out / "checkpoints"
         self._lock: FolderLock | None = None  # rank 0's, taken by _start
+        self._revision: dict[str, list] = {}  # settings changed on resume (SAFE_ON_RESUME only)
         self._start(resume)
 
     # ------------------------------------------------------------------------------------------ set-up
@@ -179,18 +200,22 @@ class Trainer:
         try:
             if kind == "error":
                 raise (CheckpointError if "checkpoint" in value else ConfigError)(value)
+            self._fresh = kind == "fresh"
             if kind == "resume":
                 self._restore(checkpoints.load(Path(value)), Path(value))
             if self.world.is_main:
                 self.out.mkdir(parents=True, exist_ok=True)
+                if self._revision:  # the settings safe to change on resume, changed: a new revision, recorded
+                    append_line(self.out / CONFIG_HISTORY, json.dumps(
+                        {"step": self.step, "time": time.time(), "changed": self._revision}))
+                    log.info("resuming at step %d with changed settings: %s", self.step,
+                             ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in self._revision.items()))
                 dump_run_config(self.config, self.out / RUN_CONFIG_FILE)
                 self._truncate_metrics()
         except BaseException:
             self.release()  # now, not when the traceback that holds this half-built trainer is dropped
             if self.world.is_main and self._created and not (self.out / RUN_CONFIG_FILE).exists():
-                # a run that never started leaves no folder behind (it would only hold the lock file)
-                (self.out / FolderLock.LOCK_FILE).unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # a run that never started leaves no folder behind
                     self.out.rmdir()
             raise
 
@@ -206,11 +231,34 @@ class Trainer:
             self._lock = lock_folder(self.out, "flair train")
         except FolderBusy as busy:
             return "busy", str(busy)
-        return self._decide(resume)
+        kind, value = self._decide(resume)
+        if kind == "resume" and (changed := self._changed_settings()):
+            unsafe = {key: change for key, change in changed.items() if key not in SAFE_ON_RESUME}
+            if unsafe:
+                listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in unsafe.items())
+                return "error", (f"{self.out}: resuming would change settings the run trained with "
+                                 f"({listed}); only {', '.join(sorted(SAFE_ON_RESUME))} may change on "
+                                 "resume: use another --out for the rest")
+            self._revision = {key: list(change) for key, change in changed.items()}
+        return kind, value
+
+    def _changed_settings(self) -> dict[str, tuple]:
+        """Setting -> (recorded, given) for every setting that differs from the run folder's config.yaml."""
+        if not (self.out / RUN_CONFIG_FILE).is_file():
+            return {}
+        recorded = flat(read_run_config(self.out).model_dump(mode="json"))
+        given = flat(self.config.model_dump(mode="json"))
+        return {key: (recorded.get(key), given.get(key)) for key in sorted(recorded.keys() | given.keys())
+                if recorded.get(key) != given.get(key)}
 
     def _decide(self, resume: str | None) -> tuple[str, str | None]:
         if resume == "auto":
-            path = checkpoints.newest(self.ckpt_dir)
+            path, skipped = checkpoints.newest_readable(self.ckpt_dir)
+            for reason in skipped:
+                log.warning("skipped a checkpoint --resume auto cannot use: %s", reason)
+            if path is None and skipped:  # starting over would truncate the metrics and prune the evidence
+                return "error", (f"{self.ckpt_dir}: no readable checkpoint ({len(skipped)} skipped, newest: "
+                                 f"{skipped[0]}); move them away to start over")
             return ("resume", str(path)) if path else ("fresh", None)
         if resume:
             given = Path(resume)
@@ -370,8 +418,28 @@ class Trainer:
         `Stopped`, after a checkpoint (one process) or at the last periodic one (several)."""
         try:
             return self._fit()
+        except Exception:
+            self._discard_if_unstarted()
+            raise
         finally:
             self.release()
+
+    def _discard_if_unstarted(self) -> None:
+        """A fresh run that failed before its first step (unreadable shards, a non-finite loss at once) has
+        nothing to keep or resume: remove what it wrote, so a plain re-run is not refused as "already holds a
+        run". Files it did not write stay. A run stopped later (a pruned trial, a crash at step k) keeps its
+        metrics and validation records: they are what happened."""
+        if not (self.world.is_main and self._fresh and self.step == 0):
+            return
+        for name in (RUN_CONFIG_FILE, "metrics.jsonl", "val_metrics.jsonl"):
+            (self.out / name).unlink(missing_ok=True)
+        shutil.rmtree(self.out / "validation", ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.ckpt_dir.rmdir()  # only if empty: stray temp files of a failed save stay visible
+        if self._created:
+            self.release()  # its lock file goes with it
+            with contextlib.suppress(OSError):
+                self.out.rmdir()
 
     def _fit(self) -> Path | None:
         progress = None
