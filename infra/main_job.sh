@@ -80,9 +80,10 @@ reap_one() {  # wait for one of the running flow runs and drop it from run_pids
   for pid in "${run_pids[@]}"; do [ "$pid" = "$done_pid" ] || kept+=("$pid"); done
   run_pids=("${kept[@]}")
 }
-# Longest flow run first (DreamLIP: its step is ~1.5x CLIP's, docs/benchmarks.md), so that the last run in a
-# lane is a short one and neither core idles long at the end; the table keeps the registry's order.
-FIRST=${FLAIR_FIRST_METHODS:-dreamlip}
+# Longest flow runs first (at the tuned recipes DreamLIP ~560 s, FILIP ~480 s, FLAIR and CLIP ~360 s each:
+# docs/benchmarks.md), so each lane ends with a short run and neither core idles long at the end; the table keeps
+# the registry's order.
+FIRST=${FLAIR_FIRST_METHODS:-dreamlip filip}
 LAUNCH=""
 for m in $FIRST; do if [[ " $METHODS " == *" $m "* ]]; then LAUNCH+="$m "; fi; done
 for m in $METHODS; do if [[ " $FIRST " != *" $m "* ]]; then LAUNCH+="$m "; fi; done
