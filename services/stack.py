@@ -148,6 +148,13 @@ class LocalServices:
     def start(self) -> None:
         """Start what is not running and healthy; services that are up stay up, so after one crashed only it
         (and what depends on it) restarts."""
+        previous = os.umask(0o077)  # every file written while starting (logs, configs) is the owner's alone
+        try:
+            self._start()
+        finally:
+            os.umask(previous)
+
+    def _start(self) -> None:
         began = time.monotonic()
         state = self._load()
         recorded = state.get("pids", {})
@@ -172,6 +179,9 @@ class LocalServices:
         self._pick_weed_ports()
         self._check_ports(todo)
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        # Other local users read nothing here: credentials, the MLflow and Prefect databases, the S3 objects.
+        other_user = self.db == "postgres" and os.geteuid() == 0  # PostgreSQL runs as its own user
+        supervisor.make_private(self.root, keep=(self.postgres_dir,), traverse=other_user)
         self._save(ports=self.ports, **self.settings(), postgres_dir=str(self.postgres_dir), pids=kept)
         # MLflow's GenAI job runner (scorers, trace roll-ups) adds 8 processes and ~15 s to start-up; the
         # platform tracks runs and models only. Set MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true to keep it.

@@ -35,11 +35,12 @@ class ServiceError(RuntimeError):
 def spawn(cmd: list[str], log: Path, env: dict, cwd: Path) -> dict:
     """Start `cmd` detached, appending its output to `log`; returns the record to keep for `terminate`."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as out:
+    with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a") as out:
         out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
         out.flush()
+        # umask 077: whatever the service writes (databases, objects, logs) is its owner's alone
         pid = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                               stderr=subprocess.STDOUT, start_new_session=True).pid
+                               stderr=subprocess.STDOUT, start_new_session=True, umask=0o077).pid
     return {"pid": pid, "started": _stat(pid)[19]}
 
 
@@ -123,6 +124,21 @@ def load(path: Path) -> dict:
 
 def save(path: Path, **changes) -> None:
     write_private(path, {**load(path), **changes})
+
+
+def make_private(root: Path, keep: tuple[Path, ...] = (), traverse: bool = False) -> None:
+    """`root` 0700 (0711 with `traverse`: a service running as another user, PostgreSQL's, must pass through
+    to its own folder) and everything under it owner-only: files 0600, folders 0700; the `keep` folders (that
+    other user's, which it guards itself) are left alone. Symbolic links are not followed."""
+    root.chmod(0o711 if traverse else 0o700)
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        dirs[:] = [d for d in dirs if (here / d).resolve() not in keep and not (here / d).is_symlink()]
+        for name in dirs:
+            (here / name).chmod(0o700)
+        for name in files:
+            if not (here / name).is_symlink():
+                (here / name).chmod(0o600)
 
 
 def write_private(path: Path, data: dict) -> None:

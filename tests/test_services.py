@@ -74,6 +74,11 @@ def test_start_use_status_stop(tmp_path, monkeypatch, record_property):
                         "s3": f"http://127.0.0.1:{ports['s3_port']}"}
         assert env["AWS_ENDPOINT_URL"] == env["MLFLOW_S3_ENDPOINT_URL"] == urls["s3"]
         assert stat.S_IMODE((root / "s3.json").stat().st_mode) == 0o600  # holds the generated secret key
+        # no other local user reads the platform's state: the folder 0700, what the services wrote 0600/0700
+        assert stat.S_IMODE(root.stat().st_mode) == 0o700
+        loose = {str(p.relative_to(root)): oct(stat.S_IMODE(p.stat().st_mode)) for p in root.rglob("*")
+                 if not p.is_symlink() and stat.S_IMODE(p.stat().st_mode) & 0o077}
+        assert loose == {}, loose
         assert check_up(env) == []
         bound = listeners()  # unless told otherwise (--bind), nothing listens beyond loopback
         assert all(bound.get(port) == {"127.0.0.1"} for port in all_ports(state)[:3])  # Prefect, MLflow, S3
@@ -157,7 +162,7 @@ def test_start_use_status_stop(tmp_path, monkeypatch, record_property):
     gone = [pid for pids in groups.values() for pid in pids if Path(f"/proc/{pid}").exists()
             and (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z")]
     assert gone == []
-    assert set(all_ports(after)).isdisjoint(listening())
+    assert set(all_ports(after)) & listening() == set()
     assert not any(s["up"] for s in services.status().values())
     assert len(check_up(env)) == 3 and "MLflow at http://127.0.0.1:" in "\n".join(check_up(env))
     services.stop()  # idempotent
