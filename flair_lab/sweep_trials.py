@@ -22,7 +22,7 @@ from flair_core import distributed
 from flair_core.evaluation.metrics import EvaluationError
 from flair_core.model_config import ConfigError
 from flair_core.run_config import load_run_config
-from flair_core.training.loop import Trainer
+from flair_core.training.loop import Stopped, Trainer
 from flair_lab.sweeps import (
     FINISHED,
     SURPLUS,
@@ -125,6 +125,7 @@ def _main_rank(config: SweepConfig, data_root: str, on_trial_end, world_size: in
                ) -> list[int]:
     study = open_study(config, worker)
     mine: list[int] = []
+    stopped: list[Stopped] = []
 
     def objective(trial: optuna.Trial) -> list[float] | float:
         # Two workers can both see n − 1 trials and both ask for one more. The storage numbers trials in
@@ -142,6 +143,11 @@ def _main_rank(config: SweepConfig, data_root: str, on_trial_end, world_size: in
             values = run_trial(TorchDistributedTrial(trial) if world_size > 1 else trial, config, data_root)
         except optuna.TrialPruned:
             raise
+        except Stopped as stop:  # SIGTERM: the worker was asked to end, not to go on with the next trial
+            trial.set_user_attr("fail_reason", f"Stopped: {stop}")
+            stopped.append(stop)
+            study.stop()
+            raise
         except Exception as err:  # Optuna logs the error but keeps no reason with the trial: keep one line
             trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}".splitlines()[0])
             raise
@@ -157,6 +163,8 @@ def _main_rank(config: SweepConfig, data_root: str, on_trial_end, world_size: in
                        gc_after_trial=True)
     if world_size > 1:
         _broadcast(False)
+    if stopped:  # the trial is recorded as failed with why; a re-run starts a new one in its place
+        raise stopped[0]
     last = [study.trials[n] for n in mine[-MAX_FAILURES_IN_A_ROW:]]
     if len(last) == MAX_FAILURES_IN_A_ROW and not any(t.state in FINISHED for t in last):
         reason = last[-1].user_attrs.get("fail_reason", "no reason recorded")

@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 def worker(config: SweepConfig, data_root: str, parent_run_id: str | None, index: int | None) -> int:
     import torch
 
+    from flair_core.training.loop import Stopped
     from flair_lab.sweep_trials import run_worker
 
     if config.threads_per_worker:
@@ -209,7 +210,12 @@ def worker(config: SweepConfig, data_root: str, parent_run_id: str | None, index
         if not is_surplus(trial):
             tracking.log_trial(parent_run_id, config.study, trial, objectives)
 
-    numbers = run_worker(config, data_root, log_to_mlflow if parent_run_id else None, index)
+    try:
+        numbers = run_worker(config, data_root, log_to_mlflow if parent_run_id else None, index)
+    except Stopped as stop:
+        print(f"sweep worker: {stop}; its trial is recorded as failed, a re-run continues the study",
+              file=sys.stderr)
+        return 128 + stop.signal
     print(f"worker finished: trials {numbers}")
     return 0
 

@@ -124,6 +124,27 @@ def test_a_killed_worker_fails_its_trial_and_a_rerun_resumes_without_repeating(t
     assert trials[0].datetime_complete == done.datetime_complete and trials[0].value == done.value
 
 
+def test_a_sigterm_ends_the_worker_after_recording_its_trial_as_failed(tmp_path, tiny_data):
+    """Before, a SIGTERM failed the running trial and the worker went on with the next one."""
+    path = sweep_file(tmp_path, tiny_data, n_trials=3,
+                      trial_overrides=["train.steps_per_epoch=400", "train.validate_every=400",
+                                       "loader.workers=0", "train.batch_size=8",
+                                       "train.samples_per_epoch=512"])
+    victim = worker(path, tiny_data, 0)
+    metrics = tmp_path / "runs" / "w" / "trial-0000" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        assert victim.poll() is None and time.time() < deadline, victim.communicate()[0][-2000:]
+        time.sleep(0.5)
+    victim.send_signal(signal.SIGTERM)
+    output = victim.communicate(timeout=120)[0]
+    assert victim.returncode == 143, output[-2000:]
+    assert "sweep worker: stopped by SIGTERM at step" in output
+    trials = open_study(load_sweep_config(path)).trials
+    assert [t.state.name for t in trials] == ["FAIL"]  # and no next trial was started
+    assert trials[0].user_attrs["fail_reason"].startswith("Stopped: stopped by SIGTERM")
+
+
 def test_every_rank_of_a_torchrun_trial_trains_with_the_same_parameters(tmp_path, tiny_data):
     path = sweep_file(tmp_path, tiny_data, n_trials=2, procs_per_trial=2)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
