@@ -263,6 +263,21 @@ def test_a_corrupt_newest_checkpoint_is_skipped_with_its_reason_by_resume_and_ev
     assert refused.stderr.strip().splitlines()[-1].startswith("flair train: error:")
 
 
+def test_a_run_whose_recorded_config_is_unreadable_is_refused_in_one_line_and_the_folder_freed(tiny_data,
+                                                                                                 tmp_path):
+    from flair_core.model_config import ConfigError
+
+    config = load_run_config([], [f"{k}={v}" for k, v in {
+        "train.model": "micro-32", "train.shards": tiny_data / "train", "train.batch_size": 8,
+        "train.steps_per_epoch": 2, "loader.workers": 0}.items()])
+    Trainer(config, tmp_path / "run").fit()
+    (tmp_path / "run" / "config.yaml").write_text("train: {lr: [not, a, number]}\n")
+    for _ in range(2):  # the second attempt is refused for the same reason, not as "being written"
+        with pytest.raises(ConfigError, match="config.yaml: train.lr"):
+            Trainer(config, tmp_path / "run", resume="auto")
+    assert not (tmp_path / "run" / ".lock").exists()
+
+
 def test_existing_run_is_not_overwritten_and_bad_resumes_are_refused(tiny_data, tmp_path):
     run = tmp_path / "run"
     assert flair("train", "--out", str(run), *common(tiny_data)).returncode == 0

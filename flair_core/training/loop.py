@@ -231,15 +231,18 @@ class Trainer:
             self._lock = lock_folder(self.out, "flair train")
         except FolderBusy as busy:
             return "busy", str(busy)
-        kind, value = self._decide(resume)
-        if kind == "resume" and (changed := self._changed_settings()):
-            unsafe = {key: change for key, change in changed.items() if key not in SAFE_ON_RESUME}
-            if unsafe:
-                listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in unsafe.items())
-                return "error", (f"{self.out}: resuming would change settings the run trained with "
-                                 f"({listed}); only {', '.join(sorted(SAFE_ON_RESUME))} may change on "
-                                 "resume: use another --out for the rest")
-            self._revision = {key: list(change) for key, change in changed.items()}
+        try:  # an error is returned, not raised: the other ranks wait for this decision
+            kind, value = self._decide(resume)
+            changed = self._changed_settings() if kind == "resume" else {}
+        except (ConfigError, CheckpointError) as err:
+            return "error", str(err)
+        unsafe = {key: change for key, change in changed.items() if key not in SAFE_ON_RESUME}
+        if unsafe:
+            listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in unsafe.items())
+            return "error", (f"{self.out}: resuming would change settings the run trained with ({listed}); "
+                             f"only {', '.join(sorted(SAFE_ON_RESUME))} may change on resume: use another "
+                             "--out for the rest")
+        self._revision = {key: list(change) for key, change in changed.items()}
         return kind, value
 
     def _changed_settings(self) -> dict[str, tuple]:
