@@ -68,23 +68,22 @@ def verify(path: Path) -> None:
     recorded = checksum_path(path)
     if not recorded.is_file():
         return
-    expected = recorded.read_text().split()[0] if recorded.read_text().split() else ""
+    expected = (recorded.read_text().split() or [""])[0]
     if sha256(path) != expected:
         raise CheckpointError(f"{path}: checksum mismatch: the file changed after it was written (expected "
                               f"sha256 {expected[:12]}…, as recorded in {recorded.name})")
 
 
-def newest_readable(folder: Path) -> tuple[Path | None, list[str]]:
-    """The newest checkpoint that verifies and loads, and one line per newer one skipped (file and why)."""
+def newest_readable(folder: Path) -> tuple[Path | None, dict | None, list[str]]:
+    """The newest checkpoint that verifies and loads, its state (loaded once), and one line per newer one
+    skipped (file and why)."""
     skipped = []
     for path in sorted(folder.glob(PATTERN), reverse=True) if folder.is_dir() else []:
         try:
-            load(path)
+            return path, load(path), skipped
         except CheckpointError as err:
             skipped.append(str(err))
-            continue
-        return path, skipped
-    return None, skipped
+    return None, None, skipped
 
 
 def load(path: Path) -> dict:

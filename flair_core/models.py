@@ -43,7 +43,7 @@ def load_trained(path: str | Path, model: str | None = None, method: str = "flai
     path = Path(path)
     if path.is_dir():
         folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        found, skipped = checkpoints.newest_readable(folder)
+        found, state, skipped = checkpoints.newest_readable(folder)
         for reason in skipped:
             log.warning("skipped a checkpoint: %s", reason)
         if found is None and skipped:
@@ -52,9 +52,11 @@ def load_trained(path: str | Path, model: str | None = None, method: str = "flai
         if found is None:
             raise CheckpointError(f"{path}: no complete checkpoint found")
         path = found
+    else:
+        state = None
     if model is not None:
         return load_weights(create_model(load_model_config(model), method), path).eval()
-    state = checkpoints.load(path)
+    state = state if state is not None else checkpoints.load(path)  # a run folder's was loaded once above
     if "model_config" not in state or "method" not in state:
         raise CheckpointError(f"{path}: does not record its architecture; pass the model config name")
     spec = get_method(state["method"])

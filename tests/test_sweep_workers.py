@@ -38,6 +38,14 @@ def sweep_file(tmp_path, tiny_data, **changes) -> Path:
     return path
 
 
+def wait_until_training(proc, metrics, steps: int = 3) -> None:
+    """Until the worker's trial has logged `steps` steps (it fails if the worker ends first)."""
+    deadline = time.time() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= steps):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-2000:]
+        time.sleep(0.5)
+
+
 def worker(config_path, tiny_data, index=None, prefix=()):
     command = [*prefix, sys.executable, "-m", "flows.sweep", "worker", "--config", str(config_path),
                "--data-root", str(tiny_data)]
@@ -107,11 +115,7 @@ def test_a_killed_worker_fails_its_trial_and_a_rerun_resumes_without_repeating(t
                                        "train.samples_per_epoch=512"])
     config = load_sweep_config(path)
     victim = worker(path, tiny_data, 0)
-    metrics = tmp_path / "runs" / "w" / "trial-0001" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
-        assert victim.poll() is None and time.time() < deadline, victim.communicate()[0][-2000:]
-        time.sleep(0.5)
+    wait_until_training(victim, tmp_path / "runs" / "w" / "trial-0001" / "metrics.jsonl")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert open_study(config).trials[1].state == optuna.trial.TrialState.RUNNING  # nobody has noticed yet
@@ -131,11 +135,7 @@ def test_a_sigterm_ends_the_worker_after_recording_its_trial_as_failed(tmp_path,
                                        "loader.workers=0", "train.batch_size=8",
                                        "train.samples_per_epoch=512"])
     victim = worker(path, tiny_data, 0)
-    metrics = tmp_path / "runs" / "w" / "trial-0000" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
-        assert victim.poll() is None and time.time() < deadline, victim.communicate()[0][-2000:]
-        time.sleep(0.5)
+    wait_until_training(victim, tmp_path / "runs" / "w" / "trial-0000" / "metrics.jsonl")
     victim.send_signal(signal.SIGTERM)
     output = victim.communicate(timeout=120)[0]
     assert victim.returncode == 143, output[-2000:]

@@ -256,7 +256,7 @@ class Trainer:
 
     def _decide(self, resume: str | None) -> tuple[str, str | None]:
         if resume == "auto":
-            path, skipped = checkpoints.newest_readable(self.ckpt_dir)
+            path, _, skipped = checkpoints.newest_readable(self.ckpt_dir)  # every rank loads it below
             for reason in skipped:
                 log.warning("skipped a checkpoint --resume auto cannot use: %s", reason)
             if path is None and skipped:  # starting over would truncate the metrics and prune the evidence
