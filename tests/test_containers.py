@@ -85,7 +85,9 @@ def registry_state() -> tuple[list, list, int]:
                                      data=json.dumps({"experiment_ids": ["1"]}).encode(),
                                      headers={"Content-Type": "application/json"})
     runs = json.loads(urllib.request.urlopen(request, timeout=10).read()).get("runs", [])
-    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{PORTS['s3']}", region_name="us-east-1")
+    # a fresh session: boto3's default one keeps the first keys it found, an earlier test's on this worker
+    s3 = boto3.session.Session().client("s3", endpoint_url=f"http://127.0.0.1:{PORTS['s3']}",
+                                        region_name="us-east-1")
     objects = s3.list_objects_v2(Bucket="mlflow").get("KeyCount", 0)
     return model["registered_model"].get("aliases", []), runs, objects
 

@@ -208,7 +208,7 @@ def test_shards_round_trip_through_s3(tmp_path, s3_endpoint):
     from flair_core.data.storage import upload_folder
 
     write_shards(tmp_path / "local", 2, 8)
-    boto3.client("s3").create_bucket(Bucket="data")
+    boto3.session.Session().client("s3").create_bucket(Bucket="data")  # the default session caches keys
     uploaded = upload_folder(tmp_path / "local", "s3://data/builtin/train")
     assert uploaded == [f"s3://data/builtin/train/shard-00000{i}.tar" for i in range(2)]
     assert os.environ["AWS_ENDPOINT_URL"] == s3_endpoint
