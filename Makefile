@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # Most integration tests wait on servers and subprocesses: two workers fill two cores (docs/benchmarks.md, CI).
 TEST_WORKERS ?= 2
 
-.PHONY: help install chromium podman test test-unit lint bench demo sweep tune study dashboard services services-down
+.PHONY: help install chromium podman test test-unit lint bench demo sweep tune study dashboard services services-down backup restore
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -78,3 +78,10 @@ dashboard: install  ## start the dashboard on http://127.0.0.1:8501 against the 
 services-down:  ## stop the local services and the dashboard
 	$(PY) -m dashboard.serve stop
 	$(PY) -m services stop
+
+# A backup holds the platform's keys and passwords too (a 0700 folder): keep it private (docs/orchestration.md).
+backup: install  ## copy the running services' databases, objects and keys into a new folder (OUT=…, default backups/services-<UTC time>)
+	$(PY) -m services backup $(or $(OUT),backups/services-$$(date -u +%Y%m%dT%H%M%SZ))
+
+restore: install  ## recreate a backup (IN=folder) in a new or empty .services and start the services
+	$(PY) -m services restore $(IN)

@@ -7,15 +7,22 @@ and with `--db postgres` a PostgreSQL server for MLflow's backend store and Optu
                              [--db sqlite|postgres] [--postgres-port 5432] [--postgres-dir DIR]
                              [--auth off|on] [--bind ADDRESS]
     python -m services stop|status|env [--root .services]
+    python -m services backup OUT [--root .services]
+    python -m services restore IN [--root .services] [--prefect-port P] [--mlflow-port P] [--s3-port P]
+                                  [--postgres-port P] [--weed-ports M,V,F,A] [--postgres-dir DIR]
+
+`backup` copies the running platform (its databases, objects, identities and settings) into a new private
+folder; `restore` recreates it in a new or empty ROOT and leaves its services running (services/backup.py).
 
 Everything listens on 127.0.0.1 and runs under services.supervisor. Team mode (`--auth on`), for a platform
 shared by several people: MLflow runs its basic-auth app and Prefect checks its API auth string, so nobody
 reaches either without the generated credentials, which `services env` hands to clients (flows, dashboard,
 DVC). Only then may `--bind` open MLflow and Prefect to other machines; SeaweedFS and PostgreSQL always stay
-on 127.0.0.1 (their internal ports have no authentication; artifacts reach remote users through MLflow's
-proxy). Pids, ports and settings are kept in ROOT/state.json, logs in ROOT/logs/<name>.log; the generated S3
-identity (ROOT/s3.json), PostgreSQL password (ROOT/postgres.json) and team credentials (ROOT/auth.json) are
-mode 0600.
+on 127.0.0.1 (artifacts reach remote users through MLflow's proxy). SeaweedFS's ports other than S3 (master,
+volume, filer, admin; HTTP and gRPC) take only clients with the platform's certificate (services/weed_tls.py).
+Pids, ports and settings are kept in ROOT/state.json, logs in ROOT/logs/<name>.log; the generated S3 identity
+(ROOT/s3.json), PostgreSQL password (ROOT/postgres.json), team credentials (ROOT/auth.json) and SeaweedFS's
+certificate (ROOT/seaweedfs-tls) are mode 0600.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import sysconfig
 import time
 from pathlib import Path
 
-from services import postgres, supervisor
+from services import postgres, supervisor, weed_tls
 from services.supervisor import HOST, ServiceError
 
 # set by `services env` with --db postgres; read by flair_lab/sweeps.py
@@ -215,15 +222,18 @@ class LocalServices:
         if name == "seaweedfs":
             data = self.root / "seaweedfs"
             data.mkdir(exist_ok=True)
-            return [
+            command = [
                 str(BIN / "weed"), "mini", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
                 f"-s3.config={self.root / 's3.json'}", f"-s3.port={p['s3']}",
                 *(f"-{part}.port={p[part]}" for part in WEED_PARTS),
                 # no phoning home, and no WebDAV / Iceberg / Lance / admin UI: fewer open ports
                 "-master.telemetry=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
                 "-admin.ui=false",
-                # weed otherwise leaves /tmp/seaweedfs-s3-PORT.sock behind; unix socket paths max out at 108
-                *([f"-s3.localSocket={data / 's3.sock'}"] if len(str(data / "s3.sock")) < 100 else [])], env
+                # unix sockets in the private root, not /tmp/seaweedfs-<part>-PORT.sock (a crash leaves them
+                # behind; the filer's serves its HTTP API without TLS); their paths max out at 108
+                *(f"-{part}.localSocket={data / part}.sock" for part in ("s3", "filer")
+                  if len(f"{data / part}.sock") < 100)]
+            return command, {**env, **weed_tls.weed_env(self.root)}  # every port but S3's: mutual TLS
         # Secrets go in the environment, never on a command line (the log records it, `ps` shows it).
         if name == "prefect":
             home = self.root / "prefect"
@@ -422,8 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in (("start", ("start SeaweedFS, MLflow and Prefect (and PostgreSQL with --db postgres); "
                                  "return once all are healthy")),
                        ("stop", "stop them (Prefect, MLflow, SeaweedFS)"), ("status", "show each service"),
-                       ("env", "print `export` lines for clients")):
-        sub = commands.add_parser(name, help=text)
+                       ("env", "print `export` lines for clients"),
+                       ("backup", ("copy the running platform's databases, objects, identities and settings "
+                                   "into the new folder OUT (private; written whole or not at all)")),
+                       ("restore", ("recreate a backup in a new or empty ROOT (the original's ports unless "
+                                    "given), start its services and leave them running"))):
+        sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("--root", default=".services", help="state, data and logs (default: .services)")
     start = commands.choices["start"]
     for port, default in DEFAULT_PORTS.items():
@@ -442,11 +456,28 @@ def main(argv: list[str] | None = None) -> int:
                                               "root it must be reachable by the postgres user")
     start.add_argument("--weed-ports", help="SeaweedFS master,volume,filer,admin ports; each also uses "
                                             "port+10000 (default: picked free once, then reused)")
+    commands.choices["backup"].add_argument("out", metavar="OUT", help="the backup folder to create")
+    restore = commands.choices["restore"]
+    restore.add_argument("source", metavar="IN", help="a folder `backup` wrote")
+    for port in DEFAULT_PORTS:
+        restore.add_argument(f"--{port}-port", type=int, help="default: the original's")
+    restore.add_argument("--weed-ports", help="SeaweedFS master,volume,filer,admin ports (default: the "
+                                              "original's)")
+    restore.add_argument("--postgres-dir", help="PostgreSQL's cluster folder, new or empty (default: the "
+                                                "original's if outside its ROOT, else ROOT/postgres)")
     args = parser.parse_args(argv)
     weed = dict(zip(WEED_PARTS, map(int, args.weed_ports.split(",")), strict=True)) \
         if getattr(args, "weed_ports", None) else None
     options = ("prefect_port", "mlflow_port", "s3_port", "backend_store_uri")
     try:
+        if args.command in ("backup", "restore"):
+            from services import backup  # here: services.backup imports this module
+        if args.command == "restore":  # into a new or empty ROOT: nothing to read from it first
+            ports = {k: getattr(args, k) for k in ("prefect_port", "mlflow_port", "s3_port", "postgres_port")}
+            done = backup.restore(args.source, args.root, weed_ports=weed, postgres_dir=args.postgres_dir,
+                                  **ports)
+            print(f"restored {args.source} into {Path(args.root).resolve()}: {backup.summary(done)}")
+            return 0
         services = LocalServices(args.root, *(getattr(args, k, None) for k in options), weed,
                                  *(getattr(args, k, None)
                                    for k in ("db", "postgres_port", "postgres_dir", "auth", "bind")))
@@ -459,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, s in state.items():
                 print(f"{LABEL[name]:13s} {s['url']:24s} " + (f"up (pid {s['pid']})" if s["up"] else "down"))
             return 0 if all(s["up"] for s in state.values()) else 3
+        elif args.command == "backup":
+            print(f"backup of {services.root} in {args.out}: "
+                  + backup.summary(backup.backup(services, Path(args.out))))
         else:
             for key, value in services.client_env().items():
                 print(f"export {key}={shlex.quote(value)}")

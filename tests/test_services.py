@@ -1,10 +1,12 @@
 """The local platform services (services/stack.py): real SeaweedFS, MLflow and Prefect servers on free,
 non-default loopback ports under a temporary root."""
 
+import http.client
 import json
 import os
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -17,7 +19,7 @@ import pytest
 from services.stack import GRPC_OFFSET, WEED_PARTS, LocalServices, check_up
 from services.supervisor import ServiceError, free, members
 from tests.helpers.paths import REPO
-from tests.helpers.processes import free_port, listeners
+from tests.helpers.processes import free_port, listeners, listening_ports
 
 pytestmark = pytest.mark.integration
 
@@ -166,6 +168,92 @@ def test_start_use_status_stop(tmp_path, monkeypatch, record_property):
     assert not any(s["up"] for s in services.status().values())
     assert len(check_up(env)) == 3 and "MLflow at http://127.0.0.1:" in "\n".join(check_up(env))
     services.stop()  # idempotent
+
+
+H2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")  # preface, SETTINGS
+
+
+def http_status(port: int, method: str, path: str) -> int | str:
+    """A plain HTTP request's status, or why there was none."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request(method, path, body=b"written around S3" if method == "PUT" else None)
+        return connection.getresponse().status
+    except (OSError, http.client.HTTPException) as err:
+        return type(err).__name__
+    finally:
+        connection.close()
+
+
+def h2_settings(port: int, tls: ssl.SSLContext | None) -> str:
+    """'SETTINGS' when an HTTP/2 (gRPC's transport) server takes our hello, plaintext or over `tls`; else why
+    not."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                (tls.wrap_socket(raw, server_hostname="127.0.0.1") if tls else raw) as conn:
+            conn.sendall(H2_HELLO)
+            frame = conn.recv(9)
+    except (OSError, ssl.SSLError) as err:  # a server asking for a client certificate cuts us off here
+        return f"{type(err).__name__}: {err}"
+    return "SETTINGS" if len(frame) == 9 and frame[3] == 0x4 else f"no SETTINGS frame: {frame!r}"
+
+
+def tls_context(certificate: Path | None = None) -> ssl.SSLContext:
+    """A TLS client with `certificate` trusting its CA (beside it); without, trusting anybody: only whether
+    the server refuses us is looked at then."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.set_alpn_protocols(["h2"])
+    if certificate:
+        context.load_verify_locations(certificate.parent / "ca.crt")
+        context.load_cert_chain(certificate, certificate.with_suffix(".key"))
+    else:
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    return context
+
+
+def test_seaweedfs_lets_nobody_past_s3_without_credentials(tmp_path):
+    """Only SeaweedFS's S3 port is for clients, and it wants their keys. Every other TCP port the weed
+    process group listens on (master, volume, filer, admin; HTTP and gRPC) refuses a client without the
+    platform's certificate: plain HTTP GET and PUT of an object get neither, plaintext and certificate-less
+    TLS HTTP/2 are cut off, while TLS with the certificate is answered. Before, any local user could read and
+    write every object through the filer's HTTP port, and assign and write files through master and volume."""
+    root = tmp_path / "services"
+    services = LocalServices(root, **service_ports())
+    try:
+        services.start()
+        state, env = json.loads((root / "state.json").read_text()), services.client_env()
+        s3_port, path = state["ports"]["s3"], "/buckets/dvc/probe/hello.txt"
+        ports = listening_ports(members(state["pids"]["seaweedfs"]))
+        assert set(all_ports(state)[2:]) <= ports, ports  # the ones we know of are found (and maybe more)
+
+        assert {method: http_status(s3_port, method, "/dvc/probe/hello.txt") for method in ("GET", "PUT")} \
+            == {"GET": 403, "PUT": 403}  # unsigned
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        s3.put_object(Bucket="dvc", Key="probe/hello.txt", Body=b"hello")
+        assert s3.get_object(Bucket="dvc", Key="probe/hello.txt")["Body"].read() == b"hello"
+
+        certificate = root / "seaweedfs-tls" / "weed.crt"
+        stranger, holder = tls_context(), tls_context(certificate)
+        replies = {port: {"GET": http_status(port, "GET", path), "PUT": http_status(port, "PUT", path),
+                          "h2": h2_settings(port, None), "h2 over TLS": h2_settings(port, stranger),
+                          "h2 over TLS with the certificate": h2_settings(port, holder)}
+                   for port in sorted(ports - {s3_port})}
+        let_in = {port: reply for port, reply in replies.items()
+                  if any(isinstance(reply[m], int) and reply[m] < 400 for m in ("GET", "PUT"))
+                  or "SETTINGS" in (reply["h2"], reply["h2 over TLS"])}
+        assert let_in == {}, let_in
+        # the refusals are for want of the certificate: with it, every port answers
+        assert {port: reply for port, reply in replies.items()
+                if reply["h2 over TLS with the certificate"] != "SETTINGS"} == {}
+        # weed's plaintext filer socket lives in the private root, not in /tmp
+        assert not Path(f"/tmp/seaweedfs-filer-{state['ports']['filer']}.sock").exists()
+        assert (root / "seaweedfs" / "filer.sock").is_socket()
+    finally:
+        services.stop()
 
 
 def test_port_in_use_starts_nothing(tmp_path):

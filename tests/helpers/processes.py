@@ -44,6 +44,26 @@ def listeners() -> dict[int, set[str]]:
     return found
 
 
+def listening_ports(pids: list[int]) -> set[int]:
+    """TCP ports the processes `pids` listen on: their sockets (/proc/PID/fd) found among the listeners of
+    /proc/net/tcp{,6} by inode. Every port, including ones nobody told us about."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):  # exited while we looked
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):  # closed while we looked
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target.removeprefix("socket:[").removesuffix("]"))
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN; the inode column
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 @contextlib.contextmanager
 def cpu_burners(count: int = 2):
     """`count` processes spinning on a core each while the block runs: the loaded machine a stop must also
