@@ -107,7 +107,9 @@ def log_training_run(run_dir: Path, method: str, eval_metrics: dict[str, float],
         client.delete_run(stale.info.run_id)
     config = read_run_config(run_dir).model_dump(mode="json")
     checkpoint = newest(run_dir / "checkpoints")
-    with mlflow.start_run(run_name=f"{method}-{tags['run_key'][:8]}", tags=tags) as run:
+    # The experiment named, not the active one: set_experiment leaves that unchanged when another flow run
+    # created the experiment between its lookup and its create (mlflow 3.17), and the run went elsewhere.
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"{method}-{tags['run_key'][:8]}", tags=tags) as run:
         mlflow.log_params(flatten(config))
         steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         now = int(time.time() * 1000)

@@ -100,6 +100,34 @@ def test_mlflow_killed_while_registering_leaves_no_version_and_a_rerun_registers
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
+def test_a_run_logged_while_another_process_creates_its_experiment_lands_in_that_experiment(
+        platform, trained, monkeypatch):
+    """Flow runs side by side that log first race to create the experiment. MLflow's set_experiment answers
+    the loser's "already exists" with the experiment but without making it the active one (mlflow 3.17), so
+    the run went to whatever experiment was active: here the test's earlier one, in a fresh flow-run process
+    Default."""
+    from mlflow import MlflowClient
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    from flair_lab import tracking
+
+    lookup = TrackingServiceClient.get_experiment_by_name
+    raced = []
+
+    def created_meanwhile(self, name):  # the other process creates it between our lookup and our create
+        if name == "raced" and not raced:
+            raced.append(MlflowClient().create_experiment(name))
+            return None
+        return lookup(self, name)
+
+    monkeypatch.setattr(TrackingServiceClient, "get_experiment_by_name", created_meanwhile)
+    metric = promotion_metric(get_method("flair").primary_mode)
+    tags = {"run_key": "raced-experiment", "git_commit": "c", "data_hash": "d", "data_level": "easy",
+            "method": "flair", "preset": "micro-32"}
+    run_id, _ = tracking.log_training_run(trained, "flair", scored(6.0, metric), tags, "raced")
+    assert raced and MlflowClient().get_run(run_id).info.experiment_id == raced[0]
+
+
 def test_two_promotions_of_one_model_at_once_leave_one_champion_and_consistent_aliases(platform):
     """Two processes promote two versions that score the same, so whichever goes second must stay challenger.
     Without the flow's lock both would read "no champion yet" (each decision is slowed to make that window

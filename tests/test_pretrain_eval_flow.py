@@ -4,7 +4,6 @@ failing evaluation and a cancelled run."""
 
 import base64
 import io
-import json
 import re
 import subprocess
 import time
@@ -15,7 +14,7 @@ from PIL import Image
 from tests.helpers.paths import BIN
 from tests.helpers.processes import wait_until_gone
 from tests.helpers.scratch_repo import deployment_run as run_deployment
-from tests.helpers.scratch_repo import scratch_platform
+from tests.helpers.scratch_repo import postgres_connection, scratch_platform
 
 pytestmark = pytest.mark.integration
 
@@ -30,12 +29,7 @@ def platform(tmp_path_factory):
 
 
 def registered_in_postgres(repo) -> list[tuple[str, int]]:
-    import psycopg2
-
-    state = json.loads((repo / ".services" / "state.json").read_text())
-    password = json.loads((repo / ".services" / "postgres.json").read_text())["password"]
-    with psycopg2.connect(host="127.0.0.1", port=state["ports"]["postgres"], user="flair", password=password,
-                          dbname="mlflow") as connection, connection.cursor() as cursor:
+    with postgres_connection(repo, "mlflow") as connection, connection.cursor() as cursor:
         cursor.execute("SELECT name, version FROM model_versions ORDER BY name, version")
         return cursor.fetchall()
 

@@ -2,8 +2,10 @@
 tests run against (a real Prefect server, MLflow server and S3 store on free loopback ports)."""
 
 import contextlib
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,8 +69,10 @@ def scratch_platform(folder: Path, deployments: dict[str, str], db: str = "sqlit
     services.start()
     env = {**os.environ, **services.client_env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
     log = open(repo / ".services" / "serve.log", "w")  # noqa: SIM115 - open for the serve processes' lifetime
+    # Each in a session of its own: its flow runs' processes stay in its group, and go with it (below).
     served = [subprocess.Popen([PY, "-m", module, "serve", "--name", name.split("/")[1]], cwd=repo, env=env,
-                               stdout=log, stderr=subprocess.STDOUT) for module, name in deployments.items()]
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+              for module, name in deployments.items()]
     try:
         deadline = time.time() + 120
         for name in deployments.values():
@@ -84,11 +88,24 @@ def scratch_platform(folder: Path, deployments: dict[str, str], db: str = "sqlit
         for process in served:  # before the server, or its shutdown hangs
             process.terminate()
         for process in served:
-            process.wait(30)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:  # a runner waiting for a flow run still going: the services
+                os.killpg(process.pid, signal.SIGKILL)  # must stop all the same, and nothing may stay behind
+                process.wait()
         log.close()
         services.stop()
         if postgres:
             shutil.rmtree(postgres["postgres_dir"], ignore_errors=True)
+
+
+def postgres_connection(repo: Path, database: str):
+    """A psycopg2 connection to a database of the scratch platform's PostgreSQL (`mlflow` or `optuna`)."""
+    import psycopg2
+
+    port = json.loads((repo / ".services" / "state.json").read_text())["ports"]["postgres"]
+    password = json.loads((repo / ".services" / "postgres.json").read_text())["password"]
+    return psycopg2.connect(host="127.0.0.1", port=port, user="flair", password=password, dbname=database)
 
 
 def deployment_run(env: dict, name: str, *params: str, timeout: int = 900) -> subprocess.CompletedProcess:
