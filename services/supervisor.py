@@ -75,11 +75,16 @@ def free(port: int) -> bool:
     return True
 
 
+# Not the `random` module's generator: a training in the same process seeds it, and every platform started
+# after would pick the same ports (meeting, e.g., the unix sockets a killed weed left for them in /tmp).
+_PORTS = random.SystemRandom()
+
+
 def pick_port(taken: set[int], offsets: tuple[int, ...] = (0,)) -> int:
     """A free port, not in `taken`, with port + each offset also free and not taken. Below the ephemeral
     range, so outgoing connections don't take it between now and the server's bind."""
     while True:
-        port = random.randint(20000, 32767)
+        port = _PORTS.randint(20000, 32767)
         wanted = {port + offset for offset in offsets}
         if wanted.isdisjoint(taken) and all(map(free, wanted)):
             return port

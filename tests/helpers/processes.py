@@ -44,9 +44,8 @@ def listeners() -> dict[int, set[str]]:
     return found
 
 
-def listening_ports(pids: list[int]) -> set[int]:
-    """TCP ports the processes `pids` listen on: their sockets (/proc/PID/fd) found among the listeners of
-    /proc/net/tcp{,6} by inode. Every port, including ones nobody told us about."""
+def _socket_inodes(pids: list[int]) -> set[str]:
+    """The inodes of the sockets the processes `pids` hold open (/proc/PID/fd)."""
     inodes = set()
     for pid in pids:
         with contextlib.suppress(OSError):  # exited while we looked
@@ -55,13 +54,27 @@ def listening_ports(pids: list[int]) -> set[int]:
                     target = os.readlink(fd)
                     if target.startswith("socket:["):
                         inodes.add(target.removeprefix("socket:[").removesuffix("]"))
-    ports = set()
+    return inodes
+
+
+def listening_ports(pids: list[int]) -> set[int]:
+    """TCP ports the processes `pids` listen on: their sockets found among the listeners of
+    /proc/net/tcp{,6} by inode. Every port, including ones nobody told us about."""
+    inodes, ports = _socket_inodes(pids), set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for row in Path(table).read_text().splitlines()[1:]:
             fields = row.split()
             if fields[3] == "0A" and fields[9] in inodes:  # LISTEN; the inode column
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
+
+
+def unix_socket_paths(pids: list[int]) -> set[str]:
+    """Paths of the unix sockets the processes `pids` hold (/proc/net/unix by inode): theirs, not a file some
+    other process left behind under the same name."""
+    inodes = _socket_inodes(pids)
+    rows = (row.split() for row in Path("/proc/net/unix").read_text().splitlines()[1:])
+    return {fields[7] for fields in rows if len(fields) > 7 and fields[6] in inodes}
 
 
 @contextlib.contextmanager
