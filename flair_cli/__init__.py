@@ -306,9 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--out", help="metrics JSON to write (atomically), for one benchmark; its per-query "
                                    "records go beside it (X.json -> X.queries.npz)")
-    out.add_argument("--out-dir", help="folder for <benchmark>.json and <benchmark>.queries.npz (per-query "
-                                       "ranks and clusters, for intervals and paired comparisons), each "
-                                       "written when done")
+    out.add_argument("--out-dir", help="folder for <benchmark>.json (metrics, each recall with its 95 %% "
+                                       "interval and chance level; built-in retrieval sets also R@1 by fact "
+                                       "type and minimal-pair accuracy per twin change, docs/evaluation.md) "
+                                       "and <benchmark>.queries.npz (per-query ranks, clusters, fact types "
+                                       "and twin-pair score margins, for intervals and paired comparisons), "
+                                       "each written when done")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("attention",

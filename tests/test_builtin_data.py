@@ -2,6 +2,7 @@
 
 import json
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import webdataset as wds
 from flair_core.data import builtin
 from flair_core.data.builtin import BuiltinDataConfig, generate
 from flair_core.data.facts import FactIndex, ObjectFact, RelationFact, fact_from_json
-from flair_core.data.scenes import COLOURS, SHAPES, Scene, SceneObject
+from flair_core.data.scenes import COLOURS, SHAPES, Scene, SceneObject, twin_change
 from flair_core.model_config import ConfigError
 from flair_core.run_config import load_section
 
@@ -152,6 +153,43 @@ def test_query_file_matches_the_images(dataset):
     assert queries["images"] == keys
     assert set(queries["sets"]) == {"fine_grained", "long", "standard"}
     assert len(queries["sets"]["long"]["texts"]) == len(keys)
+
+
+def test_each_query_records_its_fact_type_and_each_twin_pair_what_it_changed(dataset):
+    queries = json.loads((dataset / "test_queries.json").read_text())
+    records = [s["json"] for s in read(dataset, "test")]
+    fine = queries["sets"]["fine_grained"]
+    for text, source, kind in zip(fine["texts"], fine["source"], fine["fact_type"], strict=True):
+        stated = {sentence: fact["type"] for sentence, fact in zip(records[source]["sentences"],
+                                                                   records[source]["facts"], strict=True)}
+        if text in stated:  # one sentence: the kind of the fact it states
+            assert kind == {"ObjectFact": "object", "RelationFact": "relation"}[stated[text]], text
+        else:
+            assert kind == "merged" and all(part in stated for part in text.split(". ")), text
+    assert set(fine["fact_type"]) == {"object", "relation", "merged"}
+    assert set(queries["sets"]["long"]["fact_type"]) == {"long_caption"}
+    assert set(queries["sets"]["standard"]["fact_type"]) == {"short_caption"}
+    assert len(queries["twin_change"]) == len(records) // 2
+    for change, base, twin in zip(queries["twin_change"], records[::2], records[1::2], strict=True):
+        kind = twin["scene"]["origin"].removeprefix("twin:")
+        if kind == "attribute":
+            differ = {k for a, b in zip(base["scene"]["objects"], twin["scene"]["objects"], strict=True)
+                      for k in a if a[k] != b[k]}
+            assert differ == {change}
+        else:
+            assert change == kind
+    assert {"shape", "colour", "swap_colours", "swap_positions"} <= set(queries["twin_change"])
+
+
+def test_twin_change_names_the_changed_attribute():
+    circle = SceneObject("circle", "red", "small", "solid", row=0, col=0)
+    square = SceneObject("square", "blue", "large", "striped", row=1, col=1)
+    scene = Scene((circle, square), "gray", "plain", grid=2)
+    green = Scene((circle, replace(square, colour="green")), "gray", "plain", grid=2)
+    assert twin_change(scene, green, "attribute") == "colour"
+    assert twin_change(scene, Scene((replace(circle, size="large"), square), "gray", "plain", grid=2),
+                       "attribute") == "size"
+    assert twin_change(scene, green, "swap_colours") == "swap_colours"
 
 
 def test_classification_images_cover_every_shape(dataset):

@@ -14,6 +14,7 @@ from PIL import Image
 from flair_core import create_model, get_tokenizer, get_transform
 from flair_core.data.retrieval_sets import RetrievalTask, relevance_matrix
 from flair_core.evaluation.metrics import EvaluationError
+from flair_core.evaluation.records import load_records, outcomes
 from flair_core.evaluation.retrieval import evaluate_retrieval
 from flair_core.evaluation.runner import EvalOptions, run_benchmark
 from flair_core.run_config import load_run_config
@@ -56,6 +57,21 @@ def test_retrieval_segmentation_and_classification_metrics(trained_run, tiny_dat
             assert key in metrics and 0 <= metrics[key] <= 100 + 64, (key, metrics.get(key))
     fine = json.loads((tmp_path / "builtin_fine_grained.json").read_text())
     assert fine["retrieval/builtin_fine_grained/num_images"] == 64
+    # the diagnostics beside the headline, each with interval and chance, recomputable from the records
+    records = load_records(tmp_path / "builtin_fine_grained.queries.npz")
+    changes = {f"/{change}" for change in records["pair/change"].tolist()}
+    assert changes and changes <= {f"/{c}" for c in ("shape", "colour", "size", "pattern", "swap_colours",
+                                                     "swap_positions")}
+    modes, kinds = ("flair", "global", "topk"), ("object", "relation", "merged")
+    diagnostics = [f"{mode}/t2i_r1/by_fact/{kind}" for mode in modes for kind in kinds]
+    diagnostics += [f"{mode}/minimal_pair{change}" for mode in modes for change in ("", *changes)]
+    for metric in diagnostics:
+        key = f"retrieval/builtin_fine_grained/{metric}"
+        assert fine[key + "_ci_low"] <= fine[key] <= fine[key + "_ci_high"], key
+        assert fine[key] == pytest.approx(outcomes(records, metric).value()), key
+        assert 0 < fine[key + "_chance"] <= 50
+    counts = [fine[f"retrieval/builtin_fine_grained/num_texts/by_fact/{kind}"] for kind in kinds]
+    assert sum(counts) == fine["retrieval/builtin_fine_grained/num_texts"]
     # counting any satisfying image can only help
     assert (fine["retrieval/builtin_fine_grained/flair/t2i_r5"]
             >= fine["retrieval/builtin_fine_grained/flair/strict_t2i_r5"])

@@ -4,8 +4,9 @@ Layout of the output folder:
     meta.json                      vocabulary, config, counts
     {train,val,test}/shard-*.tar   <key>.png, <key>.json (sentences, caption, short caption, scene);
                                    val/test also <key>.seg.png (class map) and <key>.inst.png (instances)
-    {val,test}_queries.json        retrieval sets: fine_grained, long, standard — texts, source image and the
-                                   set of images that satisfy each text
+    {val,test}_queries.json        retrieval sets: fine_grained, long, standard — texts, source image, the
+                                   set of images that satisfy each text and its `fact_type`; per twin pair
+                                   (images 2p, 2p + 1) what tells them apart (`twin_change`)
     classification/shard-*.tar     <key>.png, <key>.cls (single-object images, class = shape)
 """
 
@@ -31,6 +32,7 @@ from flair_core.data.facts import (
     Fact,
     FactIndex,
     ObjectFact,
+    fact_kind,
     fact_sentence,
     fact_to_json,
     flip,
@@ -48,6 +50,7 @@ from flair_core.data.scenes import (
     random_scene,
     render,
     render_single_object,
+    twin_change,
     twin_scene,
 )
 from flair_core.fileio import lock_folder
@@ -56,6 +59,11 @@ from flair_core.model_config import Frozen
 SPLITS = ("train", "val", "test")
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "classification": 3}
 QUERY_SETS = ("fine_grained", "long", "standard")
+# Each query's fact type, for diagnostics by type: a fine-grained sentence's fact kind (`object` or
+# `relation`, `facts.fact_kind`; background and count sentences are never queries alone), `merged` for 2–3
+# sentences joined (any kinds), and one type for each whole-caption set. An object sentence states all five
+# attributes of its object: which one a model misses is measured by the twin pairs (`twin_change`).
+MERGED, LONG_CAPTION, SHORT_CAPTION = "merged", "long_caption", "short_caption"
 # Named difficulty levels: the layout settings a level fixes unless a params file sets them itself.
 # "hard" is the original set (5–8 objects of ~8 px at 64 px); "easy" has 2–4 objects of ~12–18 px and one
 # relation per caption, which tiny CPU models learn within minutes (docs/recipes.md has the runs).
@@ -199,27 +207,36 @@ def scene_sample(config: BuiltinDataConfig, split: str, key: str, scene: Scene, 
 def build_queries(scenes: list[Scene], extras: list[dict], merged_per_image: int) -> dict:
     """Retrieval sets over one split; positives = every image satisfying all of a text's facts."""
     index = FactIndex(scenes)
-    sets = {name: {"texts": [], "source": [], "positives": []} for name in QUERY_SETS}
+    sets = {name: {"texts": [], "source": [], "positives": [], "fact_type": []} for name in QUERY_SETS}
 
-    def add(name: str, text: str, source: int, facts: list[Fact]) -> None:
+    def add(name: str, text: str, source: int, facts: list[Fact], fact_type: str) -> None:
         positives = index.positives(facts)
         assert source in positives, f"query does not hold for its own image: {text}"
         sets[name]["texts"].append(text)
         sets[name]["source"].append(source)
         sets[name]["positives"].append(positives.tolist())
+        sets[name]["fact_type"].append(fact_type)
 
     for i, extra in enumerate(extras):
         sentences, facts, rng = extra["sentences"], extra["facts"], extra["rng"]
         specific = [j for j, f in enumerate(facts) if not isinstance(f, BackgroundFact | CountFact)]
         for j in specific:  # each object or relation sentence alone
-            add("fine_grained", sentences[j], i, [facts[j]])
+            add("fine_grained", sentences[j], i, [facts[j]], fact_kind(facts[j]))
         for _ in range(merged_per_image):  # merged sub-captions, as FLAIR samples them
             m = int(rng.integers(2, 4))
             chosen = sorted(rng.choice(len(facts), size=min(m, len(facts)), replace=False))
-            add("fine_grained", ". ".join(sentences[j] for j in chosen), i, [facts[j] for j in chosen])
-        add("long", ". ".join(sentences), i, facts)
-        add("standard", extra["short"][0], i, extra["short"][1])
+            add("fine_grained", ". ".join(sentences[j] for j in chosen), i, [facts[j] for j in chosen],
+                MERGED)
+        add("long", ". ".join(sentences), i, facts, LONG_CAPTION)
+        add("standard", extra["short"][0], i, extra["short"][1], SHORT_CAPTION)
     return sets
+
+
+def twin_changes(listed: list[tuple[str, Scene, str]]) -> list[str]:
+    """Per twin pair of an evaluation split (scenes 2p and 2p + 1), what tells them apart
+    (`scenes.twin_change`)."""
+    return [twin_change(scene, twin, origin.removeprefix("twin:"))
+            for (_, scene, _), (_, twin, origin) in zip(listed[::2], listed[1::2], strict=True)]
 
 
 def generate(config: BuiltinDataConfig, out: Path, splits: tuple[str, ...] = SPLITS) -> dict:
@@ -265,7 +282,8 @@ def _generate(config: BuiltinDataConfig, out: Path, splits: tuple[str, ...]) -> 
             if split != "train" and scenes:
                 queries = build_queries(scenes, extras, config.merged_queries_per_image)
                 keys = [f"{split}-{i:07d}" for i in range(len(scenes))]
-                (tmp / f"{split}_queries.json").write_text(json.dumps({"images": keys, "sets": queries}))
+                (tmp / f"{split}_queries.json").write_text(json.dumps(
+                    {"images": keys, "sets": queries, "twin_change": twin_changes(listed)}))
         (tmp / "classification").mkdir()
         with wds.ShardWriter(str(tmp / "classification" / "shard-%06d.tar"), maxcount=config.shard_size,
                              verbose=0) as sink:

@@ -74,6 +74,14 @@ class CountFact:
 
 Fact = ObjectFact | RelationFact | BackgroundFact | CountFact
 FACT_TYPES = {cls.__name__: cls for cls in (ObjectFact, RelationFact, BackgroundFact, CountFact)}
+FACT_KINDS = {ObjectFact: "object", RelationFact: "relation", BackgroundFact: "background",
+              CountFact: "count"}
+
+
+def fact_kind(fact: Fact) -> str:
+    """What a sentence states: `object` (all five attributes of one object), `relation`, `background` or
+    `count`."""
+    return FACT_KINDS[type(fact)]
 
 
 def fact_to_json(fact: Fact) -> dict:

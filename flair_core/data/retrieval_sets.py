@@ -37,6 +37,11 @@ class RetrievalTask:
     # together, and each text with the image it was written for.
     image_cluster: torch.Tensor  # (I,) int
     text_source: torch.Tensor  # (T,) int: the image each text describes
+    # For the diagnostics (`evaluation/diagnostics.py`), where the data knows them (built-in sets): each
+    # text's fact type, each image's twin and what tells the two apart (the same for both of a pair).
+    fact_type: tuple[str, ...] | None = None  # (T,)
+    twin: torch.Tensor | None = None  # (I,) int
+    twin_change: tuple[str, ...] | None = None  # (I,)
 
     @property
     def text_cluster(self) -> torch.Tensor:
@@ -76,9 +81,15 @@ def builtin_task(root: Path, split: str, family: str) -> RetrievalTask:
 
     relevant = relevance_matrix(len(keys), query_set["positives"])
     strict = relevance_matrix(len(keys), [[s] for s in query_set["source"]])
-    twins = torch.arange(len(keys)) // 2  # evaluation splits alternate a scene and its one-change twin
-    return RetrievalTask(f"builtin_{family}", query_set["texts"], relevant, strict, images, len(keys), twins,
-                         torch.tensor(query_set["source"]))
+    index = torch.arange(len(keys))  # evaluation splits alternate a scene and its one-change twin
+    # data generated before fact types and twin changes were recorded has no diagnostics
+    fact_type = query_set.get("fact_type")
+    changes = queries.get("twin_change")
+    return RetrievalTask(f"builtin_{family}", query_set["texts"], relevant, strict, images, len(keys),
+                         index // 2, torch.tensor(query_set["source"]),
+                         fact_type=tuple(fact_type) if fact_type else None,
+                         twin=index ^ 1 if changes else None,
+                         twin_change=tuple(c for c in changes for _ in range(2)) if changes else None)
 
 
 def annotated_task(name: str, ds: RetrievalSet) -> RetrievalTask:

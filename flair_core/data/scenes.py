@@ -116,6 +116,17 @@ def twin_scene(scene: Scene, rng: np.random.Generator) -> tuple[Scene, str]:
     return replace(scene, objects=tuple(objects)), kind
 
 
+def twin_change(scene: Scene, twin: Scene, kind: str) -> str:
+    """What tells a scene from its twin (`twin_scene`'s kind): the attribute changed (shape, colour, size,
+    pattern), or the kind itself for a swap. The kind alone does not say which attribute, so it is read off
+    the one object that differs."""
+    if kind != "attribute":
+        return kind
+    [(a, b)] = [(a, b) for a, b in zip(scene.objects, twin.objects, strict=True) if a != b]
+    (attribute,) = [name for name in ATTRIBUTES if getattr(a, name) != getattr(b, name)]
+    return attribute
+
+
 # ---------------------------------------------------------------------------------------------- rendering
 
 

@@ -5,7 +5,8 @@ Metric names are `retrieval/<benchmark>/<mode>/<metric>` (e.g. `retrieval/builti
 where a benchmark's texts have several correct images (the built-in sets), the strict single-image variant is
 reported beside it as `strict_t2i_r1` etc. Every recall also has `_ci_low`, `_ci_high` and `_chance`
 (metrics.py). Each query's rank is kept too, with its cluster, so that two evaluations can be compared query
-by query.
+by query. Where the task knows its fact types and twins (the built-in sets), R@1 by fact type and
+minimal-pair accuracy are added (`diagnostics.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from flair_core import inference
 from flair_core.data.retrieval_sets import RetrievalTask
+from flair_core.evaluation import diagnostics
 from flair_core.evaluation.headline import metric_key
 from flair_core.evaluation.metrics import check_finite, retrieval_metrics
 from flair_core.methods import method_of
@@ -34,11 +36,11 @@ def encode(model, tokenizer: Callable, transform: Callable, task: RetrievalTask,
 
 def evaluate_retrieval(model, tokenizer: Callable, transform: Callable, task: RetrievalTask,
                        modes: tuple[str, ...] | None = None, topk: int = 128,
-                       dtype: torch.dtype | None = None, budget_mb: float = 512, batch_size: int = 64
-                       ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+                       dtype: torch.dtype | None = None, budget_mb: float = 512, batch_size: int = 64,
+                       with_diagnostics: bool = True) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Every requested mode (default: all the model's method offers) on one task -> metrics and per-query
     records (`records.py`). The model must be on its device already (images and texts are embedded there,
-    scored on the CPU)."""
+    scored on the CPU). `with_diagnostics` False leaves the diagnostics' metrics out (their records stay)."""
     method = method_of(model)
     modes = modes or method.retrieval_modes
     unknown = [m for m in modes if m not in method.retrieval_modes]
@@ -51,9 +53,12 @@ def evaluate_retrieval(model, tokenizer: Callable, transform: Callable, task: Re
     features = encode(model, tokenizer, transform, task, batch_size)
     metrics, records = {}, {}
     variants = {"": task.relevant} | ({"strict_": task.strict} if task.strict is not None else {})
+    pairs = diagnostics.minimal_pairs(task)
     for mode in modes:
         i2t, t2i = model.retrieval_scores(features, mode, topk, dtype, budget_mb)
         check_finite(task.name, mode, *([i2t] if i2t is t2i else [i2t, t2i]))  # one matrix: both directions
+        if pairs:
+            pairs[f"{mode}/pair/margin"] = diagnostics.pair_margins(t2i, task, pairs["pair/query"])
         for variant, relevant in variants.items():
             found, ranked = retrieval_metrics(i2t, t2i, relevant, task.image_cluster, task.text_cluster)
             metrics.update({metric_key("retrieval", task.name, mode, f"{variant}{k}"): v
@@ -63,4 +68,9 @@ def evaluate_retrieval(model, tokenizer: Callable, transform: Callable, task: Re
                             queries.cluster, f"{mode}/{variant}{direction}/rank": queries.rank}
     metrics[metric_key("retrieval", task.name, None, "num_images")] = task.num_images
     metrics[metric_key("retrieval", task.name, None, "num_texts")] = len(task.texts)
-    return metrics, {k: v.numpy() for k, v in records.items()}
+    records = {k: v.numpy() for k, v in records.items()} | pairs
+    if task.fact_type is not None:
+        records["text/fact_type"] = np.array(task.fact_type)
+    if with_diagnostics:
+        metrics |= diagnostics.diagnostic_metrics(records, task, modes)
+    return metrics, records

@@ -39,6 +39,7 @@ class EvalOptions:
     background_threshold: float | None = None
     class_names: tuple[str, ...] = ()  # ADE20K-style folders name their classes here
     device: str = "cpu"
+    diagnostics: bool = True  # built-in retrieval: R@1 by fact type, minimal-pair accuracy (diagnostics.py)
 
 
 Records = dict[str, np.ndarray]
@@ -52,7 +53,8 @@ class Evaluation:
 
 def _retrieval(model, name, source, tokenizer, transform, options: EvalOptions) -> Evaluation:
     return Evaluation(*evaluate_retrieval(model, tokenizer, transform, source, options.modes or None,
-                                          options.topk, options.dtype, options.budget_mb))
+                                          options.topk, options.dtype, options.budget_mb,
+                                          with_diagnostics=options.diagnostics))
 
 
 def _image_units(count: int) -> Records:

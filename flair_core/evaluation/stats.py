@@ -86,6 +86,13 @@ def accuracy_outcomes(correct: np.ndarray, clusters: np.ndarray, ids: np.ndarray
     return Outcomes(np.stack([correct, np.ones(len(correct))], axis=1), clusters, _recall, ids)
 
 
+def minimal_pair_outcomes(margin: np.ndarray, clusters: np.ndarray,
+                          ids: np.ndarray | None = None) -> Outcomes:
+    """Minimal-pair accuracy in percent from score(true image) − score(its twin) per query: a win counts 1, a
+    tie ½ (a model that cannot tell the two apart is at chance, 50 %), a loss 0."""
+    return accuracy_outcomes((np.sign(np.asarray(margin, dtype=np.float64)) + 1) / 2, clusters, ids)
+
+
 def miou_outcomes(intersection: np.ndarray, union: np.ndarray, clusters: np.ndarray,
                   ids: np.ndarray | None = None) -> Outcomes:
     """mIoU in percent from per-image, per-class pixel counts (I, C): the mean over classes with a union."""

@@ -392,10 +392,10 @@ class Trainer:
         metrics = [None]
         if self.world.is_main:
             root = t.validate_root or str(Path(t.shards).parent)
-            # retrieval in the method's own mode only (the fast one that matters);
-            # other families: their defaults
+            # retrieval in the method's own mode only (the fast one that matters), headline metrics only
+            # (the diagnostics are for the final evaluation); other families: their defaults
             own = EvalOptions(modes=(get_method(self.config.method.name).primary_mode,),
-                              device=str(self.world.device))
+                              device=str(self.world.device), diagnostics=False)
             default = EvalOptions(device=str(self.world.device))
             self.head.eval()
             with torch.no_grad():
