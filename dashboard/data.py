@@ -347,6 +347,49 @@ def logged_metrics(run: pd.Series) -> dict[str, float]:
     return {k: v for k, v in run.items() if "/" in k and isinstance(v, float) and not pd.isna(v)}
 
 
+# ------------------------------------------------------------------------------------------ fact types
+# What `flair evaluate` writes for the built-in fine-grained set (flair_core/evaluation/diagnostics.py, not
+# imported: it needs torch): R@1 by the query's fact type and minimal-pair accuracy by what the twin changed.
+FACT_TYPES = ("object", "relation", "merged")
+PAIR_CHANGES = ("shape", "colour", "size", "pattern", "swap_colours", "swap_positions")
+NOT_MEASURED = "not measured"
+GREY = "background-color: #eeeeee; color: #8a8a8a"
+
+
+def fact_type_columns() -> dict[str, str]:
+    """{label: metric name after the mode}: R@1 per fact type, then minimal-pair accuracy by change."""
+    return ({f"R@1 {kind}": f"t2i_r1/by_fact/{kind}" for kind in FACT_TYPES}
+            | {"pairs, all": "minimal_pair"} | {f"pairs {c}": f"minimal_pair/{c}" for c in PAIR_CHANGES})
+
+
+def fact_type_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Runs (`runs()` rows) × fact types, each run in its method's own mode: (cells, CSS). A cell reads
+    "value [low, high] · chance c"; green by how far its interval's low end is above chance (red when wholly
+    below), grey where the interval holds chance, "not measured" where the run logged no such metric (runs
+    older than the diagnostics)."""
+    from flair_core.evaluation import CHANCE, CI_HIGH, CI_LOW
+
+    cells, styles = {}, {}
+    for _, run in runs.iterrows():
+        label = f"{run['method']} · {run['run']}"
+        cells[label], styles[label] = {}, {}
+        for column, name in fact_type_columns().items():
+            key = metric_key("retrieval", "builtin_fine_grained", own_mode(run["method"]), name)
+            value, low, high, chance = (run.get(key + suffix) for suffix in ("", CI_LOW, CI_HIGH, CHANCE))
+            if any(x is None or pd.isna(x) for x in (value, low, high, chance)):
+                cells[label][column], styles[label][column] = NOT_MEASURED, "color: #8a8a8a"
+                continue
+            cells[label][column] = f"{value:.2f} [{low:.2f}, {high:.2f}] · chance {chance:.2f}"
+            if low <= chance <= high:
+                styles[label][column] = GREY
+            elif high < chance:  # reliably below chance (e.g. prefers the twin)
+                styles[label][column] = "background-color: rgba(179, 38, 30, 0.25)"
+            else:  # 0 at chance, 1 at a perfect score: the share of the headroom above chance
+                above = min(max((low - chance) / max(100 - chance, 1e-9), 0.0), 1.0)
+                styles[label][column] = f"background-color: rgba(10, 125, 50, {0.15 + 0.6 * above:.2f})"
+    return pd.DataFrame.from_dict(cells, orient="index"), pd.DataFrame.from_dict(styles, orient="index")
+
+
 def is_baseline(method: str) -> bool:
     """Whether the registry calls the method a baseline; a method this code does not know counts as one."""
     from flair_core import METHODS

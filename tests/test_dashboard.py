@@ -93,6 +93,31 @@ def test_paired_deltas_hold_only_after_holm_over_the_pages_comparisons(env):
                        (run_ids["clip"], fine.replace("fine_grained", "long")))
 
 
+def test_fact_type_table_gives_each_run_its_cells_greys_chance_and_says_not_measured(env):
+    from dashboard import data
+
+    runs = data.runs(env["uri"]).set_index("method", drop=False)
+    cells, styles = data.fact_type_table(runs)
+    cells.index, styles.index = runs.index, runs.index  # rows labelled "method · run"
+    assert list(cells.columns) == list(data.fact_type_columns())
+    assert cells.loc["flair", "R@1 object"] == "20.00 [15.00, 25.00] · chance 1.56"
+    assert styles.loc["flair", "R@1 object"].startswith("background-color: rgba(10, 125, 50,")
+    assert styles.loc["flair", "pairs colour"] != styles.loc["flair", "R@1 object"]  # further above chance
+    for column in ("R@1 relation", "pairs shape"):  # intervals holding chance
+        assert styles.loc["flair", column] == data.GREY, column
+    assert cells.loc["flair", "pairs size"] == data.NOT_MEASURED  # a change this run did not log
+    assert cells.loc["clip", "pairs, all"] == "55.00 [51.00, 59.00] · chance 50.00"  # CLIP in global mode
+    assert (cells.loc["filip"] == data.NOT_MEASURED).all()  # logged before diagnostics
+
+
+def test_compare_shows_the_fact_type_heat_map(env):
+    app = run("compare")
+    assert "What each model has learned, by fact type" in texts(app)
+    facts = frame(app.dataframe[2])
+    assert facts.loc["flair · flair-seeded", "pairs colour"] == "80.00 [70.00, 90.00] · chance 50.00"
+    assert facts.loc["dreamlip · dreamlip-seeded", "R@1 merged"] == "not measured"
+
+
 def test_compare_filters_by_preset(env):
     app = run("compare")
     app.multiselect[0].set_value([]).run()

@@ -13,6 +13,14 @@ LEVEL = {"flair": "easy", "clip": "hard", "filip": "hard", "dreamlip": "hard"}  
 # Per-query records of the fine-grained set (FILIP's run kept none): 200 text queries, four per cluster of 50;
 # a method finds the first query of clusters 0 .. HITS[method] - 1 at rank 0, so each record reproduces its
 # logged R@1 and FLAIR's hits are a superset of the others' (+2.5 points against CLIP, in 5 clusters).
+# Diagnostics by fact type (metric after the mode -> value, 95 % low, high, chance); FILIP and DreamLIP stand
+# for runs logged before them. FLAIR's relation R@1 and shape pairs hold chance in their interval.
+DIAGNOSTICS = {
+    "flair": {"t2i_r1/by_fact/object": (20.0, 15.0, 25.0, 1.56),
+              "t2i_r1/by_fact/relation": (3.0, 1.0, 5.0, 1.56),
+              "minimal_pair/colour": (80.0, 70.0, 90.0, 50.0),
+              "minimal_pair/shape": (52.0, 45.0, 59.0, 50.0)},
+    "clip": {"minimal_pair": (55.0, 51.0, 59.0, 50.0)}}
 QUERIES, HITS = 200, {"flair": 25, "clip": 20, "dreamlip": 18}
 
 
@@ -56,6 +64,10 @@ def seed_platform(root: Path, tiny_data: Path) -> dict:
         if method == "flair":  # the others stand for runs logged before intervals existed
             for suffix, value in FLAIR_NOISE.items():
                 client.log_metric(run.info.run_id, FINE.format(mode=mode) + suffix, value)
+        for name, values in DIAGNOSTICS.get(method, {}).items():
+            key = f"retrieval/builtin_fine_grained/{mode}/{name}"
+            for suffix, value in zip(("", "_ci_low", "_ci_high", "_chance"), values, strict=True):
+                client.log_metric(run.info.run_id, key + suffix, value)
         for key, value in {"train.model": "micro-32", "data.train_images": "512", "data.image_size": "32",
                            "train.epochs": "1", "train.batch_size": "8"}.items():
             client.log_param(run.info.run_id, key, value)
