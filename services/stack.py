@@ -28,6 +28,7 @@ certificate (ROOT/seaweedfs-tls) are mode 0600.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.metadata
 import ipaddress
 import json
@@ -229,10 +230,9 @@ class LocalServices:
                 # no phoning home, and no WebDAV / Iceberg / Lance / admin UI: fewer open ports
                 "-master.telemetry=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
                 "-admin.ui=false",
-                # unix sockets in the private root, not /tmp/seaweedfs-<part>-PORT.sock (a crash leaves them
-                # behind; the filer's serves its HTTP API without TLS); their paths max out at 108
-                *(f"-{part}.localSocket={data / part}.sock" for part in ("s3", "filer")
-                  if len(f"{data / part}.sock") < 100)]
+                # unix sockets in a private folder, not /tmp/seaweedfs-<part>-PORT.sock (a crash leaves them
+                # behind; the filer's serves its HTTP API without TLS)
+                *(f"-{part}.localSocket={self._socket_folder() / part}.sock" for part in ("s3", "filer"))]
             return command, {**env, **weed_tls.weed_env(self.root)}  # every port but S3's: mutual TLS
         # Secrets go in the environment, never on a command line (the log records it, `ps` shows it).
         if name == "prefect":
@@ -328,6 +328,19 @@ class LocalServices:
         except (BotoCoreError, ClientError):
             return False
         return True
+
+    def _socket_folder(self) -> Path:
+        """Where weed's unix sockets go: ROOT/seaweedfs, or, when that path is too long for a socket (108
+        bytes), a folder of this root's own in /tmp, owner-only like ROOT."""
+        folder = self.root / "seaweedfs"
+        if len(str(folder / "filer.sock")) >= 100:
+            digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
+            folder = Path("/tmp") / f"flair-services-{digest}"
+            folder.mkdir(mode=0o700, exist_ok=True)
+            if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o077:  # someone else's
+                raise ServiceError(f"{folder} is not a folder of this user's alone: remove it, or use a "
+                                   "shorter --root")
+        return folder
 
     def _pick_weed_ports(self) -> None:
         taken = {self.ports[k] for k in DEFAULT_PORTS} | {self.ports["s3"] + GRPC_OFFSET}

@@ -76,7 +76,7 @@ def free(port: int) -> bool:
 
 
 # Not the `random` module's generator: a training in the same process seeds it, and every platform started
-# after would pick the same ports (meeting, e.g., the unix sockets a killed weed left for them in /tmp).
+# after it would draw the same sequence of ports.
 _PORTS = random.SystemRandom()
 
 

@@ -254,7 +254,8 @@ def test_seaweedfs_lets_nobody_past_s3_without_credentials(tmp_path):
         # weed's plaintext filer socket lives in the private root, not in /tmp (asked of weed's own sockets: a
         # crashed weed elsewhere may have left /tmp/seaweedfs-filer-<same port>.sock behind)
         sockets = unix_socket_paths(weed)
-        assert str(root / "seaweedfs" / "filer.sock") in sockets, sockets
+        filer = [Path(path) for path in sockets if path.endswith("/filer.sock")]  # ROOT's, or /tmp/flair-…
+        assert len(filer) == 1 and stat.S_IMODE(filer[0].parent.stat().st_mode) == 0o700, sockets
         plaintext_in_tmp = [path for path in sockets if re.fullmatch(r"/tmp/seaweedfs-filer-\d+\.sock", path)]
         assert plaintext_in_tmp == [], sockets
     finally:
