@@ -348,8 +348,8 @@ def logged_metrics(run: pd.Series) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------ fact types
-# What `flair evaluate` writes for the built-in fine-grained set (flair_core/evaluation/diagnostics.py, not
-# imported: it needs torch): R@1 by the query's fact type and minimal-pair accuracy by what the twin changed.
+# What `flair evaluate` writes for the built-in fine-grained set (flair_core/evaluation/diagnostics.py):
+# R@1 by the query's fact type and minimal-pair accuracy by what the twin changed.
 FACT_TYPES = ("object", "relation", "merged")
 PAIR_CHANGES = ("shape", "colour", "size", "pattern", "swap_colours", "swap_positions")
 NOT_MEASURED = "not measured"
@@ -358,8 +358,10 @@ GREY = "background-color: #eeeeee; color: #8a8a8a"
 
 def fact_type_columns() -> dict[str, str]:
     """{label: metric name after the mode}: R@1 per fact type, then minimal-pair accuracy by change."""
-    return ({f"R@1 {kind}": f"t2i_r1/by_fact/{kind}" for kind in FACT_TYPES}
-            | {"pairs, all": "minimal_pair"} | {f"pairs {c}": f"minimal_pair/{c}" for c in PAIR_CHANGES})
+    from flair_core.evaluation.diagnostics import BY_FACT, MINIMAL_PAIR  # the names evaluate writes
+
+    return ({f"R@1 {kind}": f"{BY_FACT}/{kind}" for kind in FACT_TYPES}
+            | {"pairs, all": MINIMAL_PAIR} | {f"pairs {c}": f"{MINIMAL_PAIR}/{c}" for c in PAIR_CHANGES})
 
 
 def fact_type_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
