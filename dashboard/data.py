@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +27,8 @@ from flair_lab.experiments import STUDY_EXPERIMENT
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from flair_core.evaluation.comparison import Table
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = os.environ.get("FLAIR_EXPERIMENT", "flair-lab")
@@ -169,16 +173,21 @@ def studies(storage: str) -> list[str]:
     return _reachable(read, "Optuna studies", storage)
 
 
+def _objectives(loaded) -> list[str]:
+    """A study's objectives by the metric names the sweep recorded in its signature, else by number."""
+    return [o["metric"] for o in loaded.user_attrs.get("signature", {}).get("objectives", [])] or [
+        f"objective {i}" for i in range(len(loaded.directions))]
+
+
 @st.cache_data(ttl=TTL, show_spinner="Reading the study…")
 def study(storage: str, name: str) -> dict:
-    """Trials as a table, the objectives, the best trial(s) and fANOVA importances of one study."""
+    """Trials as a table, the objectives and their directions and the best trial(s) of one study; its plots
+    are `study_plots`."""
     import optuna
 
     def read():
         loaded = optuna.load_study(study_name=name, storage=storage)
-        signature = loaded.user_attrs.get("signature", {})
-        objectives = [o["metric"] for o in signature.get("objectives", [])] or [
-            f"objective {i}" for i in range(len(loaded.directions))]
+        objectives = _objectives(loaded)
         rows = []
         for t in loaded.get_trials(deepcopy=False):
             row = {"number": t.number, "state": t.state.name, "started": t.datetime_start,
@@ -191,22 +200,58 @@ def study(storage: str, name: str) -> dict:
         best = []
         if complete:
             best = [loaded.best_trial] if len(objectives) == 1 else loaded.best_trials
-        importances = {}
-        if len(complete) >= 4:
-            for i, metric in enumerate(objectives):
-                try:
-                    importances[metric] = optuna.importance.get_param_importances(
-                        loaded, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
-                        target=lambda t, i=i: t.values[i])
-                except (RuntimeError, ValueError, ZeroDivisionError):
-                    importances[metric] = {}
         return {"trials": pd.DataFrame(rows), "objectives": objectives,
                 "directions": [d.name.lower() for d in loaded.directions],
-                "space": (list(signature.get("space", {}))
-                          or sorted({k for t in loaded.trials for k in t.params})),
-                "best": [{"number": t.number, "values": t.values, "params": t.params} for t in best],
-                "importances": importances}
+                "best": [{"number": t.number, "values": t.values, "params": t.params} for t in best]}
     return _reachable(read, f"study {name}", storage)
+
+
+PLOTTED, WEIGHED = 2, 4  # completed trials Optuna's plots need to say anything; fANOVA importances
+
+
+@st.cache_data(ttl=TTL, show_spinner="Drawing the study's plots…")
+def study_plots(storage: str, name: str, objective: int) -> dict:
+    """Optuna's own plots (`optuna.visualization`, plotly figures) of one study for its objective number
+    `objective`: "history" (optimization history), "importances" (fANOVA, as the sweep report), "parallel"
+    (parallel coordinates), "slice" (the objective against each setting), "pareto" (the front over every
+    objective, for 2 or 3 of them) and "timeline" (every trial's state over time). None where a plot does not
+    apply or has too few trials to draw (under PLOTTED completed ones; no trial at all for the timeline);
+    importances are a one-line reason instead when under WEIGHED trials or the evaluator fails on them."""
+    import optuna
+    from optuna import visualization as vis
+
+    def read():  # every read from the storage; the plots are drawn from an in-memory copy
+        loaded = optuna.load_study(study_name=name, storage=storage)
+        copy = optuna.create_study(directions=loaded.directions)
+        copy.add_trials(loaded.get_trials(deepcopy=False))
+        return copy, _objectives(loaded)
+
+    study, metrics = _reachable(read, f"study {name}", storage)
+    complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    plots = dict.fromkeys(("history", "importances", "parallel", "slice", "pareto", "timeline"))
+    if study.trials:
+        plots["timeline"] = vis.plot_timeline(study)
+    if complete < PLOTTED:
+        return plots
+    # A single objective is Optuna's default target; of several, the chosen one is named explicitly.
+    target = {"target": lambda t: t.values[objective]} if len(metrics) > 1 else {}
+    target["target_name"] = metrics[objective]
+    plots |= {"history": vis.plot_optimization_history(study, **target),
+              "parallel": vis.plot_parallel_coordinate(study, **target),
+              "slice": vis.plot_slice(study, **target)}
+    if len(metrics) in (2, 3):
+        plots["pareto"] = vis.plot_pareto_front(study, target_names=metrics)
+    if complete < WEIGHED:
+        plots["importances"] = (f"fANOVA importances need at least {WEIGHED} completed trials; {complete} "
+                                "so far.")
+    else:
+        try:
+            plots["importances"] = vis.plot_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), **target)
+        except (RuntimeError, ValueError, ZeroDivisionError) as err:  # e.g. every trial scored the same
+            line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            plots["importances"] = f"fANOVA importances cannot be computed from these trials: {line}"
+    return plots
 
 
 # ---------------------------------------------------------------------------------------------------- paper
@@ -345,6 +390,34 @@ def model(tracking_uri: str, name: str, version: int):
 def logged_metrics(run: pd.Series) -> dict[str, float]:
     """A `runs()` row's metrics (`<family>/...` keys) that the run logged, for `comparison.main_table`."""
     return {k: v for k, v in run.items() if "/" in k and isinstance(v, float) and not pd.isna(v)}
+
+
+# ------------------------------------------------------------------------------------------ side by side
+HOLDS_CHANCE, EXCLUDES_CHANCE = "interval holds chance", "interval excludes chance"
+NO_INTERVAL = "no interval"
+
+
+def uncertainty_frame(table: Table, labels: Mapping[str, str]) -> pd.DataFrame:
+    """The main table (`comparison.main_table`) in long form for a chart, one row per run and metric it
+    logged, runs in the table's order and metrics in its column order: method (`labels[run]`), metric (the
+    column's label), value, the 95 % interval's low and high, chance and majority-class levels (NaN where
+    not recorded), `at_chance` (the interval holds chance: the value is no better than a random ranking or
+    class) and `reading` (HOLDS_CHANCE, EXCLUDES_CHANCE or NO_INTERVAL, for the chart's legend)."""
+    rows = []
+    for run in table.runs:
+        for column in table.columns:
+            value = table.value(run, column.key)
+            if value is None:
+                continue
+            low, high, chance, majority = (math.nan if x is None else x for x in table.noise(run, column.key))
+            known = not any(math.isnan(x) for x in (low, high, chance))
+            at_chance = known and low <= chance <= high
+            reading = (HOLDS_CHANCE if at_chance else EXCLUDES_CHANCE) if known else NO_INTERVAL
+            rows.append({"method": labels[run], "metric": column.label, "value": value, "low": low,
+                         "high": high, "chance": chance, "majority": majority, "at_chance": at_chance,
+                         "reading": reading})
+    return pd.DataFrame(rows, columns=["method", "metric", "value", "low", "high", "chance", "majority",
+                                       "at_chance", "reading"])
 
 
 # ------------------------------------------------------------------------------------------ fact types

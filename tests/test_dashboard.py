@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.helpers.dashboard_seed import FINE, LEVEL, MODE, SEEDED, seed_platform
+from tests.helpers.dashboard_seed import FINE, LEVEL, MODE, SEEDED, TOP1, seed_platform
 from tests.helpers.hostile_images import hostile, png
 from tests.helpers.paths import REPO
 
@@ -45,6 +45,25 @@ def frame(element) -> pd.DataFrame:
     return element.value if isinstance(element.value, pd.DataFrame) else element.value.data
 
 
+def vega(element) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """A chart element's Vega-Lite spec and its datasets (Streamlit sends them apart, as Arrow)."""
+    import json
+
+    from streamlit import dataframe_util
+
+    datasets = {d.name: dataframe_util.convert_arrow_bytes_to_pandas_df(d.data.data)
+                for d in element.proto.datasets}
+    return json.loads(element.proto.spec), datasets
+
+
+def plotly(app: AppTest) -> dict[str, dict]:
+    """The page's plotly figures (as sent to the browser) by their title: Optuna titles each of its plots."""
+    import json
+
+    figures = [json.loads(e.proto.spec) for e in app.get("plotly_chart")]
+    return {f["layout"]["title"]["text"]: f for f in figures}
+
+
 def test_compare_shows_every_method_and_paired_deltas_against_the_chosen_baseline(env):
     app = run("compare")
     key = frame(app.dataframe[0]).set_index("method")
@@ -66,7 +85,59 @@ def test_compare_shows_every_method_and_paired_deltas_against_the_chosen_baselin
     assert "deltas against dreamlip" in texts(app)
     full = frame(app.dataframe[1])
     assert full.loc[FINE.format(mode="filip")].dropna().tolist() == [11.0]
-    assert len(app.get("vega_lite_chart")) == 1
+    assert len(app.get("vega_lite_chart")) == 1  # the side-by-side chart
+
+
+def test_uncertainty_frame_carries_each_values_interval_and_reference_levels():
+    from dashboard import data
+    from flair_core.evaluation.comparison import Column, Table
+
+    column = Column("builtin_classification/top1", "classification", "builtin_classification", "top1", "cls")
+    values = {}
+    for run, (value, low, high) in {"above": (30.0, 26.0, 34.0), "holds": (21.0, 17.0, 25.0),
+                                    "edge": (22.0, 20.0, 24.0), "below": (5.0, 2.0, 8.0)}.items():
+        values |= {(run, column.key + suffix): x for suffix, x in
+                   zip(("", "_ci_low", "_ci_high", "_chance", "_majority"), (value, low, high, 20.0, 24.0),
+                       strict=True)}
+    values[("old", column.key)] = 40.0  # logged before intervals: no low, high or levels
+    table = Table(("above", "holds", "edge", "below", "old", "none"), (column,), values, {})
+    out = data.uncertainty_frame(table, {r: f"m-{r}" for r in table.runs}).set_index("method")
+    assert list(out.index) == ["m-above", "m-holds", "m-edge", "m-below", "m-old"]  # "none" logged nothing
+    assert out.loc["m-holds", ["value", "low", "high", "chance", "majority"]].tolist() == [21, 17, 25, 20, 24]
+    assert out["at_chance"].to_dict() == {"m-above": False, "m-holds": True, "m-edge": True,
+                                          "m-below": False, "m-old": False}  # below chance: not "at" it
+    assert out["reading"].to_dict() == {"m-above": data.EXCLUDES_CHANCE, "m-holds": data.HOLDS_CHANCE,
+                                        "m-edge": data.HOLDS_CHANCE, "m-below": data.EXCLUDES_CHANCE,
+                                        "m-old": data.NO_INTERVAL}
+    assert out.loc["m-old", ["low", "high", "chance", "majority"]].isna().all()
+
+
+def test_side_by_side_chart_has_error_bars_chance_ticks_and_greys_what_holds_chance(env):
+    app = run("compare")
+    spec, datasets = vega(app.get("vega_lite_chart")[0])
+    layers = {layer["mark"]["type"]: layer for layer in spec["layer"]}
+    assert set(layers) == {"bar", "rule", "tick"}
+    bars, rules, ticks = layers["bar"], layers["rule"], layers["tick"]
+    assert (bars["encoding"]["x"]["field"], bars["encoding"]["yOffset"]["field"]) == ("value", "method")
+    assert bars["encoding"]["color"]["condition"]["test"] == "datum.at_chance"  # grey where it holds chance
+    assert bars["encoding"]["opacity"]["field"] == "reading"  # and faded, with a legend saying so
+    assert (rules["encoding"]["x"]["field"], rules["encoding"]["x2"]["field"]) == ("low", "high")
+    assert rules["data"]["name"] == bars["data"]["name"]  # each bar's own interval
+    assert ticks["encoding"]["x"]["field"] == "at"
+    values = datasets[bars["data"]["name"]].set_index(["method", "metric"])
+    flair = values.loc[("flair", "fine-grained t2i R@1")]
+    assert (flair["value"], flair["low"], flair["high"], flair["chance"]) == (12.5, 10.94, 14.06, 1.56)
+    assert not flair["at_chance"]
+    top1 = values.xs("cls top-1", level="metric")
+    assert top1["at_chance"].to_dict() == {"clip": False, "flair": True}  # FLAIR's interval holds chance
+    assert top1.loc["flair", ["value", "low", "high", "chance", "majority"]].tolist() == list(TOP1["flair"])
+    assert values.loc[("dreamlip", "long t2i R@1"), "reading"] == "no interval"
+    levels = datasets[ticks["data"]["name"]]
+    assert sorted(map(tuple, levels[["metric", "level", "at"]].values.tolist())) == [
+        ("cls top-1", "chance", 20.0), ("cls top-1", "majority class", 24.0),
+        ("fine-grained t2i R@1", "chance", 1.56)]
+    caption = next(c.value for c in app.caption if c.value.startswith("Each bar:"))
+    assert "95 % bootstrap interval" in caption and "holds chance is grey and faded" in caption
 
 
 def test_paired_deltas_hold_only_after_holm_over_the_pages_comparisons(env):
@@ -192,15 +263,99 @@ def test_a_table_without_provenance_is_one_warning(env, monkeypatch, tmp_path):
         "table main_comparison in paper.yaml has provenance None, not primary or secondary"]
 
 
-def test_sweeps_page_shows_best_trial_importances_and_states(env):
+def test_sweeps_page_shows_best_trial_states_and_optunas_own_plots(env):
     app = run("sweeps")
     assert [m.value for m in app.metric] == ["7", "1", "1", "0"]  # complete, pruned, fail, running
     best = frame(app.dataframe[0])
     assert best.iloc[0]["trial"] == 6 and best.iloc[0]["sampling.k"] == 7
     assert best.iloc[0][FINE.format(mode="flair")] == pytest.approx(10.5)
-    assert len(app.get("vega_lite_chart")) >= 4  # importances, one per setting, the timeline
+    assert not app.get("vega_lite_chart") and not app.info
+    plots = plotly(app)
+    assert list(plots) == ["Optimization History Plot", "Hyperparameter Importances",
+                           "Parallel Coordinate Plot", "Slice Plot", "Timeline Plot"]  # no Pareto front
+    history = plots["Optimization History Plot"]
+    assert [1.5 * k for k in range(1, 8)] == history["data"][0]["y"]  # the completed trials' objective
+    assert history["layout"]["yaxis"]["title"]["text"] == FINE.format(mode="flair")
+    importances = plots["Hyperparameter Importances"]["data"][0]
+    assert sorted(importances["y"]) == ["method.settings.tcs_weight", "sampling.k"]
+    assert sum(importances["x"]) == pytest.approx(1.0)  # fANOVA's normalised importances
+    sliced = plots["Slice Plot"]["layout"]
+    assert {sliced["xaxis"]["title"]["text"], sliced["xaxis2"]["title"]["text"]} == {
+        "sampling.k", "method.settings.tcs_weight"}
+    timeline = {bar["name"] for bar in plots["Timeline Plot"]["data"]}
+    assert timeline == {"COMPLETE", "PRUNED", "FAIL"}  # every trial, not only the completed ones
     trials = frame(app.dataframe[-1])
     assert sorted(trials["state"]) == ["COMPLETE"] * 7 + ["FAIL", "PRUNED"]
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    """Studies Optuna's plots cannot all be drawn for, and one with two objectives."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path_factory.mktemp('sweeps') / 'optuna.db'}"
+    space = {"sampling.k": optuna.distributions.IntDistribution(1, 10),
+             "method.settings.tcs_weight": optuna.distributions.FloatDistribution(0, 1)}
+
+    def trial(k, **values):
+        return optuna.trial.create_trial(params={"sampling.k": k, "method.settings.tcs_weight": k / 10},
+                                         distributions=space, **values)
+
+    pareto = optuna.create_study(study_name="pareto", storage=storage, directions=["maximize", "minimize"])
+    pareto.set_user_attr("signature", {"objectives": [{"metric": "r1", "direction": "maximize"},
+                                                      {"metric": "seconds", "direction": "minimize"}]})
+    for k in range(1, 7):
+        pareto.add_trial(trial(k, values=[k * 1.0, (k % 3) * 10.0 + k]))
+    pareto.add_trial(trial(2, state=optuna.trial.TrialState.RUNNING))
+    for name, complete in (("none", 0), ("one", 1), ("three", 3)):
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        for k in range(1, complete + 1):
+            study.add_trial(trial(k, value=k * 1.0))
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    flat = optuna.create_study(study_name="same-score", storage=storage, direction="maximize")
+    for k in range(1, 6):
+        flat.add_trial(trial(k, value=1.0))
+    flat.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    return storage
+
+
+def sweep_page(storage: str, study: str, monkeypatch) -> AppTest:
+    monkeypatch.setenv("FLAIR_SWEEP_STORAGE", storage)
+    app = run("sweeps")
+    app.selectbox[0].select(study).run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+@pytest.mark.parametrize(("study", "info", "titles"), [
+    ("none", "No trial has completed yet: the best trial and Optuna's plots appear once 2 have.", []),
+    ("one", "Optuna's plots need at least 2 completed trials; 1 so far.", []),
+    ("three", "fANOVA importances need at least 4 completed trials; 3 so far.",
+     ["Optimization History Plot", "Parallel Coordinate Plot", "Slice Plot"]),
+    ("same-score", ("fANOVA importances cannot be computed from these trials: Encountered zero total "
+                    "variance in all trees."), ["Optimization History Plot", "Parallel Coordinate Plot",
+                                                 "Slice Plot"]),
+], ids=["none-complete", "one-complete", "three-complete", "same-score"])
+def test_a_study_too_small_for_a_plot_gets_one_info_line_instead(sweeps, monkeypatch, study, info, titles):
+    app = sweep_page(sweeps, study, monkeypatch)
+    assert [e.value for e in app.info] == [info]
+    assert list(plotly(app)) == [*titles, "Timeline Plot"]  # the timeline shows the failed trial
+    assert frame(app.dataframe[-1])["state"].iloc[-1] == "FAIL"
+
+
+def test_a_two_objective_study_shows_optunas_pareto_front_and_plots_the_chosen_objective(sweeps, monkeypatch):
+    app = sweep_page(sweeps, "pareto", monkeypatch)
+    assert [m.value for m in app.metric] == ["6", "0", "0", "1"]
+    plots = plotly(app)
+    assert "Pareto-front Plot" in plots and "Hyperparameter Importances" in plots and not app.info
+    pareto = plots["Pareto-front Plot"]["layout"]
+    assert (pareto["xaxis"]["title"]["text"], pareto["yaxis"]["title"]["text"]) == ("r1", "seconds")
+    front = frame(app.dataframe[0])  # the table beside Optuna's plot
+    assert sorted(front["trial"]) == [2, 5]  # (3, 3) and (6, 6); (6, 6) dominates (4, 14) and (5, 25)
+    assert plots["Optimization History Plot"]["data"][0]["y"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    app.selectbox[1].select("seconds").run()  # the objective selector
+    assert "Optimization history of seconds" in texts(app)
+    assert plotly(app)["Optimization History Plot"]["data"][0]["y"] == [11.0, 22.0, 3.0, 14.0, 25.0, 6.0]
 
 
 def test_registry_page_shows_aliases_decisions_and_lineage(env):

@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from dashboard import data
+from dashboard import charts, data
 from flair_core.evaluation.comparison import format_noise, main_table
 from flair_core.evaluation.headline import is_headline
 
@@ -100,10 +100,18 @@ st.dataframe(table.style.format(precision=2, subset=metric_names).apply(lambda _
                                                                          subset=deltas),
              hide_index=True, width="stretch")
 
-chart = table.melt(id_vars=["method"], value_vars=metric_names, var_name="metric",
-                   value_name="value").dropna()
 st.subheader("Side by side")
-st.bar_chart(chart, x="metric", y="value", color="method", stack=False, horizontal=True, height=420)
+labels = {r["run_id"]: r["method"] if newest else f"{r['method']} · {r['run']}" for _, r in shown.iterrows()}
+side = data.uncertainty_frame(main, labels)
+if side.empty:
+    st.info("None of the shown runs logged a metric of the table above.")
+else:
+    st.altair_chart(charts.uncertainty_chart(side), width="stretch")
+    st.caption("Each bar: the value, the black line through it its 95 % bootstrap interval (where the run "
+               "logged one); each metric's ticks: its chance level (black) and, for segmentation and "
+               "classification, the majority-class level (orange). A bar whose interval holds chance is grey "
+               "and faded: it is no better than chance. Bars of runs logged before intervals existed are "
+               "lighter and have no line.")
 
 st.subheader("Every benchmark and mode")
 metric_columns = sorted(c for c in runs.columns if is_headline(c))  # every mode's R@1, mIoU, top-1
