@@ -20,7 +20,13 @@ import pytest
 from services.stack import GRPC_OFFSET, WEED_PARTS, LocalServices, check_up
 from services.supervisor import ServiceError, free, members
 from tests.helpers.paths import REPO
-from tests.helpers.processes import free_port, listeners, listening_ports, unix_socket_paths
+from tests.helpers.processes import (
+    free_port,
+    listeners,
+    listening_ports,
+    ports_listened_from,
+    unix_socket_paths,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -45,12 +51,6 @@ def cli(root: Path, *args: str) -> subprocess.CompletedProcess:
 def get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=10) as reply:
         return reply.read()
-
-
-def listening() -> set[int]:
-    """TCP ports with a listener. (A free-port probe could also trip over someone's outgoing connection
-    that took the number from the ephemeral range after the servers stopped.)"""
-    return set(listeners())
 
 
 def all_ports(state: dict) -> list[int]:
@@ -84,6 +84,7 @@ def test_start_use_status_stop(tmp_path, monkeypatch, record_property):
         assert loose == {}, loose
         assert check_up(env) == []
         bound = listeners()  # unless told otherwise (--bind), nothing listens beyond loopback
+        assert set(all_ports(state)[:3]) <= ports_listened_from(root)  # what the check after stop reads
         assert all(bound.get(port) == {"127.0.0.1"} for port in all_ports(state)[:3])  # Prefect, MLflow, S3
         assert {p: bound[p] for p in all_ports(state) if bound.get(p, {"127.0.0.1"}) != {"127.0.0.1"}} == {}
 
@@ -165,7 +166,7 @@ def test_start_use_status_stop(tmp_path, monkeypatch, record_property):
     gone = [pid for pids in groups.values() for pid in pids if Path(f"/proc/{pid}").exists()
             and (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z")]
     assert gone == []
-    assert set(all_ports(after)) & listening() == set()
+    assert set(all_ports(after)) & ports_listened_from(root) == set()
     assert not any(s["up"] for s in services.status().values())
     assert len(check_up(env)) == 3 and "MLflow at http://127.0.0.1:" in "\n".join(check_up(env))
     services.stop()  # idempotent
@@ -275,7 +276,7 @@ def test_port_in_use_starts_nothing(tmp_path):
     assert len(lines) == 1 and str(ports["mlflow_port"]) in lines[0] and "MLflow" in lines[0], result.stderr
     assert result.stdout == ""
     assert not (root / "state.json").exists() and not (root / "logs").exists()
-    assert {ports["s3_port"], ports["prefect_port"]}.isdisjoint(listening())
+    assert {ports["s3_port"], ports["prefect_port"]}.isdisjoint(ports_listened_from(root))
 
 
 def test_failed_start_names_the_service_and_stops_the_rest(tmp_path, capsys):
@@ -291,4 +292,4 @@ def test_failed_start_names_the_service_and_stops_the_rest(tmp_path, capsys):
     assert "\n" not in message and "MLflow" in message and str(root / "logs" / "mlflow.log") in message
     state = json.loads((root / "state.json").read_text())
     assert state["pids"] == {}
-    assert set(all_ports(state)).isdisjoint(listening())
+    assert set(all_ports(state)).isdisjoint(ports_listened_from(root))

@@ -69,6 +69,26 @@ def listening_ports(pids: list[int]) -> set[int]:
     return ports
 
 
+def _belongs_to(pid: Path, folder: str) -> bool:
+    """Whether the process runs in `folder` or names it in its command line or environment."""
+    with contextlib.suppress(OSError):  # exited while we looked, or not ours to read
+        if os.readlink(pid / "cwd").startswith(folder):
+            return True
+    for part in ("cmdline", "environ"):
+        with contextlib.suppress(OSError):
+            if folder.encode() in (pid / part).read_bytes():
+                return True
+    return False
+
+
+def ports_listened_from(folder: Path) -> set[int]:
+    """TCP ports listened on by processes that belong to `folder` (a services root): what is still ours, not
+    a port some other test's server took after ours let it go (ports are picked at random, so a number can
+    come back within seconds on a busy machine)."""
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _belongs_to(p, str(folder))]
+    return listening_ports(pids)
+
+
 def unix_socket_paths(pids: list[int]) -> set[str]:
     """Paths of the unix sockets the processes `pids` hold (/proc/net/unix by inode): theirs, not a file some
     other process left behind under the same name."""
