@@ -1,5 +1,6 @@
 """FLAIR Lab dashboard: compare runs with the baselines and the paper, read the equal-budget study's report,
-browse sweeps and the registry, inspect a model's attention. Read-only.
+browse sweeps and the registry, inspect and compare models' retrievals, follow trainings as they run.
+Read-only.
 
     eval "$(.venv/bin/python -m services env)"
     .venv/bin/python -m streamlit run dashboard/app.py --server.address 127.0.0.1
@@ -21,4 +22,5 @@ st.navigation([
     st.Page(PAGES / "sweeps.py", title="Sweeps", icon=":material/tune:"),
     st.Page(PAGES / "registry.py", title="Registry", icon=":material/inventory_2:"),
     st.Page(PAGES / "inspect.py", title="Inspect", icon=":material/visibility:"),
+    st.Page(PAGES / "runs.py", title="Runs", icon=":material/monitoring:"),
 ]).run()

@@ -51,3 +51,15 @@ def uncertainty_chart(frame: pd.DataFrame) -> alt.LayerChart:
     height = len(metrics) * (BAR * len(methods) + 8) + LEGENDS
     return (alt.layer(bars, intervals, levels).resolve_scale(color="independent").properties(height=height)
             .configure_legend(orient="bottom", direction="horizontal"))
+
+
+def curves_chart(frame: pd.DataFrame, title: str) -> alt.Chart:
+    """Training curves in long form (`data.run_history`, `data.run_folder_history`: metric, step, value) as
+    one line per metric against the step, points marked where there are few (a validation every N steps)."""
+    metrics = sorted(frame["metric"].unique())
+    sparse = frame.groupby("metric")["step"].count().max() <= 50
+    return alt.Chart(frame).mark_line(point=bool(sparse)).encode(
+        x=alt.X("step:Q", title="step"), y=alt.Y("value:Q", title=title, scale=alt.Scale(zero=False)),
+        color=alt.Color("metric:N", sort=metrics, title=None, legend=alt.Legend(orient="bottom",
+                                                                               labelLimit=320)),
+        tooltip=["metric", "step", alt.Tooltip("value:Q", format=".4f")]).properties(height=260)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 import yaml
@@ -45,6 +46,8 @@ class Settings:
     sweep_storage: str
     data_root: Path
     paper_file: Path
+    runs_root: Path  # run folders the flows train into (runs/flows/<method>-<key>, runs/<study>/<key>)
+    prefect_ui: str  # "" when PREFECT_API_URL is not set
 
 
 def settings() -> Settings:
@@ -56,10 +59,13 @@ def settings() -> Settings:
             storage = f"sqlite:///{REPO / storage.removeprefix('sqlite:///')}"  # relative to the repo
     return Settings(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", ""), sweep_storage=storage,
                     data_root=Path(os.environ.get("FLAIR_DATA_ROOT", REPO / "data" / "builtin")),
-                    paper_file=Path(os.environ.get("FLAIR_PAPER_NUMBERS", paper_numbers.PATH)))
+                    paper_file=Path(os.environ.get("FLAIR_PAPER_NUMBERS", paper_numbers.PATH)),
+                    runs_root=Path(os.environ.get("FLAIR_RUNS_ROOT", REPO / "runs")),
+                    prefect_ui=os.environ.get("PREFECT_UI_URL")
+                    or os.environ.get("PREFECT_API_URL", "").removesuffix("/").removesuffix("/api"))
 
 
-def _client(tracking_uri: str):
+def mlflow_client(tracking_uri: str):
     from mlflow import MlflowClient
 
     if not tracking_uri:
@@ -68,7 +74,7 @@ def _client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def _reachable(call, what: str, uri: str):
+def reachable(call, what: str, uri: str):
     try:
         return call()
     except Unavailable:
@@ -84,7 +90,7 @@ def runs(tracking_uri: str, experiment: str = EXPERIMENT) -> pd.DataFrame:
     """One row per pretrain-eval run: method, preset, data hash and level, commit, start time, link and every
     metric. Runs logged before a tag existed have "" in its column."""
     def read():
-        client = _client(tracking_uri)
+        client = mlflow_client(tracking_uri)
         found = client.get_experiment_by_name(experiment)
         if found is None:
             return pd.DataFrame()
@@ -106,7 +112,7 @@ def runs(tracking_uri: str, experiment: str = EXPERIMENT) -> pd.DataFrame:
                          "link": f"{tracking_uri}/#/experiments/{found.experiment_id}/runs/{run.info.run_id}",
                          **run.data.metrics})
         return pd.DataFrame(rows)
-    return _reachable(read, "runs", tracking_uri)
+    return reachable(read, "runs", tracking_uri)
 
 
 @st.cache_data(show_spinner="Pairing runs on their per-query records…", max_entries=256)
@@ -116,7 +122,7 @@ def paired_delta(tracking_uri: str, a: tuple[str, str], b: tuple[str, str]) -> d
     no records or they were scored on other queries. A finished run's records never change: no TTL."""
     from flair_lab.tracking import paired_between
 
-    difference = _reachable(lambda: paired_between(_client(tracking_uri), a, b), "per-query records",
+    difference = reachable(lambda: paired_between(mlflow_client(tracking_uri), a, b), "per-query records",
                             tracking_uri)
     if difference is None:
         return None
@@ -139,7 +145,7 @@ def paired_deltas(tracking_uri: str, pairs: dict) -> dict:
 def registry(tracking_uri: str) -> pd.DataFrame:
     """One row per registered model version with its aliases, promotion decision and lineage."""
     def read():
-        client = _client(tracking_uri)
+        client = mlflow_client(tracking_uri)
         rows = []
         for model in client.search_registered_models(max_results=1000):
             for version in client.search_model_versions(f"name = '{model.name}'"):
@@ -148,6 +154,8 @@ def registry(tracking_uri: str) -> pd.DataFrame:
                 experiment_id = run.info.experiment_id if run else ""
                 rows.append({
                     "model": model.name, "version": int(version.version),
+                    # the flow tags each version with its method; older versions: their run's tag
+                    "method": version.tags.get("method") or (run.data.tags.get("method", "") if run else ""),
                     "aliases": ", ".join(
                         sorted(client.get_model_version(model.name, version.version).aliases)),
                     "decision": version.description or "", "git_commit": version.tags.get("git_commit", ""),
@@ -160,7 +168,7 @@ def registry(tracking_uri: str) -> pd.DataFrame:
                     "params": {k: params[k] for k in sorted(params)},
                 })
         return pd.DataFrame(rows)
-    return _reachable(read, "the model registry", tracking_uri)
+    return reachable(read, "the model registry", tracking_uri)
 
 
 # ---------------------------------------------------------------------------------------------------- sweeps
@@ -170,7 +178,7 @@ def studies(storage: str) -> list[str]:
 
     def read():
         return sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
-    return _reachable(read, "Optuna studies", storage)
+    return reachable(read, "Optuna studies", storage)
 
 
 def _objectives(loaded) -> list[str]:
@@ -203,7 +211,7 @@ def study(storage: str, name: str) -> dict:
         return {"trials": pd.DataFrame(rows), "objectives": objectives,
                 "directions": [d.name.lower() for d in loaded.directions],
                 "best": [{"number": t.number, "values": t.values, "params": t.params} for t in best]}
-    return _reachable(read, f"study {name}", storage)
+    return reachable(read, f"study {name}", storage)
 
 
 PLOTTED, WEIGHED = 2, 4  # completed trials Optuna's plots need to say anything; fANOVA importances
@@ -226,7 +234,7 @@ def study_plots(storage: str, name: str, objective: int) -> dict:
         copy.add_trials(loaded.get_trials(deepcopy=False))
         return copy, _objectives(loaded)
 
-    study, metrics = _reachable(read, f"study {name}", storage)
+    study, metrics = reachable(read, f"study {name}", storage)
     complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     plots = dict.fromkeys(("history", "importances", "parallel", "slice", "pareto", "timeline"))
     if study.trials:
@@ -276,7 +284,7 @@ def paper_studies(tracking_uri: str) -> pd.DataFrame:
     id, start, budget, seeds, code version, link. Empty when no study has been logged (or its experiment is
     missing)."""
     def read():
-        client = _client(tracking_uri)
+        client = mlflow_client(tracking_uri)
         found = client.get_experiment_by_name(STUDY_EXPERIMENT)
         if found is None:
             return pd.DataFrame()
@@ -291,7 +299,7 @@ def paper_studies(tracking_uri: str) -> pd.DataFrame:
                          "link": f"{tracking_uri}/#/experiments/{found.experiment_id}"
                                  f"/runs/{run.info.run_id}"})
         return pd.DataFrame(rows)
-    return _reachable(read, "studies", tracking_uri)
+    return reachable(read, "studies", tracking_uri)
 
 
 def _study_method(tags: dict, params: dict) -> str:
@@ -308,7 +316,7 @@ def paper_study_runs(tracking_uri: str, parent_run_id: str) -> pd.DataFrame:
     """One row per nested run of a study, in the order the flow ran them: group, setting, seed, method, the
     method's own mode and its fine-grained t2i R@1 in that mode (NaN when not logged), run key and link."""
     def read():
-        client = _client(tracking_uri)
+        client = mlflow_client(tracking_uri)
         experiment_id = client.get_run(parent_run_id).info.experiment_id
         rows = []
         for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
@@ -324,7 +332,7 @@ def paper_study_runs(tracking_uri: str, parent_run_id: str) -> pd.DataFrame:
                          "run_key": tags.get("run_key", "")[:12],
                          "link": f"{tracking_uri}/#/experiments/{experiment_id}/runs/{run.info.run_id}"})
         return pd.DataFrame(rows)
-    return _reachable(read, "the study's runs", tracking_uri)
+    return reachable(read, "the study's runs", tracking_uri)
 
 
 @st.cache_data(ttl=TTL, show_spinner="Downloading the study's report…")
@@ -337,7 +345,7 @@ def paper_study_report(tracking_uri: str, parent_run_id: str) -> dict:
     import mlflow
 
     def read():
-        client = _client(tracking_uri)
+        client = mlflow_client(tracking_uri)
         names = {Path(f.path).name for f in client.list_artifacts(parent_run_id, "report")}
         if "report.md" not in names:  # the flow logs the report only once every run has finished
             return {"markdown": None, "images": {}}
@@ -346,7 +354,7 @@ def paper_study_report(tracking_uri: str, parent_run_id: str) -> dict:
                                                              dst_path=tmp, tracking_uri=tracking_uri))
             return {"markdown": (local / "report.md").read_text(),
                     "images": {p.name: p.read_bytes() for p in sorted(local.glob("*.png"))}}
-    return _reachable(read, "the study's report", tracking_uri)
+    return reachable(read, "the study's report", tracking_uri)
 
 
 # ---------------------------------------------------------------------------------------------------- inspect
@@ -376,8 +384,8 @@ def model(tracking_uri: str, name: str, version: int):
 
     from flair_core.models import load_trained
 
-    client = _client(tracking_uri)
-    run_id = _reachable(lambda: client.get_model_version(name, str(version)).run_id, f"{name} v{version}",
+    client = mlflow_client(tracking_uri)
+    run_id = reachable(lambda: client.get_model_version(name, str(version)).run_id, f"{name} v{version}",
                         tracking_uri)
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint",
                                                 tracking_uri=tracking_uri)
@@ -542,6 +550,92 @@ def attention_overlay(tracking_uri: str, name: str, version: int, rgb: Image.Ima
     factor = max(1, 256 // min(rgb.size))  # small synthetic images: scaled up, pixels kept sharp
     overlay(rgb.resize((rgb.width * factor, rgb.height * factor), Image.NEAREST), maps[0]).save(out, "PNG")
     return out.getvalue(), float(zero[0])
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def thumbnail(tracking_uri: str, name: str, version: int, raw: bytes, what: str,
+              caption: str | None = None) -> bytes:
+    """One image (bytes: a built-in PNG or an upload, checked by `image`) as a PNG scaled up to about 256 px
+    with sharp pixels; with `caption`, that caption's text-conditioned attention overlaid (FLAIR-family
+    methods only: the caller asks for it where the method has an attention mode)."""
+    from PIL import Image
+
+    rgb = image(raw, what)
+    if caption is not None:
+        return attention_overlay(tracking_uri, name, version, rgb, caption)[0]
+    out = io.BytesIO()
+    factor = max(1, 256 // min(rgb.size))
+    rgb.resize((rgb.width * factor, rgb.height * factor), Image.NEAREST).save(out, "PNG")
+    return out.getvalue()
+
+
+# ------------------------------------------------------------------------------------------ disagreements
+BENCHMARK = "builtin_fine_grained"  # the built-in set whose per-query records Inspect compares
+
+
+@st.cache_data(ttl=TTL, show_spinner="Reading the built-in test queries…")
+def builtin_queries(data_root: Path, family: str = "fine_grained") -> dict:
+    """One built-in query set of the test split (`test_queries.json`, as `flair prepare` wrote it), indexed
+    as the per-query records index it: "texts", each text's "source" image key and its "positives" (the keys
+    of every image its facts hold for)."""
+    path = Path(data_root) / "test_queries.json"
+    if not path.is_file():
+        raise Unavailable(f"no {path}: run `flair prepare` (or the main job)")
+    queries = json.loads(path.read_text())
+    keys, chosen = queries["images"], queries["sets"][family]
+    return {"texts": chosen["texts"], "source": [keys[i] for i in chosen["source"]],
+            "positives": [[keys[i] for i in p] for p in chosen["positives"]]}
+
+
+@st.cache_data(ttl=TTL, show_spinner=False)
+def true_images(data_root: Path, caption: str) -> frozenset[str]:
+    """The built-in test images a caption is true of, where the caption is one of the test split's queries
+    (any set; a text may be listed several times, with the same facts): the keys of its positives. Empty for
+    any other caption: then only the image the user picked counts as true."""
+    path = Path(data_root) / "test_queries.json"
+    if not path.is_file():
+        return frozenset()
+    queries = json.loads(path.read_text())
+    keys = queries["images"]
+    return frozenset(keys[i] for chosen in queries["sets"].values()
+                     for text, positives in zip(chosen["texts"], chosen["positives"], strict=True)
+                     if text == caption for i in positives)
+
+
+@st.cache_data(show_spinner="Reading the per-query records…", max_entries=64)
+def query_records(tracking_uri: str, run_id: str, benchmark: str = BENCHMARK) -> dict | None:
+    """A run's per-query records of one benchmark (`eval/<benchmark>.queries.npz`), None when it kept none. A
+    finished run's records never change: no TTL."""
+    from flair_lab.tracking import run_records
+
+    return reachable(lambda: run_records(mlflow_client(tracking_uri), run_id, benchmark), "per-query records",
+                      tracking_uri)
+
+
+def disagreements(a: Mapping[str, np.ndarray], mode_a: str, b: Mapping[str, np.ndarray], mode_b: str,
+                  direction: str = "t2i") -> pd.DataFrame:
+    """The queries one model ranks a true image first for and the other does not, from two runs' per-query
+    records (`flair_core.evaluation.records`) of the same benchmark, each read in its own scoring mode:
+    one row per such query, ordered by query within "a" then "b" — `query` (the index the records give),
+    `first` ("a" or "b": which model has it at rank 1), `rank_a` and `rank_b` (1-based rank of the query's
+    best true image under each). Pure. Raises ValueError when the records lack the mode or were not scored
+    on the same queries."""
+    def ranked(records: Mapping[str, np.ndarray], mode: str, which: str) -> pd.Series:
+        names = (f"{direction}/query", f"{mode}/{direction}/rank")
+        missing = [n for n in names if n not in records]
+        if missing:
+            raise ValueError(f"model {which}'s records have no {missing[0]!r}")
+        return pd.Series(np.asarray(records[names[1]]), index=np.asarray(records[names[0]])).sort_index()
+
+    rank_a, rank_b = ranked(a, mode_a, "a"), ranked(b, mode_b, "b")
+    if not rank_a.index.equals(rank_b.index):
+        raise ValueError("the two runs' records were not scored on the same queries (another data set or "
+                         "split)")
+    hit_a, hit_b = rank_a.to_numpy() == 0, rank_b.to_numpy() == 0  # rank 0 = the first place
+    split = hit_a != hit_b
+    found = pd.DataFrame({"query": rank_a.index[split], "first": np.where(hit_a[split], "a", "b"),
+                          "rank_a": rank_a.to_numpy()[split] + 1, "rank_b": rank_b.to_numpy()[split] + 1})
+    return found.sort_values(["first", "query"], kind="stable").reset_index(drop=True)
 
 
 def or_stop(read, *args):

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.helpers import dashboard_seed as seed
 from tests.helpers.dashboard_seed import FINE, LEVEL, MODE, SEEDED, TOP1, seed_platform
 from tests.helpers.hostile_images import hostile, png
 from tests.helpers.paths import REPO
@@ -25,6 +26,7 @@ def env(seeded, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", seeded["uri"])
     monkeypatch.setenv("FLAIR_SWEEP_STORAGE", seeded["storage"])
     monkeypatch.setenv("FLAIR_DATA_ROOT", str(seeded["data"]))
+    monkeypatch.setenv("FLAIR_RUNS_ROOT", str(seeded["runs_root"]))
     return seeded
 
 
@@ -360,13 +362,15 @@ def test_a_two_objective_study_shows_optunas_pareto_front_and_plots_the_chosen_o
 
 def test_registry_page_shows_aliases_decisions_and_lineage(env):
     app = run("registry")
-    assert [(m.label, m.value) for m in app.metric] == [("champion", "v1"), ("challenger", "v2")]
+    assert [s.value for s in app.subheader] == ["flair-lab-clip", "flair-lab-flair"]
+    assert [(m.label, m.value) for m in app.metric] == [("champion", "v1"), ("challenger", "—"),
+                                                        ("champion", "v1"), ("challenger", "v2")]
     text = texts(app)
     fine = FINE.format(mode="flair")
     assert f"champion: first version: {fine} = 12.50 [10.94, 14.06]" in text
     assert (f"challenger: {fine} gain +0.50 over 12.50 is within the interval [11.20, 14.80] (the champion "
             "kept no per-query records: not paired): stays challenger") in text
-    versions = frame(app.dataframe[0])
+    versions = frame(app.dataframe[1])  # flair-lab-flair's
     assert versions["git_commit"].tolist() == ["c0ffee2", "c0ffee1"]
     assert versions["data_level"].tolist() == ["easy", "easy"]
     assert versions["link"].str.contains(env["run_ids"]["flair"]).all()
@@ -376,7 +380,7 @@ def test_inspect_page_shows_the_attention_map_and_the_rank_the_library_computes(
     from dashboard import data
 
     app = run("inspect")
-    assert len(app.get("image")) == 1
+    assert len(app.get("image")) == 2  # the picked image under the caption's attention, the top k
     caption = app.text_input[0].value
     key = app.selectbox[1].value
     expected = data.caption_ranks(env["uri"], "flair-lab-flair", 2, env["data"], 512, caption)
@@ -404,7 +408,7 @@ def test_a_hostile_upload_is_one_warning_and_the_page_keeps_the_built_in_image(e
     expected = data.caption_ranks(env["uri"], "flair-lab-flair", 2, env["data"], 512, caption)
     assert app.metric[0].label == f"rank of {key} for the caption"
     assert app.metric[0].value == f"{int(expected.loc[expected['image'] == key, 'rank'].iloc[0])} / 64"
-    assert len(app.get("image")) == 1
+    assert len(app.get("image")) == 2
 
 
 def test_a_valid_upload_is_ranked_among_the_built_in_images(env):
@@ -422,7 +426,226 @@ def test_a_valid_upload_is_ranked_among_the_built_in_images(env):
     assert app.metric[0].value == f"{int(expected.loc[expected['image'] == 'upload', 'rank'].iloc[0])} / 65"
 
 
-@pytest.mark.parametrize("page", ["compare", "paper", "sweeps", "registry", "inspect"])
+FLAIR_V2, CLIP_V1 = "flair-lab-flair v2 (challenger)", "flair-lab-clip v1 (champion)"  # Inspect's labels
+
+
+def thumbnails(app: AppTest) -> list[list[str]]:
+    """The captions of each model column's top-k thumbnails ("#rank mark key · score"), left to right."""
+    return [e.captions for e in app.get("image") if e.captions and e.captions[0].startswith("#")]
+
+
+def expected_thumbnails(env, name: str, version: int, caption: str, truth: set[str], k: int = 5) -> list[str]:
+    from dashboard import data
+
+    top = data.caption_ranks(env["uri"], name, version, env["data"], 512, caption).head(k)
+    return [f"#{r} {'✓' if key in truth else '✗'} {key} · {score:.3f}"
+            for key, r, score in zip(top["image"], top["rank"], top["score"], strict=True)]
+
+
+def test_inspect_shows_the_top_k_images_with_rank_mark_and_score(env):
+    """A free-typed caption: only the picked image is true. It is picked as the model's first choice for the
+    caption, so the marks read ✓ then ✗ × 4."""
+    from dashboard import data
+
+    caption = "something small and green near the top"
+    first = data.caption_ranks(env["uri"], "flair-lab-flair", 2, env["data"], 512, caption)["image"].iloc[0]
+    app = run("inspect")
+    app.selectbox(key="image").select(first).run()
+    app.text_input[0].set_value(caption).run()
+    assert not app.exception
+    shown = thumbnails(app)
+    assert shown == [expected_thumbnails(env, "flair-lab-flair", 2, caption, {first})]
+    assert [c.split()[1] for c in shown[0]] == ["✓", "✗", "✗", "✗", "✗"]
+    app.number_input(key="k").set_value(8).run()
+    assert len(thumbnails(app)[0]) == 8
+    assert "the caption's attention over each" in texts(app)  # FLAIR: overlays, not plain images
+
+
+def test_inspect_marks_every_image_a_built_in_querys_facts_hold_for(env):
+    from dashboard import data
+
+    fine = data.builtin_queries(env["data"])
+    query = next(q for q, p in enumerate(fine["positives"]) if len(p) > 1)  # a text true of several images
+    truth = set(fine["positives"][query])
+    assert data.true_images(env["data"], fine["texts"][query]) >= truth
+    assert data.true_images(env["data"], "no such caption") == frozenset()
+    app = run("inspect")
+    app.text_input[0].set_value(fine["texts"][query]).run()
+    key = app.selectbox(key="image").value
+    truth = {key} | data.true_images(env["data"], fine["texts"][query])
+    assert thumbnails(app) == [expected_thumbnails(env, "flair-lab-flair", 2, fine["texts"][query], truth)]
+
+
+def test_a_second_model_is_ranked_beside_the_first_on_the_same_caption(env):
+    from dashboard import data
+
+    app = run("inspect")
+    assert app.selectbox(key="model").value == FLAIR_V2  # the method under study first, then the baselines
+    assert app.selectbox(key="beside").value == "none" and CLIP_V1 in app.selectbox(key="beside").options
+    app.selectbox(key="beside").select(CLIP_V1).run()
+    assert not app.exception, [e.value for e in app.exception]
+    caption, key = app.text_input[0].value, app.selectbox(key="image").value
+    assert [s.value for s in app.subheader][-2:] == [FLAIR_V2, CLIP_V1]
+    truth = {key} | data.true_images(env["data"], caption)
+    assert thumbnails(app) == [expected_thumbnails(env, "flair-lab-flair", 2, caption, truth),
+                               expected_thumbnails(env, "flair-lab-clip", 1, caption, truth)]
+    ranks = [m for m in app.metric if m.label == f"rank of {key} for the caption"]
+    assert len(ranks) == 2 and all(m.value.endswith(" / 64") for m in ranks)
+    images = [e.captions[0] for e in app.get("image") if len(e.captions) == 1]
+    assert images[0].startswith(f"attention of the caption over {key}")
+    assert images[1] == f"{key}: clip has no text-conditioned attention"
+
+
+def test_disagreements_are_the_queries_one_model_finds_first_and_the_other_does_not():
+    import numpy as np
+
+    from dashboard import data
+
+    # query: 0 1 2 3 4 5 — a's records listed out of order; 0-based ranks of each query's best true image
+    a = {"t2i/query": np.array([3, 0, 5, 1, 2, 4]), "flair/t2i/rank": np.array([0, 0, 0, 5, 0, 2]),
+         "t2i/cluster": np.zeros(6)}
+    b = {"t2i/query": np.arange(6), "global/t2i/rank": np.array([1, 0, 0, 0, 3, 4])}
+    found = data.disagreements(a, "flair", b, "global")
+    assert found.values.tolist() == [[0, "a", 1, 2], [5, "a", 1, 5], [1, "b", 6, 1]]
+    assert found["first"].value_counts().to_dict() == {"a": 2, "b": 1}
+    assert data.disagreements(a, "flair", a, "flair").empty  # a model never disagrees with itself
+    with pytest.raises(ValueError, match="not scored on the same queries"):
+        data.disagreements(a, "flair", {"t2i/query": np.arange(5), "global/t2i/rank": np.zeros(5)}, "global")
+    with pytest.raises(ValueError, match="model b's records have no 'filip/t2i/rank'"):
+        data.disagreements(a, "flair", b, "filip")
+
+
+def test_inspect_lists_the_two_models_disagreements_with_their_queries(env):
+    from dashboard import data
+
+    app = run("inspect")
+    app.selectbox(key="beside").select(CLIP_V1).run()
+    counts = {m.label: m.value for m in app.metric if m.label.startswith("at rank 1 only for")}
+    # The seeded records: FLAIR finds the first query of clusters 0-24 first, CLIP those of clusters 0-19.
+    assert counts == {f"at rank 1 only for {FLAIR_V2}": "5", f"at rank 1 only for {CLIP_V1}": "0"}
+    listed = frame(next(d for d in app.dataframe if d.key and d.key.startswith("disagreement")))
+    fine = data.builtin_queries(env["data"])
+    assert listed["query #"].tolist() == [80, 84, 88, 92, 96]
+    assert listed["query"].tolist() == [fine["texts"][q] for q in (80, 84, 88, 92, 96)]
+    assert set(listed["at rank 1 only for"]) == {FLAIR_V2}
+    assert listed[f"rank · {CLIP_V1}"].tolist() == [8] * 5  # the seeded records' rank 7, 1-based
+    assert f"**{FLAIR_V2}** finds 5 at rank 1 that **{CLIP_V1}** does not" in texts(app)
+    app.selectbox(key="beside").select("flair-lab-flair v1 (champion)").run()  # the same run: no disagreement
+    assert {m.value for m in app.metric if m.label.startswith("at rank 1 only for")} == {"0"}
+
+
+def test_selecting_a_disagreement_opens_its_query_in_both_columns(env):
+    from dashboard import data
+
+    app = run("inspect")
+    app.selectbox(key="beside").select(CLIP_V1).run()
+    listed = next(d for d in app.dataframe if d.key and d.key.startswith("disagreement"))
+    app.session_state[listed.key] = {"selection": {"rows": [1], "columns": []}}  # a click on the 2nd row
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    fine = data.builtin_queries(env["data"])
+    caption, source = fine["texts"][84], fine["source"][84]
+    assert app.text_input[0].value == caption and app.selectbox(key="image").value == source
+    truth = {source} | set(fine["positives"][84])
+    assert thumbnails(app) == [expected_thumbnails(env, "flair-lab-flair", 2, caption, truth),
+                               expected_thumbnails(env, "flair-lab-clip", 1, caption, truth)]
+    app.text_input[0].set_value("a blue square").run()  # the opened query stays editable
+    assert app.text_input[0].value == "a blue square" and app.selectbox(key="image").value == source
+
+
+def test_progress_gives_the_step_rate_and_time_left_from_the_steps_written():
+    from dashboard import live
+
+    steps = pd.DataFrame({"step": [3, 1, 2, 4], "samples_per_s": [10.0, 30.0, 20.0, 40.0],
+                          "seconds": [2.0, 1.0, 1.0, 2.0]})
+    assert live.progress(steps, 10, window=2) == {"step": 4, "total": 10, "samples_per_s": 25.0,
+                                                  "seconds_per_step": 2.0, "eta_seconds": 12.0}
+    assert live.progress(steps, 4)["eta_seconds"] == 0.0  # at its last step
+    assert live.progress(steps, None)["eta_seconds"] is None  # the last step is not known
+    assert live.progress(steps[["step"]], 10)["eta_seconds"] is None  # no time per step logged
+    assert live.progress(pd.DataFrame(), 10)["step"] == 0
+    assert live.total_steps({"epochs": "2", "steps_per_epoch": "10"}) == 20
+    # no steps per epoch: samples per epoch (set, else the data's size) // (batch × ranks), as the loop does
+    assert live.total_steps({"epochs": 3, "steps_per_epoch": None, "batch_size": 8}, 512, ranks=2) == 96
+    assert live.total_steps({"epochs": "1", "steps_per_epoch": "None", "samples_per_epoch": "100",
+                             "batch_size": "10"}) == 10
+    assert live.total_steps({"epochs": "1", "steps_per_epoch": "None", "batch_size": "8"}) is None
+    assert [live.duration(x) for x in (None, 42, 185, 3720)] == ["—", "42 s", "3 min 05 s", "1 h 02 min"]
+
+
+def test_runs_page_follows_the_training_in_progress_with_its_step_eta_and_curves(env, monkeypatch):
+    import os
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    monkeypatch.delenv("PREFECT_UI_URL", raising=False)
+    training, done = f"flows/flair-{seed.LIVE['run_key'][:12]}", f"flows/clip-{seed.DONE['run_key'][:12]}"
+    live = env["runs_root"] / training / "metrics.jsonl"
+    os.utime(live)  # a step just written
+    app = run("runs")
+    assert [s.value for s in app.subheader] == ["Training on this machine", "In MLflow"]
+    folders = frame(app.dataframe[0]).set_index("folder")
+    assert folders["state"].to_dict() == {training: "training", done: "finished", "study/0123abcd": "stopped"}
+    assert folders.loc[training, ["step", "total", "ETA"]].tolist() == [12, 20, "4 s"]
+    assert folders.loc[done, "ETA"] == folders.loc["study/0123abcd", "ETA"] == ""  # not training: no ETA
+    assert folders.loc[done, "prefect"] == (
+        f"http://127.0.0.1:4200/runs/flow-run/{seed.DONE['flow_run']}")  # the flow run that evaluated it
+    standing = {m.label: m.value for m in app.metric[:3]}  # the training followed by default
+    assert standing == {"step": "12 / 20", "samples/s": "16.0", "ETA": "4 s"}
+    charts = app.get("vega_lite_chart")
+    loss, validation = (vega(c) for c in charts[:2])
+    losses = next(iter(loss[1].values()))
+    assert sorted(losses["metric"].unique()) == ["loss/contrastive", "loss/total"]
+    total = losses[losses["metric"] == "loss/total"]
+    assert total["step"].tolist() == list(range(1, 13)) and total["value"].tolist() == [
+        pytest.approx(seed.loss_at(s)) for s in range(1, 13)]
+    validated = next(iter(validation[1].values()))
+    assert validated[["metric", "step", "value"]].values.tolist() == [[seed.VALIDATION, 5, 2.0],
+                                                                      [seed.VALIDATION, 10, 4.0]]
+
+    runs = frame(app.dataframe[1]).set_index("run")
+    assert runs["status"].to_dict() == {"flair-live": "RUNNING", "clip-done": "FINISHED"}  # running first
+    assert runs.loc["flair-live", ["step", "total", "ETA"]].tolist() == [12, 20, "4 s"]
+    assert runs.loc["clip-done", "ETA"] == "" and runs.loc["clip-done", "step"] == 20
+    assert runs.loc["clip-done", "prefect"].endswith(seed.DONE["flow_run"])  # its folder, by its run_key tag
+    assert {m.label: m.value for m in app.metric[3:6]} == standing  # the RUNNING run followed by default
+    mlflow_loss, mlflow_validation = (next(iter(vega(c)[1].values())) for c in charts[2:4])
+    assert mlflow_loss["step"].tolist() == list(range(1, 13))
+    assert mlflow_validation[["step", "value"]].values.tolist() == [[5, 2.0], [10, 4.0]]
+
+    os.utime(live, (0, 0))  # quiet for long: stopped (the page reads the folder again after its TTL)
+    from dashboard.live import run_folders
+
+    run_folders.clear()
+    app.run()
+    assert frame(app.dataframe[0]).set_index("folder").loc[training, "state"] == "stopped"
+
+
+def test_runs_page_refreshes_in_a_fragment():
+    """Each section is an `st.fragment(run_every=...)`: it reruns in place, the rest of the page stays."""
+    import ast
+
+    tree = ast.parse((PAGES / "runs.py").read_text())
+    decorated = {f.name: ast.unparse(f.decorator_list[0]) for f in tree.body
+                 if isinstance(f, ast.FunctionDef) and f.decorator_list}
+    assert decorated == {"run_folders": "st.fragment(run_every=REFRESH)",
+                         "mlflow_runs": "st.fragment(run_every=REFRESH)"}
+
+
+def test_runs_page_with_no_run_folder_says_what_appears_there(env, monkeypatch, tmp_path):
+    monkeypatch.setenv("FLAIR_RUNS_ROOT", str(tmp_path))
+    app = run("runs")
+    assert app.info[0].value.startswith(f"No run folder under {tmp_path}")
+    assert frame(app.dataframe[0])["run"].tolist() == ["flair-live", "clip-done"]  # MLflow still shown
+
+
+def test_the_router_serves_the_runs_page(env):
+    app = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=120)
+    app.run()
+    app.switch_page("pages/runs.py").run()
+    assert not app.exception and app.title[0].value == "Runs"
+
+
+@pytest.mark.parametrize("page", ["compare", "paper", "sweeps", "registry", "inspect", "runs"])
 def test_a_service_that_is_down_is_one_warning_not_a_traceback(page, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # as dashboard.serve starts it: fail fast

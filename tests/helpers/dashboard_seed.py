@@ -50,11 +50,13 @@ def seed_platform(root: Path, tiny_data: Path) -> dict:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.create_experiment("flair-lab", artifact_location=(root / "artifacts").as_uri())
-    config = load_run_config([], ["train.model=micro-32", f"train.shards={tiny_data / 'train'}",
-                                  "train.batch_size=8", "train.steps_per_epoch=2", "loader.workers=0",
-                                  "train.warmup_steps=1"])
-    Trainer(config, root / "run").fit()
+    overrides = ["train.model=micro-32", f"train.shards={tiny_data / 'train'}", "train.batch_size=8",
+                 "train.steps_per_epoch=2", "loader.workers=0", "train.warmup_steps=1"]
+    Trainer(load_run_config([], overrides), root / "run").fit()
     checkpoint = next((root / "run" / "checkpoints").glob("*.pt"))
+    # A CLIP checkpoint too: Inspect puts a second registered model (a baseline, no attention) beside FLAIR.
+    Trainer(load_run_config([], [*overrides, "method.name=clip"]), root / "run-clip").fit()
+    clip_checkpoint = next((root / "run-clip" / "checkpoints").glob("*.pt"))
     run_ids = {}
     for method, (fine, long) in SEEDED.items():
         run = client.create_run(experiment, run_name=f"{method}-seeded", tags={
@@ -95,9 +97,22 @@ def seed_platform(root: Path, tiny_data: Path) -> dict:
                                                decide(second, first, primary, 2.0)], 1):
         client.create_model_version("flair-lab-flair", f"runs:/{run_ids['flair']}/model", run_ids["flair"],
                                     tags={"git_commit": f"c0ffee{version}", "data_hash": "d0d0d0d0d0d0beef",
-                                          "data_level": LEVEL["flair"], "preset": "micro-32"},
+                                          "data_level": LEVEL["flair"], "preset": "micro-32",
+                                          "method": "flair"},
                                     description=f"{alias}: {reason}")
         client.set_registered_model_alias("flair-lab-flair", alias, str(version))
+    # CLIP's version carries no method tag (as versions registered before the flow set it): its run's tag says
+    client.log_artifact(run_ids["clip"], str(clip_checkpoint), "checkpoint")
+    client.create_registered_model("flair-lab-clip")
+    client.create_model_version("flair-lab-clip", f"runs:/{run_ids['clip']}/model", run_ids["clip"],
+                                tags={"git_commit": "c0ffee3", "data_hash": "d0d0d0d0d0d0beef",
+                                      "data_level": LEVEL["clip"], "preset": "micro-32"},
+                                description="champion: first version")
+    client.set_registered_model_alias("flair-lab-clip", "champion", "1")
+
+    for run_id in run_ids.values():  # finished runs, as the flow leaves them
+        client.set_terminated(run_id)
+    seed_live_runs(client, experiment, root / "run" / "config.yaml", root / "runs")
 
     storage = f"sqlite:///{root / 'optuna.db'}"
     study = optuna.create_study(study_name="seeded-sweep", storage=storage, direction="maximize")
@@ -114,4 +129,65 @@ def seed_platform(root: Path, tiny_data: Path) -> dict:
         "sampling.k": 9, "method.settings.tcs_weight": 0.9}, distributions=distributions,
         intermediate_values={16: 0.1}))
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
-    return {"uri": uri, "storage": storage, "data": tiny_data, "run_ids": run_ids}
+    return {"uri": uri, "storage": storage, "data": tiny_data, "run_ids": run_ids, "runs_root": root / "runs"}
+
+
+# Live runs: a training at step 12 of 20 (0.5 s and 16 samples/s a step, so 4 s to go), validated at steps 5
+# and 10, as a run folder the flow trains into and as a RUNNING MLflow run (what MLflow would hold if the
+# training logged as it went); a finished CLIP training whose folder a Prefect flow run evaluated; a stopped
+# one. None of them carries the `method` tag, so Compare (runs of a method) does not list them.
+LIVE = {"run_key": "live0123456789abcdef", "step": 12, "total": 20, "seconds": 0.5, "samples_per_s": 16.0,
+        "validated": {5: 2.0, 10: 4.0}}
+DONE = {"run_key": "done0123456789abcdef", "flow_run": "0b4c7f1e-5d2a-4c1e-9a61-3f0d2b7e9c11"}
+VALIDATION = "val/retrieval/builtin_fine_grained/flair/t2i_r1"
+
+
+def loss_at(step: int) -> float:
+    return 5.0 - 0.2 * step
+
+
+def seed_live_runs(client, experiment: str, config_file: Path, runs_root: Path) -> None:
+    import json
+    import os
+    import time
+
+    import yaml
+
+    def folder(path: Path, method: str, last: int, validated: dict[int, float]) -> Path:
+        config = yaml.safe_load(config_file.read_text())
+        config["method"]["name"] = method
+        config["train"] |= {"epochs": 2, "steps_per_epoch": 10}
+        path.mkdir(parents=True)
+        (path / "config.yaml").write_text(yaml.safe_dump(config))
+        steps = [{"step": s, "epoch": s / 10, "loss/total": loss_at(s), "loss/contrastive": loss_at(s) - 1,
+                  "samples_per_s": LIVE["samples_per_s"], "seconds": LIVE["seconds"]}
+                 for s in range(1, last + 1)]
+        (path / "metrics.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
+        (path / "val_metrics.jsonl").write_text("".join(json.dumps({"step": s, VALIDATION[4:]: v}) + "\n"
+                                                        for s, v in validated.items()))
+        return path
+
+    folder(runs_root / "flows" / f"flair-{LIVE['run_key'][:12]}", "flair", LIVE["step"], LIVE["validated"])
+    done = folder(runs_root / "flows" / f"clip-{DONE['run_key'][:12]}", "clip", LIVE["total"], {})
+    (done / "eval" / DONE["flow_run"]).mkdir(parents=True)
+    stopped = folder(runs_root / "study" / "0123abcd", "filip", 5, {})
+    an_hour_ago = time.time() - 3600
+    for path in (stopped / "metrics.jsonl", done / "metrics.jsonl"):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+
+    from mlflow.entities import Metric
+
+    def mlflow_run(name: str, method: str, run_key: str, last: int, validated: dict[int, float]) -> str:
+        run = client.create_run(experiment, run_name=name, tags={"run_key": run_key})
+        for key, value in {"method.name": method, "train.epochs": "2", "train.steps_per_epoch": "10",
+                           "train.batch_size": "8"}.items():
+            client.log_param(run.info.run_id, key, value)
+        history = [Metric(k, v, 0, s) for s in range(1, last + 1)
+                   for k, v in {"loss/total": loss_at(s), "samples_per_s": LIVE["samples_per_s"],
+                                "seconds": LIVE["seconds"]}.items()]
+        history += [Metric(VALIDATION, v, 0, s) for s, v in validated.items()]
+        client.log_batch(run.info.run_id, metrics=history)
+        return run.info.run_id
+
+    client.set_terminated(mlflow_run("clip-done", "clip", DONE["run_key"], LIVE["total"], {}))
+    mlflow_run("flair-live", "flair", LIVE["run_key"], LIVE["step"], LIVE["validated"])  # left RUNNING
