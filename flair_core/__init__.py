@@ -10,18 +10,50 @@ floors: tests/test_floors.py).
 
 from __future__ import annotations
 
-from flair_core.inference import (
-    embed_images,
-    embed_texts,
-    rank_images,
-    score_matrix,
-    score_pairs,
-)
-from flair_core.methods import METHODS, Method, get_method, method_of, register
-from flair_core.model_config import ConfigError, ModelConfig, builtin_model_names, load_model_config
-from flair_core.models import create_model, load_trained
-from flair_core.preprocess import get_tokenizer, get_transform
-from flair_core.weights import CheckpointError, load_weights, read_state_dict
+import importlib
+from typing import TYPE_CHECKING
+
+# Each name is imported on first use: importing one module of the package (`flair_core.lifetime`, which the
+# process launcher of every flow task runs before it execs its command) must not cost torch and open_clip's
+# ~4 CPU-seconds of imports.
+_EXPORTS = {
+    "embed_images": "inference", "embed_texts": "inference", "rank_images": "inference",
+    "score_matrix": "inference", "score_pairs": "inference",
+    "METHODS": "methods", "Method": "methods", "get_method": "methods", "method_of": "methods",
+    "register": "methods",
+    "ConfigError": "model_config", "ModelConfig": "model_config", "builtin_model_names": "model_config",
+    "load_model_config": "model_config",
+    "create_model": "models", "load_trained": "models",
+    "get_tokenizer": "preprocess", "get_transform": "preprocess",
+    "CheckpointError": "weights", "load_weights": "weights", "read_state_dict": "weights",
+}
+
+if TYPE_CHECKING:  # what the names are, for readers and type checkers
+    from flair_core.inference import (
+        embed_images,
+        embed_texts,
+        rank_images,
+        score_matrix,
+        score_pairs,
+    )
+    from flair_core.methods import METHODS, Method, get_method, method_of, register
+    from flair_core.model_config import ConfigError, ModelConfig, builtin_model_names, load_model_config
+    from flair_core.models import create_model, load_trained
+    from flair_core.preprocess import get_tokenizer, get_transform
+    from flair_core.weights import CheckpointError, load_weights, read_state_dict
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'flair_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"flair_core.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # the next lookup finds it without this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "METHODS",

@@ -99,5 +99,5 @@ $PY -m dashboard.serve start --root "$ROOT"
 $PY -m flair_lab.main_job_table --methods $METHODS
 echo "main job took $(( $(date +%s) - start )) s"
 $PY -m services status --root "$ROOT"
-echo "Open the dashboard at http://127.0.0.1:8501 (Compare, Paper, Sweeps, Registry, Inspect);"
+echo "Open the dashboard at http://127.0.0.1:8501 (Compare, Paper, Study, Sweeps, Registry, Runs, Inspect);"
 echo "from another machine: ssh -L 8501:127.0.0.1:8501 <this host>. Stop everything with: make services-down"

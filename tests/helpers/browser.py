@@ -142,7 +142,7 @@ def _run(binary, profile, log, startup_timeout):
 def main() -> None:
     """Screenshots of a running dashboard for the docs:
     python -m tests.helpers.browser http://127.0.0.1:8501 docs/screenshots \\
-        compare= paper sweeps registry inspect"""
+        compare= paper study sweeps registry runs inspect"""
     import sys
     import tempfile
 
