@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+import yaml
 
 from dashboard.data import mlflow_client, reachable
 
@@ -123,10 +125,6 @@ def run_folders(runs_root: Path, newest: int = 12, now: float | None = None) -> 
     (relative), method, state ("training": a step written in the last STALE seconds and not at its last step;
     "stopped": not at its last step, nothing new for longer; "finished"), step, total, samples/s, ETA (s; only
     while training), updated, and the Prefect flow runs that evaluated it. Empty when there is none."""
-    import time
-
-    import yaml as _yaml
-
     root = Path(runs_root)
     files = [f for depth in ("*", "*/*", "*/*/*") for f in root.glob(f"{depth}/metrics.jsonl")]
     files = sorted(files, key=lambda f: f.stat().st_mtime, reverse=True)[:newest]
@@ -135,7 +133,7 @@ def run_folders(runs_root: Path, newest: int = 12, now: float | None = None) -> 
     for file in files:
         folder = file.parent
         config_file = folder / "config.yaml"
-        config = (_yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
+        config = (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
         steps = _jsonl(file)
         state = progress(pd.DataFrame(steps), _folder_total(config, steps))
         modified = file.stat().st_mtime
